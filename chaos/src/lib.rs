@@ -1,0 +1,1 @@
+//! Fault injection and checkers for skiff. Built by the chaos issue.

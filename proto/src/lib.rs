@@ -1,0 +1,26 @@
+//! skiff-proto: the gRPC wire types, generated from the .proto files under `proto/`.
+//!
+//! What lives here (and only here):
+//! - `raft`: the raft peer service (port 2380); payloads are opaque bincode bytes.
+//! - `admin`: join, membership and status on the API port (6443).
+//! - `etcdserverpb` and `mvccpb`: the etcd v3 client API (port 2379), wire-compatible with
+//!   etcd 3.4 so etcdctl and clientv3 work unmodified. They are sibling modules because the
+//!   generated `etcdserverpb` code refers to `super::mvccpb`.
+//!
+//! No hand-written logic: the services are implemented by the crates that own the behaviour.
+
+pub mod raft {
+    tonic::include_proto!("skiff.raft.v1");
+}
+
+pub mod admin {
+    tonic::include_proto!("skiff.admin.v1");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}

@@ -1,0 +1,6 @@
+//! `skiff bench`: side-by-side benchmarks against a peer run in the same session.
+//! Absolute figures on a noisy 2-core VM mean little; the ratio to the peer is the result.
+
+pub mod load;
+pub mod peers;
+pub mod store;

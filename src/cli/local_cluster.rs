@@ -1,0 +1,157 @@
+//! A control plane of N `skiff server` child processes on one machine (127.X.Y.1..N), used by
+//! `skiff up` and `skiff bench`. Each member logs to BASE/nodeN.log.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use skiff_proto::admin::StatusRequest;
+use tokio::process::{Child, Command};
+
+use crate::pki::{MemberPki, PkiPaths};
+use crate::progress::Progress;
+use crate::server::bootstrap::{admin_client, load_token};
+use crate::server::identity::NodeIdentity;
+
+pub struct LocalCluster {
+    pub base: PathBuf,
+    /// e.g. "127.0.0." — member i listens on PREFIX(i+1).
+    pub ip_prefix: String,
+    members: Vec<(String, Child)>,
+}
+
+impl LocalCluster {
+    pub fn member_dir(base: &Path, index: usize) -> PathBuf {
+        base.join(format!("node{index}"))
+    }
+
+    pub fn member_ip(&self, index: usize) -> String {
+        format!("{}{index}", self.ip_prefix)
+    }
+
+    /// Starts (or resumes) `size` members and waits until all are voters under one leader.
+    pub async fn start(base: &Path, ip_prefix: &str, size: usize, extra_args: &[String], progress: &Progress) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
+        let exe = std::env::current_exe().context("locating the skiff binary")?;
+        let mut cluster = LocalCluster { base: base.to_path_buf(), ip_prefix: ip_prefix.to_string(), members: Vec::new() };
+        let outcome = cluster.start_members(&exe, size, extra_args, progress).await;
+        if let Err(e) = outcome {
+            cluster.stop().await;
+            return Err(e);
+        }
+        Ok(cluster)
+    }
+
+    async fn start_members(&mut self, exe: &Path, size: usize, extra_args: &[String], progress: &Progress) -> anyhow::Result<()> {
+        for index in 1..=size {
+            let dir = Self::member_dir(&self.base, index);
+            let ip = self.member_ip(index);
+            let mut command = Command::new(exe);
+            command.arg("server").arg("--data").arg(&dir).arg("--advertise").arg(&ip).arg("--name").arg(format!("node{index}"));
+            command.args(extra_args);
+            if NodeIdentity::load(&dir)?.is_none() {
+                if index == 1 {
+                    command.arg("--init");
+                } else {
+                    let token = load_token(&Self::member_dir(&self.base, 1))?;
+                    command.arg("--join").arg(format!("https://{}:6443", self.member_ip(1))).arg("--token").arg(token.to_string());
+                }
+            }
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::File::create(self.base.join(format!("node{index}.log")))?;
+            command.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).kill_on_drop(true);
+            progress.step(&format!("starting node{index} on {ip}"));
+            let child = command.spawn().with_context(|| format!("starting node{index}"))?;
+            self.members.push((format!("node{index}"), child));
+            self.wait_until_member(&dir, index).await?;
+            progress.step(&format!("node{index} is a member"));
+        }
+        progress.step("waiting for every member to become a voter");
+        self.wait_for_voters(size).await
+    }
+
+    async fn wait_until_member(&mut self, dir: &Path, index: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while NodeIdentity::load(dir)?.is_none() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("node{index} did not become a member within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    pub fn pki(&self) -> anyhow::Result<MemberPki> {
+        Ok(PkiPaths::new(&Self::member_dir(&self.base, 1)).load()?)
+    }
+
+    async fn wait_for_voters(&mut self, expected: usize) -> anyhow::Result<()> {
+        let dir = Self::member_dir(&self.base, 1);
+        let identity = NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("node1 has no identity"))?;
+        let pki = self.pki()?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            self.check_alive()?;
+            if let Ok(mut client) = admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await
+                && let Ok(status) = client.status(StatusRequest {}).await
+            {
+                let status = status.into_inner();
+                if status.leader_id != 0 && status.members.iter().filter(|m| m.voter).count() >= expected {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not reach {expected} voters within 90 s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in self.members.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited during start-up ({status}); see {}/{name}.log", self.base.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the name of a member that exited, or None on Ctrl-C/SIGTERM.
+    pub async fn wait_for_exit(&mut self) -> Option<String> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return None,
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return None,
+                _ = tick.tick() => {
+                    for (name, child) in self.members.iter_mut() {
+                        if let Ok(Some(_)) = child.try_wait() {
+                            return Some(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM every member (each shuts raft down cleanly), SIGKILL after 10 s.
+    pub async fn stop(&mut self) {
+        for (_, child) in self.members.iter_mut() {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on a pid we spawned and still own (not yet reaped).
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+        for (_, child) in self.members.iter_mut() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        self.members.clear();
+    }
+}

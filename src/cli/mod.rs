@@ -1,0 +1,128 @@
+//! The command line: every role of the one binary.
+
+pub mod local_cluster;
+pub mod status;
+pub mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "A Raft-native Kubernetes distribution in one binary")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a control-plane member (replicated store, etcd-compatible API, admin API).
+    Server(ServerArgs),
+    /// Show the cluster's members, leader, terms, indexes and revisions.
+    Status(StatusArgs),
+    /// Start a local 3-member control plane on 127.0.0.1-3 and stop it on Ctrl-C.
+    Up(UpArgs),
+    /// Benchmarks against a peer system run side by side.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// 3-member skiff vs 3-member etcd 3.4 over the etcd v3 protocol.
+    Store(crate::bench::store::StoreBenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Create a new cluster with this node as its first member.
+    #[arg(long, conflicts_with_all = ["join", "remove"])]
+    pub init: bool,
+    /// Join the cluster served at this URL (https://ADDR:6443).
+    #[arg(long, requires = "token", conflicts_with = "remove")]
+    pub join: Option<String>,
+    /// The join token printed by `skiff server --init` (also in DATA/token).
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+    /// Remove a member (by name or id) from the cluster this data dir belongs to, then exit.
+    #[arg(long, value_name = "NODE")]
+    pub remove: Option<String>,
+    /// Data directory (PKI, token, kubeconfig, RocksDB).
+    #[arg(long, default_value = "./skiff-data")]
+    pub data: PathBuf,
+    /// The IP other members and clients reach this node at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise: String,
+    /// Member name (default: node-<advertise>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// API/agent/admin listen address (default ADVERTISE:6443).
+    #[arg(long)]
+    pub api_listen: Option<SocketAddr>,
+    /// etcd-compatible client listen address (default ADVERTISE:2379).
+    #[arg(long)]
+    pub client_listen: Option<SocketAddr>,
+    /// Raft peer listen address (default ADVERTISE:2380).
+    #[arg(long)]
+    pub raft_listen: Option<SocketAddr>,
+    /// Largest accepted client request, as etcd's --max-request-bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Build a raft snapshot after this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_after_logs: u64,
+    /// Log entries kept below the last snapshot for lagging followers.
+    #[arg(long, default_value_t = 1_000)]
+    pub logs_to_keep: u64,
+    /// Keep at least this much watch history (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub history_retention_secs: u64,
+    /// Keep at least this many revisions of watch history.
+    #[arg(long, default_value_t = 1_000)]
+    pub history_min_revisions: i64,
+    /// How often the leader considers compacting history (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub compaction_interval_secs: u64,
+}
+
+impl ServerArgs {
+    pub fn tuning(&self) -> skiff_raft::RaftTuning {
+        skiff_raft::RaftTuning {
+            snapshot_after_logs: self.snapshot_after_logs,
+            logs_to_keep_after_snapshot: self.logs_to_keep,
+            history_retention: Duration::from_secs(self.history_retention_secs),
+            history_min_revisions: self.history_min_revisions,
+            compaction_interval: Duration::from_secs(self.compaction_interval_secs.max(1)),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Data directory of a member (its admin credentials and address are used).
+    #[arg(long, default_value = "./skiff-data")]
+    pub data: PathBuf,
+    /// Ask this API address instead of the data dir's own member (https://ADDR:6443).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Output format: table or json.
+    #[arg(short = 'o', long, default_value = "table")]
+    pub output: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where the members keep their data (one folder per member).
+    #[arg(long, default_value = "./skiff-up")]
+    pub data: PathBuf,
+    /// Number of control-plane members (on 127.0.0.1..N).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u8,
+    /// Where to write the kubeconfig.
+    #[arg(long, default_value = "./skiff.kubeconfig")]
+    pub kubeconfig: PathBuf,
+}

@@ -1,0 +1,46 @@
+//! skiff: one binary for every role of a Raft-native Kubernetes distribution.
+//! This file only sets up logging and TLS, parses the command line and hands over.
+
+mod bench;
+mod cli;
+mod etcd;
+mod kubeconfig;
+mod pki;
+mod progress;
+mod server;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match args.command {
+            cli::Command::Server(args) => server::run(args).await,
+            cli::Command::Status(args) => cli::status::run(args).await,
+            cli::Command::Up(args) => cli::up::run(args).await,
+            cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

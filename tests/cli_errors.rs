@@ -1,0 +1,58 @@
+//! Every long-running role exits non-zero with a clear message on bad flags, a used port, or a
+//! data dir that belongs to another cluster.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(SKIFF).args(args).env("SKIFF_LOG", "error").output().expect("run skiff");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let (ok, text) = run(&["server", "--init", "--advertise", "not-an-ip", "--data", "/nonexistent/x"]);
+    assert!(!ok);
+    assert!(text.contains("--advertise must be an IP address"), "{text}");
+    let (ok, text) = run(&["server", "--join", "https://127.0.0.1:6443"]);
+    assert!(!ok);
+    assert!(text.contains("--token"), "{text}");
+    let (ok, text) = run(&["server", "--join", "https://127.0.0.1:6443", "--token", "garbage", "--advertise", "127.0.17.9"]);
+    assert!(!ok);
+    assert!(text.contains("K10"), "malformed token is explained: {text}");
+}
+
+#[test]
+fn a_used_port_is_reported() {
+    let _holder = std::net::TcpListener::bind("127.0.17.1:6443").expect("bind");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, text) = run(&["server", "--init", "--advertise", "127.0.17.1", "--data", path_str(dir.path())]);
+    assert!(!ok);
+    assert!(text.contains("cannot listen on 127.0.17.1:6443"), "{text}");
+    assert!(!dir.path().join("node.json").exists(), "nothing was created");
+}
+
+#[test]
+fn a_data_dir_of_another_cluster_is_refused() {
+    let mut a = Cluster::start(18, 1, &[]);
+    let b = Cluster::start(19, 1, &[]);
+    let other_token = b.token();
+    let a_data = a.nodes[0].data.clone();
+    a.kill(0);
+    let (ok, text) = run(&[
+        "server",
+        "--join",
+        "https://127.0.19.1:6443",
+        "--token",
+        &other_token,
+        "--advertise",
+        "127.0.18.1",
+        "--data",
+        path_str(&a_data),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("belongs to cluster"), "{text}");
+}

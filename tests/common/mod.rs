@@ -1,0 +1,227 @@
+//! Test harness: real `skiff server` processes on loopback addresses (127.0.X.1..3, one X per
+//! test so tests can run in parallel with the default ports), driven with the real etcdctl and a
+//! tonic etcd client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+pub struct Node {
+    pub index: usize,
+    pub ip: String,
+    pub data: PathBuf,
+    pub child: Option<Child>,
+    pub extra_args: Vec<String>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub subnet: u8,
+}
+
+impl Node {
+    pub fn api(&self) -> String {
+        format!("{}:6443", self.ip)
+    }
+    pub fn client_endpoint(&self) -> String {
+        format!("https://{}:2379", self.ip)
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.data.with_extension("log")
+    }
+}
+
+impl Cluster {
+    /// Starts `size` members: the first with --init, the others joining it.
+    pub fn start(subnet: u8, size: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Cluster { dir, nodes: Vec::new(), subnet };
+        for index in 1..=size {
+            let ip = format!("127.0.{subnet}.{index}");
+            let data = cluster.dir.path().join(format!("node{index}"));
+            cluster.nodes.push(Node { index, ip, data, child: None, extra_args: extra_args.iter().map(|s| s.to_string()).collect() });
+        }
+        cluster.spawn(0, &["--init"]);
+        wait_for(Duration::from_secs(30), "node1 token", || cluster.nodes[0].data.join("node.json").exists());
+        let token = cluster.token();
+        for i in 1..size {
+            let join = format!("https://{}", cluster.nodes[0].api());
+            cluster.spawn(i, &["--join", &join, "--token", &token]);
+            let data = cluster.nodes[i].data.clone();
+            wait_for(Duration::from_secs(30), "joined node identity", || data.join("node.json").exists());
+        }
+        cluster.wait_for_voters(size);
+        cluster
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.nodes[0].data.join("token")).expect("token").trim().to_string()
+    }
+
+    pub fn spawn(&mut self, i: usize, args: &[&str]) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.log_path()).expect("log file");
+        let child = Command::new(SKIFF)
+            .arg("server")
+            .arg("--data")
+            .arg(&node.data)
+            .arg("--advertise")
+            .arg(&node.ip)
+            .arg("--name")
+            .arg(format!("node{}", node.index))
+            .args(&node.extra_args)
+            .args(args)
+            .env("SKIFF_LOG", "info,openraft=info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn skiff server");
+        node.child = Some(child);
+    }
+
+    /// Restarts a stopped member with its data dir (it resumes by itself).
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, &[]);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// `skiff status -o json` through member `i`.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let out = Command::new(SKIFF)
+            .args(["status", "-o", "json", "--data"])
+            .arg(&self.nodes[i].data)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn wait_for_voters(&self, expected: usize) {
+        wait_for(Duration::from_secs(60), "all members voters with a leader", || {
+            let Some(status) = self.status(0) else { return false };
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            status["leader"].is_string()
+                && members.len() == expected
+                && members.iter().all(|m| m["role"] == "leader" || m["role"] == "follower")
+        });
+    }
+
+    /// Index of the current leader as seen by any running member.
+    pub fn leader(&mut self) -> usize {
+        let mut found = None;
+        wait_for(Duration::from_secs(20), "a leader", || {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].child.is_none() {
+                    continue;
+                }
+                if let Some(status) = self.status(i)
+                    && let Some(name) = status["leader"].as_str()
+                {
+                    found = name.strip_prefix("node").and_then(|n| n.parse::<usize>().ok()).map(|n| n - 1);
+                    if let Some(l) = found
+                        && self.nodes[l].child.is_some()
+                    {
+                        return true;
+                    }
+                }
+            }
+            false
+        });
+        found.expect("leader")
+    }
+
+    pub fn pki(&self, file: &str) -> PathBuf {
+        self.nodes[0].data.join("pki").join(file)
+    }
+
+    /// Runs etcdctl against member `i` with the admin certificate.
+    pub fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
+        self.etcdctl_command(i, args).output().expect("run etcdctl")
+    }
+
+    pub fn etcdctl_command(&self, i: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.nodes[i].client_endpoint())
+            .arg("--cacert")
+            .arg(self.pki("ca.crt"))
+            .arg("--cert")
+            .arg(self.pki("admin.crt"))
+            .arg("--key")
+            .arg(self.pki("admin.key"))
+            .arg("--command-timeout=10s")
+            .args(args);
+        cmd
+    }
+
+    pub fn dump_logs(&self) {
+        for node in &self.nodes {
+            if let Ok(text) = std::fs::read_to_string(node.log_path()) {
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- node{} log (last 40 lines) ----", node.index);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+pub fn assert_ok(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(output)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
