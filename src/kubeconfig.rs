@@ -62,15 +62,30 @@ pub fn render(name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &
         kind: "Config",
         clusters: vec![Named {
             name: name.into(),
-            value: ClusterEntry { cluster: ClusterSpec { server: server.into(), ca_data: STANDARD.encode(ca_pem) } },
+            value: ClusterEntry {
+                cluster: ClusterSpec {
+                    server: server.into(),
+                    ca_data: STANDARD.encode(ca_pem),
+                },
+            },
         }],
         users: vec![Named {
             name: format!("{name}-admin"),
-            value: UserEntry { user: UserSpec { cert_data: STANDARD.encode(cert_pem), key_data: STANDARD.encode(key_pem) } },
+            value: UserEntry {
+                user: UserSpec {
+                    cert_data: STANDARD.encode(cert_pem),
+                    key_data: STANDARD.encode(key_pem),
+                },
+            },
         }],
         contexts: vec![Named {
             name: name.into(),
-            value: ContextEntry { context: ContextSpec { cluster: name.into(), user: format!("{name}-admin") } },
+            value: ContextEntry {
+                context: ContextSpec {
+                    cluster: name.into(),
+                    user: format!("{name}-admin"),
+                },
+            },
         }],
         current_context: name,
     };
@@ -84,7 +99,13 @@ mod tests {
         let yaml = super::render("skiff", "https://127.0.0.1:6443", "CA", "CERT", "KEY");
         let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("yaml");
         assert_eq!(value["current-context"], "skiff");
-        assert_eq!(value["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
-        assert_eq!(value["users"][0]["user"]["client-certificate-data"], "Q0VSVA==");
+        assert_eq!(
+            value["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            value["users"][0]["user"]["client-certificate-data"],
+            "Q0VSVA=="
+        );
     }
 }

@@ -8,19 +8,45 @@ use std::process::Command;
 use common::*;
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(SKIFF).args(args).env("SKIFF_LOG", "error").output().expect("run skiff");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_LOG", "error")
+        .output()
+        .expect("run skiff");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn bad_flags_are_refused() {
-    let (ok, text) = run(&["server", "--init", "--advertise", "not-an-ip", "--data", "/nonexistent/x"]);
+    let (ok, text) = run(&[
+        "server",
+        "--init",
+        "--advertise",
+        "not-an-ip",
+        "--data",
+        "/nonexistent/x",
+    ]);
     assert!(!ok);
     assert!(text.contains("--advertise must be an IP address"), "{text}");
     let (ok, text) = run(&["server", "--join", "https://127.0.0.1:6443"]);
     assert!(!ok);
     assert!(text.contains("--token"), "{text}");
-    let (ok, text) = run(&["server", "--join", "https://127.0.0.1:6443", "--token", "garbage", "--advertise", "127.0.17.9"]);
+    let (ok, text) = run(&[
+        "server",
+        "--join",
+        "https://127.0.0.1:6443",
+        "--token",
+        "garbage",
+        "--advertise",
+        "127.0.17.9",
+    ]);
     assert!(!ok);
     assert!(text.contains("K10"), "malformed token is explained: {text}");
 }
@@ -29,10 +55,20 @@ fn bad_flags_are_refused() {
 fn a_used_port_is_reported() {
     let _holder = std::net::TcpListener::bind("127.0.17.1:6443").expect("bind");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ok, text) = run(&["server", "--init", "--advertise", "127.0.17.1", "--data", path_str(dir.path())]);
+    let (ok, text) = run(&[
+        "server",
+        "--init",
+        "--advertise",
+        "127.0.17.1",
+        "--data",
+        path_str(dir.path()),
+    ]);
     assert!(!ok);
     assert!(text.contains("cannot listen on 127.0.17.1:6443"), "{text}");
-    assert!(!dir.path().join("node.json").exists(), "nothing was created");
+    assert!(
+        !dir.path().join("node.json").exists(),
+        "nothing was created"
+    );
 }
 
 #[test]

@@ -87,12 +87,36 @@ mod tests {
         let start = Instant::now();
         let retention = Duration::from_secs(60);
         assert_eq!(planner.plan(start, 5_000, 0, retention, 1_000), None);
-        assert_eq!(planner.plan(start + Duration::from_secs(30), 8_000, 0, retention, 1_000), None);
+        assert_eq!(
+            planner.plan(start + Duration::from_secs(30), 8_000, 0, retention, 1_000),
+            None
+        );
         // 60 s later: the sample at `start` (revision 5000) is out of the window.
-        assert_eq!(planner.plan(start + Duration::from_secs(61), 9_000, 0, retention, 1_000), Some(5_000));
+        assert_eq!(
+            planner.plan(start + Duration::from_secs(61), 9_000, 0, retention, 1_000),
+            Some(5_000)
+        );
         // Min revisions caps the target.
-        assert_eq!(planner.plan(start + Duration::from_secs(95), 8_500, 5_000, retention, 1_000), Some(7_500));
+        assert_eq!(
+            planner.plan(
+                start + Duration::from_secs(95),
+                8_500,
+                5_000,
+                retention,
+                1_000
+            ),
+            Some(7_500)
+        );
         // Nothing new to compact.
-        assert_eq!(planner.plan(start + Duration::from_secs(96), 8_500, 7_500, retention, 1_000), None);
+        assert_eq!(
+            planner.plan(
+                start + Duration::from_secs(96),
+                8_500,
+                7_500,
+                retention,
+                1_000
+            ),
+            None
+        );
     }
 }

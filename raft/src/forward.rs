@@ -9,9 +9,16 @@ pub(crate) enum LeaderRequest {
     Write(Command),
     /// The log index a linearizable read must wait for (read index).
     ReadIndex,
-    AddLearner { id: NodeId, node: NodeInfo },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        node: NodeInfo,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

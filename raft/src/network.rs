@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,17 +44,26 @@ pub struct PeerConnectError {
 
 impl PeerChannels {
     pub fn new(tls: ClientTlsConfig) -> Self {
-        PeerChannels { tls, channels: Arc::new(Mutex::new(HashMap::new())) }
+        PeerChannels {
+            tls,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
                 let channel = Endpoint::from_shared(format!("https://{addr}"))
                     .and_then(|e| e.tls_config(self.tls.clone()))
-                    .map_err(|e| PeerConnectError { addr: addr.to_string(), message: e.to_string() })?
+                    .map_err(|e| PeerConnectError {
+                        addr: addr.to_string(),
+                        message: e.to_string(),
+                    })?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -84,7 +95,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
-        PeerNetwork { target, addr: node.raft_addr.clone(), channels: self.channels.clone() }
+        PeerNetwork {
+            target,
+            addr: node.raft_addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
@@ -102,13 +117,19 @@ struct WireError(String);
 
 impl PeerNetwork {
     /// One RPC: encode, send with the caller's deadline, decode `Result<Resp, RaftError<E>>`.
-    async fn call<Req, Resp, E>(&self, method: PeerMethod, request: &Req, ttl: Duration) -> Result<Resp, PeerRpcError<E>>
+    async fn call<Req, Resp, E>(
+        &self,
+        method: PeerMethod,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, PeerRpcError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&WireError(e))))?;
+        let data =
+            encode(request).map_err(|e| RPCError::Network(NetworkError::new(&WireError(e))))?;
         let mut client = self
             .channels
             .client(&self.addr)
@@ -123,17 +144,14 @@ impl PeerNetwork {
         };
         let reply = match tokio::time::timeout(ttl, call).await {
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&WireError(format!(
-                    "{} timed out after {ttl:?}",
-                    self.addr
-                )))));
+                return Err(RPCError::Unreachable(Unreachable::new(&WireError(
+                    format!("{} timed out after {ttl:?}", self.addr),
+                ))));
             }
             Ok(Err(status)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&WireError(format!(
-                    "{}: {}",
-                    self.addr,
-                    status.message()
-                )))));
+                return Err(RPCError::Unreachable(Unreachable::new(&WireError(
+                    format!("{}: {}", self.addr, status.message()),
+                ))));
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -157,7 +175,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, PeerRpcError<openraft::error::Infallible>> {
-        self.call(PeerMethod::AppendEntries, &rpc, option.hard_ttl()).await
+        self.call(PeerMethod::AppendEntries, &rpc, option.hard_ttl())
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(target = self.target))]
@@ -166,7 +185,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, PeerRpcError<InstallSnapshotError>> {
-        self.call(PeerMethod::InstallSnapshot, &rpc, option.hard_ttl()).await
+        self.call(PeerMethod::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(target = self.target))]

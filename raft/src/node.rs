@@ -65,9 +65,15 @@ impl RaftNode {
             .map_err(|e| NodeError::Fatal(format!("invalid raft config: {e}")))?;
         let channels = PeerChannels::new(config.tls.client_config());
         let network = PeerNetworkFactory::new(channels.clone());
-        let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log, store.state_machine)
-            .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))?;
         let node = RaftNode {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -126,7 +132,11 @@ impl RaftNode {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, info)| MemberView { id: *id, info: info.clone(), voter: voters.contains(id) })
+            .map(|(id, info)| MemberView {
+                id: *id,
+                info: info.clone(),
+                voter: voters.contains(id),
+            })
             .collect()
     }
 
@@ -145,7 +155,9 @@ impl RaftNode {
     pub async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         match self.on_leader(LeaderRequest::Write(command)).await? {
             LeaderReply::Write(result) => Ok(result),
-            other => Err(NodeError::Fatal(format!("unexpected leader reply {other:?}"))),
+            other => Err(NodeError::Fatal(format!(
+                "unexpected leader reply {other:?}"
+            ))),
         }
     }
 
@@ -154,7 +166,9 @@ impl RaftNode {
         match self.write(Command::Txn(request)).await? {
             CommandResult::Txn(response) => Ok(response),
             CommandResult::Rejected(rejection) => Err(rejection.into()),
-            CommandResult::Compacted { .. } => Err(NodeError::Fatal("compaction result for a txn".into())),
+            CommandResult::Compacted { .. } => {
+                Err(NodeError::Fatal("compaction result for a txn".into()))
+            }
         }
     }
 
@@ -171,7 +185,11 @@ impl RaftNode {
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let read_index = match self.on_leader(LeaderRequest::ReadIndex).await? {
             LeaderReply::ReadIndex(index) => index,
-            other => return Err(NodeError::Fatal(format!("unexpected leader reply {other:?}"))),
+            other => {
+                return Err(NodeError::Fatal(format!(
+                    "unexpected leader reply {other:?}"
+                )));
+            }
         };
         if read_index.is_some() {
             self.inner
@@ -185,7 +203,11 @@ impl RaftNode {
     }
 
     /// A range read: linearizable (read index) unless `serializable`.
-    pub async fn range(&self, request: &RangeRequest, serializable: bool) -> Result<RangeResponse, NodeError> {
+    pub async fn range(
+        &self,
+        request: &RangeRequest,
+        serializable: bool,
+    ) -> Result<RangeResponse, NodeError> {
         if !serializable {
             self.read_barrier().await?;
         }
@@ -193,15 +215,21 @@ impl RaftNode {
     }
 
     pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
-        self.on_leader(LeaderRequest::AddLearner { id, node: info }).await.map(|_| ())
+        self.on_leader(LeaderRequest::AddLearner { id, node: info })
+            .await
+            .map(|_| ())
     }
 
     pub async fn promote(&self, id: NodeId) -> Result<(), NodeError> {
-        self.on_leader(LeaderRequest::Promote { id }).await.map(|_| ())
+        self.on_leader(LeaderRequest::Promote { id })
+            .await
+            .map(|_| ())
     }
 
     pub async fn remove(&self, id: NodeId) -> Result<(), NodeError> {
-        self.on_leader(LeaderRequest::Remove { id }).await.map(|_| ())
+        self.on_leader(LeaderRequest::Remove { id })
+            .await
+            .map(|_| ())
     }
 
     pub async fn shutdown(&self) {
@@ -218,12 +246,16 @@ impl RaftNode {
         let retry_pause = Duration::from_millis(25);
         loop {
             let outcome = match self.leader() {
-                Some((leader_id, _)) if leader_id == self.inner.id => self.execute_as_leader(request.clone()).await,
+                Some((leader_id, _)) if leader_id == self.inner.id => {
+                    self.execute_as_leader(request.clone()).await
+                }
                 Some((leader_id, leader)) => {
                     let span = info_span!("forward", leader = leader_id);
                     match self.forward(&leader, &request).instrument(span).await {
                         Ok(outcome) => outcome,
-                        Err(ForwardTransport::NotSent) => Err(ForwardError::NotLeader { leader: None }),
+                        Err(ForwardTransport::NotSent) => {
+                            Err(ForwardError::NotLeader { leader: None })
+                        }
                         Err(ForwardTransport::Indeterminate(message)) => {
                             if matches!(request, LeaderRequest::Write(_)) {
                                 warn!(%message, "forwarded write lost its reply");
@@ -243,7 +275,9 @@ impl RaftNode {
                     }
                     tokio::time::sleep(retry_pause).await;
                 }
-                Err(ForwardError::Membership(message)) => return Err(NodeError::Membership(message)),
+                Err(ForwardError::Membership(message)) => {
+                    return Err(NodeError::Membership(message));
+                }
                 Err(ForwardError::Fatal(message)) => return Err(NodeError::Fatal(message)),
             }
         }
@@ -261,18 +295,27 @@ impl RaftNode {
             .client(&leader.raft_addr)
             .map_err(|e| ForwardTransport::Indeterminate(e.to_string()))?;
         let timeout = self.inner.tuning.request_timeout;
-        let reply =
-            match tokio::time::timeout(timeout, client.forward(skiff_proto::raft::RaftBytes { data })).await {
-                Err(_) => return Err(ForwardTransport::Indeterminate("forward timed out".into())),
-                Ok(Err(status)) if is_connect_failure(&status) => return Err(ForwardTransport::NotSent),
-                Ok(Err(status)) => return Err(ForwardTransport::Indeterminate(status.to_string())),
-                Ok(Ok(reply)) => reply.into_inner(),
-            };
+        let reply = match tokio::time::timeout(
+            timeout,
+            client.forward(skiff_proto::raft::RaftBytes { data }),
+        )
+        .await
+        {
+            Err(_) => return Err(ForwardTransport::Indeterminate("forward timed out".into())),
+            Ok(Err(status)) if is_connect_failure(&status) => {
+                return Err(ForwardTransport::NotSent);
+            }
+            Ok(Err(status)) => return Err(ForwardTransport::Indeterminate(status.to_string())),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
         decode(&reply.data).map_err(ForwardTransport::Indeterminate)
     }
 
     /// The leader side of every `LeaderRequest`, also served to forwarding followers.
-    pub(crate) async fn execute_as_leader(&self, request: LeaderRequest) -> Result<LeaderReply, ForwardError> {
+    pub(crate) async fn execute_as_leader(
+        &self,
+        request: LeaderRequest,
+    ) -> Result<LeaderReply, ForwardError> {
         let raft = &self.inner.raft;
         match request {
             LeaderRequest::Write(command) => match raft.client_write(command).await {
@@ -280,8 +323,12 @@ impl RaftNode {
                 Err(e) => Err(self.write_error(e)),
             },
             LeaderRequest::ReadIndex => match raft.get_read_log_id().await {
-                Ok((read_log_id, _applied)) => Ok(LeaderReply::ReadIndex(read_log_id.map(|l| l.index))),
-                Err(RaftError::APIError(_)) => Err(ForwardError::NotLeader { leader: self.leader() }),
+                Ok((read_log_id, _applied)) => {
+                    Ok(LeaderReply::ReadIndex(read_log_id.map(|l| l.index)))
+                }
+                Err(RaftError::APIError(_)) => Err(ForwardError::NotLeader {
+                    leader: self.leader(),
+                }),
                 Err(RaftError::Fatal(e)) => Err(ForwardError::Fatal(e.to_string())),
             },
             LeaderRequest::AddLearner { id, node } => {
@@ -305,9 +352,12 @@ impl RaftNode {
             LeaderRequest::Remove { id } => {
                 info!(id, "removing member");
                 if self.members().iter().any(|m| m.id == id && m.voter) {
-                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| self.write_error(e))?;
+                    raft.change_membership(
+                        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| self.write_error(e))?;
                 }
                 if self.members().iter().any(|m| m.id == id) {
                     raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
@@ -325,7 +375,9 @@ impl RaftNode {
         const MAX_LAG: u64 = 64;
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.inner.id) {
-            return Err(ForwardError::NotLeader { leader: self.leader() });
+            return Err(ForwardError::NotLeader {
+                leader: self.leader(),
+            });
         }
         let last = metrics.last_log_index.unwrap_or(0);
         let matched = metrics
@@ -344,7 +396,10 @@ impl RaftNode {
 
     /// The commit index as the leader computes it: the highest index a quorum of voters has.
     /// `None` on followers (they only know what they applied).
-    pub fn leader_commit_index(&self, metrics: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<u64> {
+    pub fn leader_commit_index(
+        &self,
+        metrics: &openraft::RaftMetrics<NodeId, NodeInfo>,
+    ) -> Option<u64> {
         let replication = metrics.replication.as_ref()?;
         let membership = metrics.membership_config.membership();
         let mut matched: Vec<u64> = membership
@@ -353,7 +408,12 @@ impl RaftNode {
                 if id == self.inner.id {
                     metrics.last_log_index.unwrap_or(0)
                 } else {
-                    replication.get(&id).cloned().flatten().map(|l| l.index).unwrap_or(0)
+                    replication
+                        .get(&id)
+                        .cloned()
+                        .flatten()
+                        .map(|l| l.index)
+                        .unwrap_or(0)
                 }
             })
             .collect();
@@ -364,12 +424,17 @@ impl RaftNode {
         matched.get(matched.len() / 2).copied()
     }
 
-    fn write_error(&self, error: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardError {
+    fn write_error(
+        &self,
+        error: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+    ) -> ForwardError {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node),
             },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ForwardError::Membership(e.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ForwardError::Membership(e.to_string())
+            }
             RaftError::Fatal(e) => ForwardError::Fatal(e.to_string()),
         }
     }
@@ -392,7 +457,9 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
             );
         }
         if err.to_string().contains("tcp connect error") {

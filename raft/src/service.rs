@@ -25,7 +25,9 @@ impl PeerService {
 }
 
 fn bytes<T: serde::Serialize>(value: &T) -> Result<Response<RaftBytes>, Status> {
-    encode(value).map(|data| Response::new(RaftBytes { data })).map_err(Status::internal)
+    encode(value)
+        .map(|data| Response::new(RaftBytes { data }))
+        .map_err(Status::internal)
 }
 
 fn request<T: serde::de::DeserializeOwned>(req: Request<RaftBytes>) -> Result<T, Status> {
@@ -47,7 +49,10 @@ impl RaftPeer for PeerService {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = request(req)?;
         bytes(&self.node.raft().install_snapshot(rpc).await)
     }
@@ -55,7 +60,8 @@ impl RaftPeer for PeerService {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn forward(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let leader_request: LeaderRequest = request(req)?;
-        let reply: Result<LeaderReply, ForwardError> = self.node.execute_as_leader(leader_request).await;
+        let reply: Result<LeaderReply, ForwardError> =
+            self.node.execute_as_leader(leader_request).await;
         bytes(&reply)
     }
 

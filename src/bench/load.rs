@@ -26,7 +26,14 @@ pub struct LoadResult {
 }
 
 /// Runs `total` requests spread over `channels` (one per member, round robin by client).
-pub async fn run(channels: &[Channel], workload: Workload, clients: usize, total: u64, value_size: usize, keys: u64) -> LoadResult {
+pub async fn run(
+    channels: &[Channel],
+    workload: Workload,
+    clients: usize,
+    total: u64,
+    value_size: usize,
+    keys: u64,
+) -> LoadResult {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -46,8 +53,21 @@ pub async fn run(channels: &[Channel], workload: Workload, clients: usize, total
                 let key = format!("/bench/{:08}", n % keys.max(1)).into_bytes();
                 let begin = Instant::now();
                 let ok = match workload {
-                    Workload::Put => client.put(PutRequest { key, value: value.clone(), ..Default::default() }).await.is_ok(),
-                    Workload::LinearizableGet => client.range(RangeRequest { key, ..Default::default() }).await.is_ok(),
+                    Workload::Put => client
+                        .put(PutRequest {
+                            key,
+                            value: value.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    Workload::LinearizableGet => client
+                        .range(RangeRequest {
+                            key,
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
                 };
                 if ok {
                     latencies.push(begin.elapsed());

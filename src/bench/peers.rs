@@ -32,12 +32,20 @@ impl BenchPki {
         write_file(&dir.join("ca.crt"), ca.ca.cert_pem.as_bytes(), false)?;
         write_file(&dir.join("server.crt"), server.cert_pem.as_bytes(), false)?;
         write_file(&dir.join("server.key"), server.key_pem.as_bytes(), true)?;
-        Ok(BenchPki { ca_pem: ca.ca.cert_pem, client, dir: dir.to_path_buf() })
+        Ok(BenchPki {
+            ca_pem: ca.ca.cert_pem,
+            client,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 
 /// One TLS channel per endpoint (https://host:port), authenticated with `client`.
-pub async fn channels(endpoints: &[String], ca_pem: &str, client: &CertKey) -> anyhow::Result<Vec<Channel>> {
+pub async fn channels(
+    endpoints: &[String],
+    ca_pem: &str,
+    client: &CertKey,
+) -> anyhow::Result<Vec<Channel>> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(Identity::from_pem(&client.cert_pem, &client.key_pem))
@@ -76,22 +84,37 @@ impl EtcdCluster {
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
             let p = |f: &str| pki.dir.join(f);
             let child = Command::new("etcd")
-                .arg("--name").arg(name)
-                .arg("--data-dir").arg(&data)
-                .arg("--listen-client-urls").arg(format!("https://{ip}:2379"))
-                .arg("--advertise-client-urls").arg(format!("https://{ip}:2379"))
-                .arg("--listen-peer-urls").arg(format!("https://{ip}:2380"))
-                .arg("--initial-advertise-peer-urls").arg(format!("https://{ip}:2380"))
-                .arg("--initial-cluster").arg(&initial)
-                .arg("--initial-cluster-state").arg("new")
-                .arg("--initial-cluster-token").arg("skiff-bench")
-                .arg("--cert-file").arg(p("server.crt"))
-                .arg("--key-file").arg(p("server.key"))
-                .arg("--trusted-ca-file").arg(p("ca.crt"))
+                .arg("--name")
+                .arg(name)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--listen-client-urls")
+                .arg(format!("https://{ip}:2379"))
+                .arg("--advertise-client-urls")
+                .arg(format!("https://{ip}:2379"))
+                .arg("--listen-peer-urls")
+                .arg(format!("https://{ip}:2380"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("https://{ip}:2380"))
+                .arg("--initial-cluster")
+                .arg(&initial)
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .arg("--initial-cluster-token")
+                .arg("skiff-bench")
+                .arg("--cert-file")
+                .arg(p("server.crt"))
+                .arg("--key-file")
+                .arg(p("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(p("ca.crt"))
                 .arg("--client-cert-auth")
-                .arg("--peer-cert-file").arg(p("server.crt"))
-                .arg("--peer-key-file").arg(p("server.key"))
-                .arg("--peer-trusted-ca-file").arg(p("ca.crt"))
+                .arg("--peer-cert-file")
+                .arg(p("server.crt"))
+                .arg("--peer-key-file")
+                .arg(p("server.key"))
+                .arg("--peer-trusted-ca-file")
+                .arg(p("ca.crt"))
                 .arg("--peer-client-cert-auth")
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log))
@@ -101,7 +124,10 @@ impl EtcdCluster {
             children.push(child);
             endpoints.push(format!("https://{ip}:2379"));
         }
-        let cluster = EtcdCluster { children, endpoints };
+        let cluster = EtcdCluster {
+            children,
+            endpoints,
+        };
         cluster.wait_ready(pki).await?;
         Ok(cluster)
     }
@@ -111,7 +137,11 @@ impl EtcdCluster {
         loop {
             if let Ok(chans) = channels(&self.endpoints, &pki.ca_pem, &pki.client).await {
                 let mut kv = skiff_proto::etcdserverpb::kv_client::KvClient::new(chans[0].clone());
-                let put = skiff_proto::etcdserverpb::PutRequest { key: b"/ready".to_vec(), value: b"1".to_vec(), ..Default::default() };
+                let put = skiff_proto::etcdserverpb::PutRequest {
+                    key: b"/ready".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                };
                 if kv.put(put).await.is_ok() {
                     return Ok(());
                 }

@@ -55,9 +55,12 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     results.push(etcd_result);
 
     progress.step("skiff: starting 3 members on 127.0.9.1-3");
-    let mut skiff = LocalCluster::start(&args.dir.join("skiff"), "127.0.9.", 3, &[], &progress).await?;
+    let mut skiff =
+        LocalCluster::start(&args.dir.join("skiff"), "127.0.9.", 3, &[], &progress).await?;
     let member_pki = skiff.pki()?;
-    let endpoints: Vec<String> = (1..=3).map(|i| format!("https://{}:2379", skiff.member_ip(i))).collect();
+    let endpoints: Vec<String> = (1..=3)
+        .map(|i| format!("https://{}:2379", skiff.member_ip(i)))
+        .collect();
     let channels = peers::channels(&endpoints, &member_pki.ca.cert_pem, &member_pki.admin).await?;
     progress.step("skiff: running the load");
     let skiff_result = measure("skiff", &channels, &args).await;
@@ -67,15 +70,40 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
 
     print_report(&results, &args);
     let path = args.dir.join("results.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
     Ok(())
 }
 
-async fn measure(system: &str, channels: &[tonic::transport::Channel], args: &StoreBenchArgs) -> SystemResult {
-    let put = load::run(channels, Workload::Put, args.clients, args.ops, args.value_size, args.keys).await;
-    let get = load::run(channels, Workload::LinearizableGet, args.clients, args.ops, args.value_size, args.keys).await;
-    SystemResult { system: system.to_string(), put, get }
+async fn measure(
+    system: &str,
+    channels: &[tonic::transport::Channel],
+    args: &StoreBenchArgs,
+) -> SystemResult {
+    let put = load::run(
+        channels,
+        Workload::Put,
+        args.clients,
+        args.ops,
+        args.value_size,
+        args.keys,
+    )
+    .await;
+    let get = load::run(
+        channels,
+        Workload::LinearizableGet,
+        args.clients,
+        args.ops,
+        args.value_size,
+        args.keys,
+    )
+    .await;
+    SystemResult {
+        system: system.to_string(),
+        put,
+        get,
+    }
 }
 
 fn print_report(results: &[SystemResult], args: &StoreBenchArgs) {
@@ -83,10 +111,16 @@ fn print_report(results: &[SystemResult], args: &StoreBenchArgs) {
         "store benchmark: {} ops per phase, {} clients, {} B values, 3 members each, TLS on both",
         args.ops, args.clients, args.value_size
     );
-    println!("{:<10} {:<6} {:>10} {:>9} {:>9} {:>7}", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS");
+    println!(
+        "{:<10} {:<6} {:>10} {:>9} {:>9} {:>7}",
+        "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS"
+    );
     for r in results {
         for (op, l) in [("put", &r.put), ("get", &r.get)] {
-            println!("{:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}", r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors);
+            println!(
+                "{:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+                r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors
+            );
         }
     }
     if let [etcd, skiff] = results {

@@ -31,11 +31,23 @@ impl LocalCluster {
     }
 
     /// Starts (or resumes) `size` members and waits until all are voters under one leader.
-    pub async fn start(base: &Path, ip_prefix: &str, size: usize, extra_args: &[String], progress: &Progress) -> anyhow::Result<Self> {
+    pub async fn start(
+        base: &Path,
+        ip_prefix: &str,
+        size: usize,
+        extra_args: &[String],
+        progress: &Progress,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
         let exe = std::env::current_exe().context("locating the skiff binary")?;
-        let mut cluster = LocalCluster { base: base.to_path_buf(), ip_prefix: ip_prefix.to_string(), members: Vec::new() };
-        let outcome = cluster.start_members(&exe, size, extra_args, progress).await;
+        let mut cluster = LocalCluster {
+            base: base.to_path_buf(),
+            ip_prefix: ip_prefix.to_string(),
+            members: Vec::new(),
+        };
+        let outcome = cluster
+            .start_members(&exe, size, extra_args, progress)
+            .await;
         if let Err(e) = outcome {
             cluster.stop().await;
             return Err(e);
@@ -43,26 +55,48 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    async fn start_members(&mut self, exe: &Path, size: usize, extra_args: &[String], progress: &Progress) -> anyhow::Result<()> {
+    async fn start_members(
+        &mut self,
+        exe: &Path,
+        size: usize,
+        extra_args: &[String],
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
         for index in 1..=size {
             let dir = Self::member_dir(&self.base, index);
             let ip = self.member_ip(index);
             let mut command = Command::new(exe);
-            command.arg("server").arg("--data").arg(&dir).arg("--advertise").arg(&ip).arg("--name").arg(format!("node{index}"));
+            command
+                .arg("server")
+                .arg("--data")
+                .arg(&dir)
+                .arg("--advertise")
+                .arg(&ip)
+                .arg("--name")
+                .arg(format!("node{index}"));
             command.args(extra_args);
             if NodeIdentity::load(&dir)?.is_none() {
                 if index == 1 {
                     command.arg("--init");
                 } else {
                     let token = load_token(&Self::member_dir(&self.base, 1))?;
-                    command.arg("--join").arg(format!("https://{}:6443", self.member_ip(1))).arg("--token").arg(token.to_string());
+                    command
+                        .arg("--join")
+                        .arg(format!("https://{}:6443", self.member_ip(1)))
+                        .arg("--token")
+                        .arg(token.to_string());
                 }
             }
             std::fs::create_dir_all(&dir)?;
             let log = std::fs::File::create(self.base.join(format!("node{index}.log")))?;
-            command.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).kill_on_drop(true);
+            command
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true);
             progress.step(&format!("starting node{index} on {ip}"));
-            let child = command.spawn().with_context(|| format!("starting node{index}"))?;
+            let child = command
+                .spawn()
+                .with_context(|| format!("starting node{index}"))?;
             self.members.push((format!("node{index}"), child));
             self.wait_until_member(&dir, index).await?;
             progress.step(&format!("node{index} is a member"));
@@ -94,11 +128,14 @@ impl LocalCluster {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             self.check_alive()?;
-            if let Ok(mut client) = admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await
+            if let Ok(mut client) =
+                admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await
                 && let Ok(status) = client.status(StatusRequest {}).await
             {
                 let status = status.into_inner();
-                if status.leader_id != 0 && status.members.iter().filter(|m| m.voter).count() >= expected {
+                if status.leader_id != 0
+                    && status.members.iter().filter(|m| m.voter).count() >= expected
+                {
                     return Ok(());
                 }
             }
@@ -112,7 +149,10 @@ impl LocalCluster {
     fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child) in self.members.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                bail!("{name} exited during start-up ({status}); see {}/{name}.log", self.base.display());
+                bail!(
+                    "{name} exited during start-up ({status}); see {}/{name}.log",
+                    self.base.display()
+                );
             }
         }
         Ok(())
@@ -121,7 +161,8 @@ impl LocalCluster {
     /// Returns the name of a member that exited, or None on Ctrl-C/SIGTERM.
     pub async fn wait_for_exit(&mut self) -> Option<String> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return None,
@@ -148,7 +189,10 @@ impl LocalCluster {
             }
         }
         for (_, child) in self.members.iter_mut() {
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }

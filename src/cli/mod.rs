@@ -11,7 +11,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "skiff", version, about = "A Raft-native Kubernetes distribution in one binary")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Raft-native Kubernetes distribution in one binary"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

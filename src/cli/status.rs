@@ -33,9 +33,15 @@ struct ClusterStatus {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let identity = NodeIdentity::load(&args.data)?
-        .ok_or_else(|| anyhow!("{} holds no member (use --data with a member's data dir)", args.data.display()))?;
-    let pki = PkiPaths::new(&args.data).load().context("loading admin credentials")?;
+    let identity = NodeIdentity::load(&args.data)?.ok_or_else(|| {
+        anyhow!(
+            "{} holds no member (use --data with a member's data dir)",
+            args.data.display()
+        )
+    })?;
+    let pki = PkiPaths::new(&args.data)
+        .load()
+        .context("loading admin credentials")?;
     let server = args
         .server
         .as_deref()
@@ -55,12 +61,20 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus> {
     let mut client = admin_client(server, &pki.ca.cert_pem, Some(&pki.admin)).await?;
-    let first = client.status(StatusRequest {}).await.map_err(|s| anyhow!("status from {server}: {}", s.message()))?.into_inner();
+    let first = client
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| anyhow!("status from {server}: {}", s.message()))?
+        .into_inner();
     let mut commit = 0;
     let mut rows = Vec::new();
     for member in &first.members {
         let own = match admin_client(&member.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await {
-            Ok(mut c) => c.status(StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string()),
+            Ok(mut c) => c
+                .status(StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
             Err(e) => Err(e.to_string()),
         };
         let row = match own {
@@ -70,7 +84,13 @@ async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus>
                     name: member.name.clone(),
                     id: member.node_id,
                     api: member.api_addr.clone(),
-                    role: if s.leader_id == member.node_id { "leader".into() } else if member.voter { "follower".into() } else { "learner".into() },
+                    role: if s.leader_id == member.node_id {
+                        "leader".into()
+                    } else if member.voter {
+                        "follower".into()
+                    } else {
+                        "learner".into()
+                    },
                     healthy: s.leader_id != 0,
                     term: s.term,
                     commit: s.commit_index,
@@ -85,7 +105,11 @@ async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus>
                 name: member.name.clone(),
                 id: member.node_id,
                 api: member.api_addr.clone(),
-                role: if member.voter { "voter".into() } else { "learner".into() },
+                role: if member.voter {
+                    "voter".into()
+                } else {
+                    "learner".into()
+                },
                 healthy: false,
                 term: 0,
                 commit: 0,
@@ -103,12 +127,23 @@ async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus>
             row.commit = commit;
         }
     }
-    let leader = rows.iter().find(|r| r.role == "leader").map(|r| r.name.clone());
-    Ok(ClusterStatus { cluster_id: first.cluster_id, leader, members: rows })
+    let leader = rows
+        .iter()
+        .find(|r| r.role == "leader")
+        .map(|r| r.name.clone());
+    Ok(ClusterStatus {
+        cluster_id: first.cluster_id,
+        leader,
+        members: rows,
+    })
 }
 
 fn print_table(status: &ClusterStatus) {
-    println!("cluster {}  leader {}", status.cluster_id, status.leader.as_deref().unwrap_or("<none>"));
+    println!(
+        "cluster {}  leader {}",
+        status.cluster_id,
+        status.leader.as_deref().unwrap_or("<none>")
+    );
     println!(
         "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  HEALTH",
         "NAME", "ID", "API", "ROLE", "TERM", "COMMIT", "APPLIED", "REVISION", "COMPACTED", "DB"
@@ -121,7 +156,17 @@ fn print_table(status: &ClusterStatus) {
         };
         println!(
             "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
-            r.name, r.id, r.api, r.role, r.term, r.commit, r.applied, r.revision, r.compacted, human_bytes(r.db_bytes), health
+            r.name,
+            r.id,
+            r.api,
+            r.role,
+            r.term,
+            r.commit,
+            r.applied,
+            r.revision,
+            r.compacted,
+            human_bytes(r.db_bytes),
+            health
         );
     }
 }

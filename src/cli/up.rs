@@ -14,12 +14,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         bail!("--nodes must be between 1 and 9");
     }
     let progress = Progress::spinner(&format!("starting {} control-plane members", args.nodes));
-    let mut cluster = LocalCluster::start(&args.data, "127.0.0.", args.nodes as usize, &[], &progress).await?;
+    let mut cluster =
+        LocalCluster::start(&args.data, "127.0.0.", args.nodes as usize, &[], &progress).await?;
     let data1 = LocalCluster::member_dir(&args.data, 1);
-    let kubeconfig = std::fs::read(data1.join("admin.kubeconfig")).context("reading the admin kubeconfig")?;
+    let kubeconfig =
+        std::fs::read(data1.join("admin.kubeconfig")).context("reading the admin kubeconfig")?;
     write_file(&args.kubeconfig, &kubeconfig, true)?;
     progress.finish(&format!("{} members up", args.nodes));
-    println!("skiff is up: {} control-plane members on 127.0.0.1..{}", args.nodes, args.nodes);
+    println!(
+        "skiff is up: {} control-plane members on 127.0.0.1..{}",
+        args.nodes, args.nodes
+    );
     println!("  kubeconfig:  {}", args.kubeconfig.display());
     println!("  status:      skiff status --data {}", data1.display());
     println!(
@@ -32,7 +37,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     cluster.stop().await;
     eprintln!("stopped");
     match exited {
-        Some(name) => Err(anyhow!("member {name} exited unexpectedly; see {}/{name}.log", args.data.display())),
+        Some(name) => Err(anyhow!(
+            "member {name} exited unexpectedly; see {}/{name}.log",
+            args.data.display()
+        )),
         None => Ok(()),
     }
 }

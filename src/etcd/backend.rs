@@ -14,8 +14,14 @@ pub trait KvBackend: Clone + Send + Sync + 'static {
         serializable: bool,
     ) -> impl Future<Output = Result<RangeResponse, BackendError>> + Send;
     /// Through raft (forwarded to the leader when needed).
-    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, BackendError>> + Send;
-    fn compact(&self, revision: Revision) -> impl Future<Output = Result<Revision, BackendError>> + Send;
+    fn txn(
+        &self,
+        req: TxnRequest,
+    ) -> impl Future<Output = Result<TxnResponse, BackendError>> + Send;
+    fn compact(
+        &self,
+        revision: Revision,
+    ) -> impl Future<Output = Result<Revision, BackendError>> + Send;
     fn watch(&self, req: WatchRequest) -> Result<Watcher, BackendError>;
     fn status(&self) -> impl Future<Output = Result<MemberStatus, BackendError>> + Send;
     fn members(&self) -> Vec<MemberInfo>;

@@ -19,8 +19,8 @@ use skiff_storage::{
     RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
 };
 
-use super::backend::{HeaderInfo, MemberInfo, MemberStatus};
 use super::backend::BackendError;
+use super::backend::{HeaderInfo, MemberInfo, MemberStatus};
 use super::error::EtcdError;
 
 pub fn header(info: &HeaderInfo, revision: Revision) -> pb::ResponseHeader {
@@ -48,7 +48,11 @@ pub fn event(ev: Event) -> mvccpb::Event {
         EventKind::Put => mvccpb::event::EventType::Put,
         EventKind::Delete => mvccpb::event::EventType::Delete,
     };
-    mvccpb::Event { r#type: kind as i32, kv: Some(key_value(ev.kv)), prev_kv: ev.prev_kv.map(key_value) }
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(key_value(ev.kv)),
+        prev_kv: ev.prev_kv.map(key_value),
+    }
 }
 
 pub fn member(m: MemberInfo) -> pb::Member {
@@ -116,15 +120,21 @@ impl RangeView {
             kvs.retain(|kv| {
                 (self.max_mod_revision == 0 || kv.mod_revision <= self.max_mod_revision)
                     && (self.min_mod_revision == 0 || kv.mod_revision >= self.min_mod_revision)
-                    && (self.max_create_revision == 0 || kv.create_revision <= self.max_create_revision)
-                    && (self.min_create_revision == 0 || kv.create_revision >= self.min_create_revision)
+                    && (self.max_create_revision == 0
+                        || kv.create_revision <= self.max_create_revision)
+                    && (self.min_create_revision == 0
+                        || kv.create_revision >= self.min_create_revision)
             });
         }
         if let Some((target, order)) = self.sort {
             // Stable, so keys with an equal sort value keep their ascending key order.
             kvs.sort_by(|a, b| {
                 let ord = compare_by(target, a, b);
-                if order == SortOrder::Descend { ord.reverse() } else { ord }
+                if order == SortOrder::Descend {
+                    ord.reverse()
+                } else {
+                    ord
+                }
             });
         }
         let mut more = read.more;
@@ -189,7 +199,11 @@ pub fn range_request(req: pb::RangeRequest) -> Result<(RangeRequest, RangeView),
     };
     let read = RangeRequest {
         range: key_range(req.key, req.range_end),
-        limit: if view.needs_full_read() { 0 } else { view.limit },
+        limit: if view.needs_full_read() {
+            0
+        } else {
+            view.limit
+        },
         // etcd reads the current revision for any revision <= 0.
         revision: req.revision.max(0),
         // Sorting by value needs the values even when the client does not want them.
@@ -221,33 +235,51 @@ pub fn put_op(req: pb::PutRequest) -> Result<Op, EtcdError> {
     if req.lease != 0 {
         return Err(EtcdError::LeasesUnsupported);
     }
-    Ok(Op::Put { key: req.key, value: req.value, lease: 0, prev_kv: req.prev_kv })
+    Ok(Op::Put {
+        key: req.key,
+        value: req.value,
+        lease: 0,
+        prev_kv: req.prev_kv,
+    })
 }
 
 pub fn delete_op(req: pb::DeleteRangeRequest) -> Result<Op, EtcdError> {
     if req.key.is_empty() {
         return Err(EtcdError::EmptyKey);
     }
-    Ok(Op::Delete { range: key_range(req.key, req.range_end), prev_kv: req.prev_kv })
+    Ok(Op::Delete {
+        range: key_range(req.key, req.range_end),
+        prev_kv: req.prev_kv,
+    })
 }
 
 /// A single write as a one-op transaction.
 pub fn single_op_txn(op: Op) -> TxnRequest {
-    TxnRequest { compares: Vec::new(), success: vec![op], failure: Vec::new() }
+    TxnRequest {
+        compares: Vec::new(),
+        success: vec![op],
+        failure: Vec::new(),
+    }
 }
 
 /// The one response of a one-op transaction.
 pub fn single_response(resp: TxnResponse) -> Result<OpResponse, EtcdError> {
     resp.responses.into_iter().next().ok_or_else(|| {
-        EtcdError::Backend(BackendError::Internal("transaction returned no response".into()))
+        EtcdError::Backend(BackendError::Internal(
+            "transaction returned no response".into(),
+        ))
     })
 }
 
-pub fn put_response(resp: OpResponse, header: pb::ResponseHeader) -> Result<pb::PutResponse, EtcdError> {
+pub fn put_response(
+    resp: OpResponse,
+    header: pb::ResponseHeader,
+) -> Result<pb::PutResponse, EtcdError> {
     match resp {
-        OpResponse::Put { prev_kv } => {
-            Ok(pb::PutResponse { header: Some(header), prev_kv: prev_kv.map(key_value) })
-        }
+        OpResponse::Put { prev_kv } => Ok(pb::PutResponse {
+            header: Some(header),
+            prev_kv: prev_kv.map(key_value),
+        }),
         other => Err(mismatched("put", &other)),
     }
 }
@@ -275,11 +307,10 @@ fn mismatched(expected: &str, got: &OpResponse) -> EtcdError {
 // ---------------------------------------------------------------------------------------------
 // Txn
 
-/// A validated transaction: the store request plus, per op, what kind of answer to expect and
-/// how to present a range result.
+/// For a validated transaction: per op, what kind of answer to expect from the store and how
+/// to present a range result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnPlan {
-    pub request: TxnRequest,
     success: Vec<OpShape>,
     failure: Vec<OpShape>,
 }
@@ -292,22 +323,40 @@ enum OpShape {
 }
 
 /// Validates a transaction in etcd's order (op count, compare keys, ops, then overlapping writes
-/// within each branch) and converts it.
-pub fn txn_request(req: pb::TxnRequest, max_txn_ops: usize) -> Result<TxnPlan, EtcdError> {
-    let ops = req.compare.len().max(req.success.len()).max(req.failure.len());
+/// within each branch) and converts it into the store request and the plan for its response.
+pub fn txn_request(
+    req: pb::TxnRequest,
+    max_txn_ops: usize,
+) -> Result<(TxnRequest, TxnPlan), EtcdError> {
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
     if ops > max_txn_ops {
         return Err(EtcdError::TooManyOps);
     }
-    let compares = req.compare.into_iter().map(compare).collect::<Result<Vec<_>, _>>()?;
+    let compares = req
+        .compare
+        .into_iter()
+        .map(compare)
+        .collect::<Result<Vec<_>, _>>()?;
     let (success, success_shapes) = branch(req.success)?;
     let (failure, failure_shapes) = branch(req.failure)?;
     check_overlapping_writes(&success)?;
     check_overlapping_writes(&failure)?;
-    Ok(TxnPlan {
-        request: TxnRequest { compares, success, failure },
+    let plan = TxnPlan {
         success: success_shapes,
         failure: failure_shapes,
-    })
+    };
+    Ok((
+        TxnRequest {
+            compares,
+            success,
+            failure,
+        },
+        plan,
+    ))
 }
 
 type Branch = (Vec<Op>, Vec<OpShape>);
@@ -370,7 +419,11 @@ fn compare(c: pb::Compare) -> Result<Compare, EtcdError> {
         }),
         Err(_) => return Err(EtcdError::InvalidEnum("compare target")),
     };
-    Ok(Compare { range: key_range(c.key, c.range_end), op, target })
+    Ok(Compare {
+        range: key_range(c.key, c.range_end),
+        op,
+        target,
+    })
 }
 
 /// etcd refuses a branch that writes one key twice (two puts, or a put inside a deleted range):
@@ -396,8 +449,16 @@ fn check_overlapping_writes(ops: &[Op]) -> Result<(), EtcdError> {
 impl TxnPlan {
     /// The etcd response for the store's answer: range results of the branch that ran get their
     /// sort/filter/limit treatment; every inner response carries the outer header.
-    pub fn response(&self, resp: TxnResponse, header: pb::ResponseHeader) -> Result<pb::TxnResponse, EtcdError> {
-        let shapes = if resp.succeeded { &self.success } else { &self.failure };
+    pub fn response(
+        &self,
+        resp: TxnResponse,
+        header: pb::ResponseHeader,
+    ) -> Result<pb::TxnResponse, EtcdError> {
+        let shapes = if resp.succeeded {
+            &self.success
+        } else {
+            &self.failure
+        };
         if shapes.len() != resp.responses.len() {
             return Err(EtcdError::Backend(BackendError::Internal(format!(
                 "store answered {} ops with {} responses",
@@ -415,13 +476,21 @@ impl TxnPlan {
                         Response::ResponseRange(view.apply(read, header))
                     }
                     (op, OpShape::Put) => Response::ResponsePut(put_response(op, header)?),
-                    (op, OpShape::Delete) => Response::ResponseDeleteRange(delete_response(op, header)?),
+                    (op, OpShape::Delete) => {
+                        Response::ResponseDeleteRange(delete_response(op, header)?)
+                    }
                     (op, OpShape::Range(_)) => return Err(mismatched("range", &op)),
                 };
-                Ok(pb::ResponseOp { response: Some(response) })
+                Ok(pb::ResponseOp {
+                    response: Some(response),
+                })
             })
             .collect::<Result<Vec<_>, EtcdError>>()?;
-        Ok(pb::TxnResponse { header: Some(header), succeeded: resp.succeeded, responses })
+        Ok(pb::TxnResponse {
+            header: Some(header),
+            succeeded: resp.succeeded,
+            responses,
+        })
     }
 }
 

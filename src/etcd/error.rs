@@ -126,14 +126,26 @@ mod tests {
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
             ),
-            (BackendError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
-            (BackendError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (
+                BackendError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                BackendError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
             (
                 BackendError::Rejected("unsupported operation: x".into()),
                 Code::InvalidArgument,
                 "etcdserver: unsupported operation: x",
             ),
-            (BackendError::Internal("disk".into()), Code::Unknown, "etcdserver: disk"),
+            (
+                BackendError::Internal("disk".into()),
+                Code::Unknown,
+                "etcdserver: disk",
+            ),
         ];
         for (err, code, message) in cases {
             assert_eq!(status(err), (code, message.to_owned()));
@@ -143,8 +155,16 @@ mod tests {
     #[test]
     fn request_errors_map_to_etcd_statuses() {
         let cases = [
-            (EtcdError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (EtcdError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
+            (
+                EtcdError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                EtcdError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
             (
                 EtcdError::DuplicateKey,
                 Code::InvalidArgument,
@@ -155,8 +175,16 @@ mod tests {
                 Code::InvalidArgument,
                 "etcdserver: too many operations in txn request",
             ),
-            (EtcdError::EmptyRequestOp, Code::InvalidArgument, "etcdserver: key not found"),
-            (EtcdError::LeasesUnsupported, Code::InvalidArgument, "etcdserver: leases are not supported"),
+            (
+                EtcdError::EmptyRequestOp,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                EtcdError::LeasesUnsupported,
+                Code::InvalidArgument,
+                "etcdserver: leases are not supported",
+            ),
             (
                 EtcdError::Unsupported("nested txn"),
                 Code::Unimplemented,

@@ -35,7 +35,11 @@ struct Out {
 }
 
 async fn start(limits: EtcdLimits) -> Option<Etcd> {
-    let probe = Command::new(ETCDCTL).arg("version").env("ETCDCTL_API", "3").output().await;
+    let probe = Command::new(ETCDCTL)
+        .arg("version")
+        .env("ETCDCTL_API", "3")
+        .output()
+        .await;
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("etcdctl not installed; skipping");
         return None;
@@ -52,7 +56,11 @@ async fn start(limits: EtcdLimits) -> Option<Etcd> {
             eprintln!("test server failed: {err}");
         }
     });
-    Some(Etcd { addr, backend, server })
+    Some(Etcd {
+        addr,
+        backend,
+        server,
+    })
 }
 
 impl Etcd {
@@ -103,33 +111,73 @@ impl Etcd {
 
     async fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
-        assert!(!out.ok, "etcdctl {args:?} should fail, printed {}", out.stdout);
+        assert!(
+            !out.ok,
+            "etcdctl {args:?} should fail, printed {}",
+            out.stdout
+        );
         out.stdout + &out.stderr
     }
 }
 
 #[tokio::test]
 async fn put_get_delete() {
-    let Some(etcd) = start(EtcdLimits::default()).await else { return };
+    let Some(etcd) = start(EtcdLimits::default()).await else {
+        return;
+    };
     assert_eq!(etcd.ok(&["put", "foo", "bar"]).await, "OK\n");
     assert_eq!(etcd.ok(&["get", "foo"]).await, "foo\nbar\n");
-    assert_eq!(etcd.ok(&["put", "--prev-kv", "foo", "baz"]).await, "OK\nfoo\nbar\n");
-    assert_eq!(etcd.ok(&["get", "foo", "--print-value-only"]).await, "baz\n");
+    assert_eq!(
+        etcd.ok(&["put", "--prev-kv", "foo", "baz"]).await,
+        "OK\nfoo\nbar\n"
+    );
+    assert_eq!(
+        etcd.ok(&["get", "foo", "--print-value-only"]).await,
+        "baz\n"
+    );
     assert_eq!(etcd.ok(&["get", "foo", "--rev=1"]).await, "foo\nbar\n");
-    assert_eq!(etcd.ok(&["get", "foo", "--consistency=s"]).await, "foo\nbaz\n");
+    let old = etcd.ok(&["get", "foo", "--rev=1", "-w", "json"]).await;
+    assert!(
+        old.contains("\"revision\":2"),
+        "an old read reports the current revision: {old}"
+    );
+    assert_eq!(
+        etcd.ok(&["get", "foo", "--consistency=s"]).await,
+        "foo\nbaz\n"
+    );
     assert_eq!(etcd.ok(&["get", "missing"]).await, "");
 
     for (k, v) in [("/p/a", "3"), ("/p/b", "1"), ("/p/c", "2"), ("/q", "x")] {
         etcd.ok(&["put", k, v]).await;
     }
-    assert_eq!(etcd.ok(&["get", "--prefix", "/p/", "--keys-only"]).await, "/p/a\n\n/p/b\n\n/p/c\n\n");
     assert_eq!(
-        etcd.ok(&["get", "--prefix", "/p/", "--sort-by=VALUE", "--order=DESCEND", "--limit=2"]).await,
+        etcd.ok(&["get", "--prefix", "/p/", "--keys-only"]).await,
+        "/p/a\n\n/p/b\n\n/p/c\n\n"
+    );
+    assert_eq!(
+        etcd.ok(&[
+            "get",
+            "--prefix",
+            "/p/",
+            "--sort-by=VALUE",
+            "--order=DESCEND",
+            "--limit=2"
+        ])
+        .await,
         "/p/a\n3\n/p/c\n2\n"
     );
-    assert_eq!(etcd.ok(&["get", "/p/b", "--from-key", "--keys-only"]).await, "/p/b\n\n/p/c\n\n/q\n\nfoo\n\n");
-    assert_eq!(etcd.ok(&["get", "/p/a", "/p/c", "--print-value-only"]).await, "3\n1\n");
-    let json = etcd.ok(&["get", "--prefix", "/p/", "--limit=1", "-w", "json"]).await;
+    assert_eq!(
+        etcd.ok(&["get", "/p/b", "--from-key", "--keys-only"]).await,
+        "/p/b\n\n/p/c\n\n/q\n\nfoo\n\n"
+    );
+    assert_eq!(
+        etcd.ok(&["get", "/p/a", "/p/c", "--print-value-only"])
+            .await,
+        "3\n1\n"
+    );
+    let json = etcd
+        .ok(&["get", "--prefix", "/p/", "--limit=1", "-w", "json"])
+        .await;
     assert!(json.contains("\"more\":true"), "{json}");
     assert!(json.contains("\"count\":3"), "{json}");
     assert!(json.contains("\"cluster_id\":7"), "{json}");
@@ -141,39 +189,75 @@ async fn put_get_delete() {
 
 #[tokio::test]
 async fn txn_from_stdin() {
-    let Some(etcd) = start(EtcdLimits::default()).await else { return };
+    let Some(etcd) = start(EtcdLimits::default()).await else {
+        return;
+    };
     etcd.ok(&["put", "k", "v1"]).await;
-    let script = b"value(\"k\") = \"v1\"\nmod(\"k\") > \"0\"\n\nput k v2\nget k\n\nput k failed\n\n";
+    let script =
+        b"value(\"k\") = \"v1\"\nmod(\"k\") > \"0\"\n\nput k v2\nget k\n\nput k failed\n\n";
     let out = etcd.run_with_stdin(&["txn"], script).await;
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.stdout, "SUCCESS\n\nOK\n\nk\nv2\n");
     let out = etcd.run_with_stdin(&["txn"], script).await;
     assert_eq!(out.stdout, "FAILURE\n\nOK\n");
-    assert_eq!(etcd.ok(&["get", "k", "--print-value-only"]).await, "failed\n");
+    assert_eq!(
+        etcd.ok(&["get", "k", "--print-value-only"]).await,
+        "failed\n"
+    );
 
-    let dup = etcd.run_with_stdin(&["txn"], b"\nput a 1\nput a 2\n\n\n").await;
-    assert!(dup.stderr.contains("etcdserver: duplicate key given in txn request"), "{}", dup.stderr);
+    let dup = etcd
+        .run_with_stdin(&["txn"], b"\nput a 1\nput a 2\n\n\n")
+        .await;
+    assert!(
+        dup.stderr
+            .contains("etcdserver: duplicate key given in txn request"),
+        "{}",
+        dup.stderr
+    );
 }
 
 #[tokio::test]
 async fn compaction_and_errors() {
-    let Some(etcd) = start(EtcdLimits { max_request_bytes: 64 * 1024, max_txn_ops: 128 }).await else { return };
+    let Some(etcd) = start(EtcdLimits {
+        max_request_bytes: 64 * 1024,
+        max_txn_ops: 128,
+    })
+    .await
+    else {
+        return;
+    };
     for v in ["1", "2", "3"] {
         etcd.ok(&["put", "k", v]).await;
     }
-    assert_eq!(etcd.ok(&["compaction", "2"]).await, "compacted revision 2\n");
-    assert_eq!(etcd.ok(&["compaction", "--physical", "3"]).await, "compacted revision 3\n");
+    assert_eq!(
+        etcd.ok(&["compaction", "2"]).await,
+        "compacted revision 2\n"
+    );
+    assert_eq!(
+        etcd.ok(&["compaction", "--physical", "3"]).await,
+        "compacted revision 3\n"
+    );
     let err = etcd.fails(&["get", "k", "--rev=1"]).await;
-    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
     let err = etcd.fails(&["get", "k", "--rev=99"]).await;
-    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
     let err = etcd.fails(&["put", "k", "v", "--lease=1234"]).await;
     assert!(err.contains("leases are not supported"), "{err}");
 
     let big = vec![b'x'; 100 * 1024];
     let out = etcd.run_with_stdin(&["put", "big"], &big).await;
     assert!(!out.ok);
-    assert!(out.stderr.contains("etcdserver: request is too large"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("etcdserver: request is too large"),
+        "{}",
+        out.stderr
+    );
 
     let err = etcd.fails(&["lease", "grant", "10"]).await;
     assert!(err.contains("Unimplemented"), "{err}");
@@ -181,7 +265,9 @@ async fn compaction_and_errors() {
 
 #[tokio::test]
 async fn watch_streams_events_and_reports_compaction() {
-    let Some(etcd) = start(EtcdLimits::default()).await else { return };
+    let Some(etcd) = start(EtcdLimits::default()).await else {
+        return;
+    };
     // Start from a known revision so that the first put is seen however long etcdctl takes to
     // set the watch up.
     let from = (etcd.backend.header().revision + 1).to_string();
@@ -196,7 +282,9 @@ async fn watch_streams_events_and_reports_compaction() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     etcd.ok(&["put", "/w/a", "1"]).await;
     while seen.len() < 3 {
-        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("watch output in time");
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("watch output in time");
         seen.push(line.expect("read").expect("watch still running"));
     }
     assert_eq!(seen, ["PUT", "/w/a", "1"]);
@@ -204,18 +292,27 @@ async fn watch_streams_events_and_reports_compaction() {
     etcd.ok(&["del", "/w/a"]).await;
     let mut rest = Vec::new();
     while rest.len() < 10 {
-        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("watch output in time");
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("watch output in time");
         rest.push(line.expect("read").expect("watch still running"));
     }
     // With --prev-kv every event prints the previous pair first (none for a create).
-    assert_eq!(rest, ["PUT", "/w/a", "1", "/w/a", "2", "DELETE", "/w/a", "2", "/w/a", ""]);
+    assert_eq!(
+        rest,
+        [
+            "PUT", "/w/a", "1", "/w/a", "2", "DELETE", "/w/a", "2", "/w/a", ""
+        ]
+    );
     child.kill().await.expect("kill watch");
 
     let current = etcd.backend.header().revision;
     etcd.ok(&["compaction", &current.to_string()]).await;
     let out = etcd.run(&["watch", "/w/a", "--rev=1"]).await;
     assert!(
-        out.stderr.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"),
+        out.stderr.contains(
+            "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+        ),
         "stdout {} stderr {}",
         out.stdout,
         out.stderr
@@ -224,18 +321,70 @@ async fn watch_streams_events_and_reports_compaction() {
 
 #[tokio::test]
 async fn status_health_and_members() {
-    let Some(etcd) = start(EtcdLimits::default()).await else { return };
+    let Some(etcd) = start(EtcdLimits::default()).await else {
+        return;
+    };
     let status = etcd.ok(&["endpoint", "status"]).await;
-    assert!(status.contains("3.4.0") && status.contains(&etcd.addr.to_string()), "{status}");
+    assert!(
+        status.contains("3.4.0") && status.contains(&etcd.addr.to_string()),
+        "{status}"
+    );
     let status = etcd.ok(&["endpoint", "status", "-w", "json"]).await;
     assert!(status.contains("\"leader\":1"), "{status}");
     // etcdctl 3.4 prints the health verdict on stderr.
     let health = etcd.run(&["endpoint", "health"]).await;
-    assert!(health.ok && health.stderr.contains("is healthy"), "{}", health.stderr);
+    assert!(
+        health.ok && health.stderr.contains("is healthy"),
+        "{}",
+        health.stderr
+    );
     let members = etcd.ok(&["member", "list"]).await;
-    assert_eq!(members, "1, started, test, https://127.0.0.1:2380, https://127.0.0.1:2379, false\n");
-    let err = etcd.fails(&["member", "add", "x", "--peer-urls=https://10.0.0.9:2380"]).await;
+    assert_eq!(
+        members,
+        "1, started, test, https://127.0.0.1:2380, https://127.0.0.1:2379, false\n"
+    );
+    let err = etcd
+        .fails(&["member", "add", "x", "--peer-urls=https://10.0.0.9:2380"])
+        .await;
     assert!(err.contains("not supported"), "{err}");
     let alarms = etcd.ok(&["alarm", "list"]).await;
     assert_eq!(alarms, "");
+}
+
+#[tokio::test]
+async fn interactive_watch_answers_progress_requests() {
+    let Some(etcd) = start(EtcdLimits::default()).await else {
+        return;
+    };
+    etcd.ok(&["put", "/w/a", "1"]).await;
+    let rev = etcd.backend.header().revision;
+    let mut child = etcd
+        .command(&["watch", "-i"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl watch -i");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"watch /w/a\nprogress\n")
+        .await
+        .expect("write commands");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("progress in time")
+        .expect("read")
+        .expect("watch still running");
+    assert_eq!(line, format!("progress notify: {rev}"));
+    etcd.ok(&["put", "/w/a", "2"]).await;
+    let mut event = Vec::new();
+    while event.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("event in time");
+        event.push(line.expect("read").expect("watch still running"));
+    }
+    assert_eq!(event, ["PUT", "/w/a", "2"]);
+    child.kill().await.expect("kill watch");
 }

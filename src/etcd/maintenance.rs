@@ -40,20 +40,33 @@ fn unsupported<T>(what: &'static str) -> Result<Response<T>, Status> {
 impl<B: KvBackend> Maintenance for MaintenanceService<B> {
     /// skiff raises no alarms (it has no space quota), so there is never one to list or disarm.
     /// `etcdctl endpoint health` lists alarms after its health read.
-    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         let req = request.into_inner();
         let _span = tracing::info_span!("etcd.alarm", action = req.action).entered();
         match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get | AlarmAction::Deactivate) => {
-                Ok(Response::new(pb::AlarmResponse { header: Some(self.header()), alarms: Vec::new() }))
+                Ok(Response::new(pb::AlarmResponse {
+                    header: Some(self.header()),
+                    alarms: Vec::new(),
+                }))
             }
             Ok(AlarmAction::Activate) => Err(EtcdError::Unsupported("activating alarms").into()),
             Err(_) => Err(EtcdError::InvalidEnum("alarm action").into()),
         }
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self.backend.status().instrument(tracing::info_span!("etcd.status")).await?;
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self
+            .backend
+            .status()
+            .instrument(tracing::info_span!("etcd.status"))
+            .await?;
         Ok(Response::new(convert::status(status)))
     }
 
@@ -64,17 +77,26 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
         unsupported("defragment")
     }
 
-    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         unsupported("hash")
     }
 
-    async fn hash_kv(&self, _request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         unsupported("hashkv")
     }
 
     type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
 
-    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         unsupported("snapshot (use `skiff backup`)")
     }
 
@@ -104,11 +126,22 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let _span = tracing::info_span!("etcd.member_list").entered();
         let info = self.backend.header();
-        let members = self.backend.members().into_iter().map(convert::member).collect();
-        Ok(Response::new(pb::MemberListResponse { header: Some(convert::header(&info, info.revision)), members }))
+        let members = self
+            .backend
+            .members()
+            .into_iter()
+            .map(convert::member)
+            .collect();
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(convert::header(&info, info.revision)),
+            members,
+        }))
     }
 
-    async fn member_add(&self, _request: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
         unsupported("member add (use `skiff server --join`)")
     }
 

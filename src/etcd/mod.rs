@@ -45,7 +45,10 @@ pub struct EtcdLimits {
 
 impl Default for EtcdLimits {
     fn default() -> Self {
-        EtcdLimits { max_request_bytes: 1536 * 1024, max_txn_ops: 128 }
+        EtcdLimits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
     }
 }
 
@@ -65,12 +68,19 @@ impl EtcdLimits {
 pub fn services<B: KvBackend>(backend: B, limits: EtcdLimits) -> Routes {
     let max_decoding = limits.max_decoding_message_size();
     Routes::new(
-        KvServer::new(kv::KvService::new(backend.clone(), limits)).max_decoding_message_size(max_decoding),
+        KvServer::new(kv::KvService::new(backend.clone(), limits))
+            .max_decoding_message_size(max_decoding),
     )
-    .add_service(WatchServer::new(watch::WatchService::new(backend.clone())).max_decoding_message_size(max_decoding))
+    .add_service(
+        WatchServer::new(watch::WatchService::new(backend.clone()))
+            .max_decoding_message_size(max_decoding),
+    )
     .add_service(
         MaintenanceServer::new(maintenance::MaintenanceService::new(backend.clone()))
             .max_decoding_message_size(max_decoding),
     )
-    .add_service(ClusterServer::new(maintenance::ClusterService::new(backend)).max_decoding_message_size(max_decoding))
+    .add_service(
+        ClusterServer::new(maintenance::ClusterService::new(backend))
+            .max_decoding_message_size(max_decoding),
+    )
 }

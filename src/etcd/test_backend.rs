@@ -47,7 +47,10 @@ impl StoreBackend {
         let store = Store::open(dir.path(), opts).expect("open store");
         StoreBackend {
             inner: Arc::new(Inner {
-                state_machine: Mutex::new(Applier { state_machine: store.state_machine, last_index: 0 }),
+                state_machine: Mutex::new(Applier {
+                    state_machine: store.state_machine,
+                    last_index: 0,
+                }),
                 kv: store.kv,
                 hub: store.watch,
                 _log: store.log,
@@ -77,7 +80,9 @@ impl StoreBackend {
             .apply([entry])
             .await
             .map_err(|e| BackendError::Internal(e.to_string()))?;
-        results.pop().ok_or_else(|| BackendError::Internal("apply returned no result".into()))
+        results
+            .pop()
+            .ok_or_else(|| BackendError::Internal("apply returned no result".into()))
     }
 }
 
@@ -90,7 +95,11 @@ fn rejection(r: Rejection) -> BackendError {
 }
 
 impl KvBackend for StoreBackend {
-    async fn range(&self, req: RangeRequest, _serializable: bool) -> Result<RangeResponse, BackendError> {
+    async fn range(
+        &self,
+        req: RangeRequest,
+        _serializable: bool,
+    ) -> Result<RangeResponse, BackendError> {
         self.inner.kv.range(&req).map_err(|e| match e {
             KvError::Compacted { compacted } => BackendError::Compacted { compacted },
             KvError::FutureRevision { current } => BackendError::FutureRevision { current },
@@ -102,7 +111,9 @@ impl KvBackend for StoreBackend {
         match self.apply(Command::Txn(req)).await? {
             CommandResult::Txn(resp) => Ok(resp),
             CommandResult::Rejected(r) => Err(rejection(r)),
-            other => Err(BackendError::Internal(format!("unexpected result {other:?}"))),
+            other => Err(BackendError::Internal(format!(
+                "unexpected result {other:?}"
+            ))),
         }
     }
 
@@ -110,7 +121,9 @@ impl KvBackend for StoreBackend {
         match self.apply(Command::Compact { revision }).await? {
             CommandResult::Compacted { revision } => Ok(revision),
             CommandResult::Rejected(r) => Err(rejection(r)),
-            other => Err(BackendError::Internal(format!("unexpected result {other:?}"))),
+            other => Err(BackendError::Internal(format!(
+                "unexpected result {other:?}"
+            ))),
         }
     }
 
@@ -146,6 +159,11 @@ impl KvBackend for StoreBackend {
     }
 
     fn header(&self) -> HeaderInfo {
-        HeaderInfo { cluster_id: 7, member_id: 1, revision: self.inner.kv.revision(), raft_term: 1 }
+        HeaderInfo {
+            cluster_id: 7,
+            member_id: 1,
+            revision: self.inner.kv.revision(),
+            raft_term: 1,
+        }
     }
 }

@@ -73,7 +73,11 @@ impl<B: KvBackend> Watch for WatchService<B> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let span = tracing::info_span!("etcd.watch", remote = ?remote);
-        tokio::spawn(WatchSession::new(self.backend.clone(), tx).run(inbound).instrument(span));
+        tokio::spawn(
+            WatchSession::new(self.backend.clone(), tx)
+                .run(inbound)
+                .instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -141,10 +145,21 @@ impl EventFilter {
 /// key; a start revision <= 0 means the revision after `current`, the one the `created`
 /// header reports.
 pub fn store_watch_request(req: &pb::WatchCreateRequest, current: Revision) -> WatchRequest {
-    let key = if req.key.is_empty() { vec![0] } else { req.key.clone() };
+    let key = if req.key.is_empty() {
+        vec![0]
+    } else {
+        req.key.clone()
+    };
     WatchRequest {
-        range: KeyRange { key, range_end: req.range_end.clone() },
-        start_revision: if req.start_revision > 0 { req.start_revision } else { current.saturating_add(1) },
+        range: KeyRange {
+            key,
+            range_end: req.range_end.clone(),
+        },
+        start_revision: if req.start_revision > 0 {
+            req.start_revision
+        } else {
+            current.saturating_add(1)
+        },
         prev_kv: req.prev_kv,
         progress_notify: req.progress_notify,
     }
@@ -186,7 +201,10 @@ impl<B: KvBackend> WatchSession<B> {
         }
     }
 
-    async fn run(mut self, mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin) {
+    async fn run(
+        mut self,
+        mut inbound: impl Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+    ) {
         let mut inbound_open = true;
         loop {
             let step = tokio::select! {
@@ -258,7 +276,9 @@ impl<B: KvBackend> WatchSession<B> {
     async fn create(&mut self, create: pb::WatchCreateRequest) -> Sent {
         let (info, header) = self.header(None);
         let Some(watch_id) = self.assign_id(create.watch_id) else {
-            return self.send(failed_create(header, DUPLICATE_WATCH_ID.to_owned())).await;
+            return self
+                .send(failed_create(header, DUPLICATE_WATCH_ID.to_owned()))
+                .await;
         };
         let request = store_watch_request(&create, info.revision);
         tracing::debug!(
@@ -272,9 +292,15 @@ impl<B: KvBackend> WatchSession<B> {
             Ok(watcher) => watcher,
             Err(BackendError::Compacted { compacted }) => {
                 self.send(created(header, watch_id)).await?;
-                return self.send(compacted_response(header, watch_id, compacted)).await;
+                return self
+                    .send(compacted_response(header, watch_id, compacted))
+                    .await;
             }
-            Err(err) => return self.send(failed_create(header, EtcdError::from(err).message())).await,
+            Err(err) => {
+                return self
+                    .send(failed_create(header, EtcdError::from(err).message()))
+                    .await;
+            }
         };
         self.send(created(header, watch_id)).await?;
 
@@ -298,7 +324,16 @@ impl<B: KvBackend> WatchSession<B> {
         }
         let filter = EventFilter::from_request(&create.filters);
         let progress_notify = create.progress_notify;
-        self.watches.insert(watch_id, ActiveWatch { generation, filter, progress_notify, progress, pump });
+        self.watches.insert(
+            watch_id,
+            ActiveWatch {
+                generation,
+                filter,
+                progress_notify,
+                progress,
+                pump,
+            },
+        );
         Ok(())
     }
 
@@ -307,8 +342,13 @@ impl<B: KvBackend> WatchSession<B> {
             return Ok(());
         }
         let (_, header) = self.header(None);
-        self.send(pb::WatchResponse { header: Some(header), watch_id, canceled: true, ..Default::default() })
-            .await?;
+        self.send(pb::WatchResponse {
+            header: Some(header),
+            watch_id,
+            canceled: true,
+            ..Default::default()
+        })
+        .await?;
         self.forget_in_progress_round(watch_id).await
     }
 
@@ -325,14 +365,20 @@ impl<B: KvBackend> WatchSession<B> {
         for watch in self.watches.values() {
             watch.progress.notify_one();
         }
-        self.progress = Some(ProgressRound { waiting, revision: None, again: false });
+        self.progress = Some(ProgressRound {
+            waiting,
+            revision: None,
+            again: false,
+        });
         Ok(())
     }
 
     /// Counts a watch as done for the pending progress round (it reported, or it is gone) and
     /// answers the round when it was the last one.
     async fn settle_progress(&mut self, watch_id: i64, reported: Option<Revision>) -> Sent {
-        let Some(round) = &mut self.progress else { return Ok(()) };
+        let Some(round) = &mut self.progress else {
+            return Ok(());
+        };
         if !round.waiting.remove(&watch_id) {
             return Ok(());
         }
@@ -346,8 +392,13 @@ impl<B: KvBackend> WatchSession<B> {
         let again = round.again;
         self.progress = None;
         let (_, header) = self.header(revision);
-        self.send(progress_response(header, STREAM_WATCH_ID)).await?;
-        if again { self.request_progress().await } else { Ok(()) }
+        self.send(progress_response(header, STREAM_WATCH_ID))
+            .await?;
+        if again {
+            self.request_progress().await
+        } else {
+            Ok(())
+        }
     }
 
     async fn forget_in_progress_round(&mut self, watch_id: i64) -> Sent {
@@ -355,23 +406,43 @@ impl<B: KvBackend> WatchSession<B> {
     }
 
     async fn handle_message(&mut self, tagged: Tagged) -> Sent {
-        let Tagged { watch_id, generation, message } = tagged;
-        let Some(watch) = self.watches.get(&watch_id).filter(|w| w.generation == generation) else {
+        let Tagged {
+            watch_id,
+            generation,
+            message,
+        } = tagged;
+        let Some(watch) = self
+            .watches
+            .get(&watch_id)
+            .filter(|w| w.generation == generation)
+        else {
             return Ok(()); // from a watch already canceled
         };
         match message {
             WatchMessage::Events { revision, events } => {
                 let filter = watch.filter;
-                let events: Vec<_> =
-                    events.into_iter().filter(|e| filter.keeps(e)).map(convert::event).collect();
+                let events: Vec<_> = events
+                    .into_iter()
+                    .filter(|e| filter.keeps(e))
+                    .map(convert::event)
+                    .collect();
                 if events.is_empty() {
                     return Ok(());
                 }
                 let (_, header) = self.header(Some(revision));
-                self.send(pb::WatchResponse { header: Some(header), watch_id, events, ..Default::default() }).await
+                self.send(pb::WatchResponse {
+                    header: Some(header),
+                    watch_id,
+                    events,
+                    ..Default::default()
+                })
+                .await
             }
             WatchMessage::Progress { revision } => {
-                let in_round = self.progress.as_ref().is_some_and(|r| r.waiting.contains(&watch_id));
+                let in_round = self
+                    .progress
+                    .as_ref()
+                    .is_some_and(|r| r.waiting.contains(&watch_id));
                 if in_round {
                     return self.settle_progress(watch_id, Some(revision)).await;
                 }
@@ -385,11 +456,16 @@ impl<B: KvBackend> WatchSession<B> {
                 self.watches.remove(&watch_id);
                 let (_, header) = self.header(None);
                 let resp = match reason {
-                    WatchError::Compacted { compacted } => compacted_response(header, watch_id, compacted),
+                    WatchError::Compacted { compacted } => {
+                        compacted_response(header, watch_id, compacted)
+                    }
                     WatchError::ShuttingDown => {
                         // The whole node is stopping: end the stream so the client fails over to
                         // another member and resumes there.
-                        let _ = self.out.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                        let _ = self
+                            .out
+                            .send(Err(Status::unavailable("etcdserver: server stopped")))
+                            .await;
                         return Err(SessionEnded);
                     }
                     reason @ (WatchError::TooSlow | WatchError::Storage(_)) => pb::WatchResponse {
@@ -408,7 +484,12 @@ impl<B: KvBackend> WatchSession<B> {
 }
 
 fn created(header: pb::ResponseHeader, watch_id: i64) -> pb::WatchResponse {
-    pb::WatchResponse { header: Some(header), watch_id, created: true, ..Default::default() }
+    pb::WatchResponse {
+        header: Some(header),
+        watch_id,
+        created: true,
+        ..Default::default()
+    }
 }
 
 /// A create that never started: etcd reports it with the stream id and both flags.
@@ -424,7 +505,11 @@ fn failed_create(header: pb::ResponseHeader, reason: String) -> pb::WatchRespons
 }
 
 /// clientv3 turns a non-zero `compact_revision` into `ErrCompacted` and closes the watch.
-fn compacted_response(header: pb::ResponseHeader, watch_id: i64, compacted: Revision) -> pb::WatchResponse {
+fn compacted_response(
+    header: pb::ResponseHeader,
+    watch_id: i64,
+    compacted: Revision,
+) -> pb::WatchResponse {
     pb::WatchResponse {
         header: Some(header),
         watch_id,
@@ -436,7 +521,11 @@ fn compacted_response(header: pb::ResponseHeader, watch_id: i64, compacted: Revi
 
 /// No events, flags or compaction and a non-zero header revision: clientv3's "progress notify".
 fn progress_response(header: pb::ResponseHeader, watch_id: i64) -> pb::WatchResponse {
-    pb::WatchResponse { header: Some(header), watch_id, ..Default::default() }
+    pb::WatchResponse {
+        header: Some(header),
+        watch_id,
+        ..Default::default()
+    }
 }
 
 /// Moves one store watcher's messages to its session, resuming it when the store drops it as
@@ -476,11 +565,17 @@ impl<B: KvBackend> Pump<B> {
                 Some(message) => message,
                 None => WatchMessage::Closed(WatchError::ShuttingDown),
             };
-            if let WatchMessage::Events { revision, .. } | WatchMessage::Progress { revision } = &message {
+            if let WatchMessage::Events { revision, .. } | WatchMessage::Progress { revision } =
+                &message
+            {
                 delivered = delivered.max(*revision);
             }
             let closed = matches!(message, WatchMessage::Closed(_));
-            let tagged = Tagged { watch_id: self.watch_id, generation: self.generation, message };
+            let tagged = Tagged {
+                watch_id: self.watch_id,
+                generation: self.generation,
+                message,
+            };
             if self.out.send(tagged).await.is_err() || closed {
                 return;
             }
@@ -490,11 +585,18 @@ impl<B: KvBackend> Pump<B> {
     /// A new store watcher starting right after the last delivered revision.
     fn resume(&mut self, delivered: Revision) -> Result<Watcher, WatchError> {
         self.request.start_revision = delivered.saturating_add(1);
-        tracing::info!(watch_id = self.watch_id, from = self.request.start_revision, "resuming slow watch from history");
-        let watcher = self.backend.watch(self.request.clone()).map_err(|err| match err {
-            BackendError::Compacted { compacted } => WatchError::Compacted { compacted },
-            other => WatchError::Storage(other.to_string()),
-        })?;
+        tracing::info!(
+            watch_id = self.watch_id,
+            from = self.request.start_revision,
+            "resuming slow watch from history"
+        );
+        let watcher = self
+            .backend
+            .watch(self.request.clone())
+            .map_err(|err| match err {
+                BackendError::Compacted { compacted } => WatchError::Compacted { compacted },
+                other => WatchError::Storage(other.to_string()),
+            })?;
         // A progress request may have been queued on the old watcher and lost with it; asking
         // again costs at most one extra progress message.
         watcher.request_progress();

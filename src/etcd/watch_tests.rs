@@ -29,13 +29,25 @@ impl Harness {
     fn start(backend: StoreBackend) -> Harness {
         let (req_tx, req_rx) = mpsc::channel(16);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let session = tokio::spawn(WatchSession::new(backend.clone(), out_tx).run(ReceiverStream::new(req_rx)));
-        Harness { backend, requests: Some(req_tx), responses: out_rx, session }
+        let session = tokio::spawn(
+            WatchSession::new(backend.clone(), out_tx).run(ReceiverStream::new(req_rx)),
+        );
+        Harness {
+            backend,
+            requests: Some(req_tx),
+            responses: out_rx,
+            session,
+        }
     }
 
     async fn send(&self, request: RequestUnion) {
         let requests = self.requests.as_ref().expect("request side open");
-        requests.send(Ok(pb::WatchRequest { request_union: Some(request) })).await.expect("session alive");
+        requests
+            .send(Ok(pb::WatchRequest {
+                request_union: Some(request),
+            }))
+            .await
+            .expect("session alive");
     }
 
     async fn create(&self, create: pb::WatchCreateRequest) {
@@ -59,13 +71,20 @@ impl Harness {
     }
 
     async fn put(&self, key: &str, value: &str) -> i64 {
-        self.backend.txn(TxnRequest::put(key, value)).await.expect("put").revision
+        self.backend
+            .txn(TxnRequest::put(key, value))
+            .await
+            .expect("put")
+            .revision
     }
 
     async fn delete(&self, key: &str) -> i64 {
         let txn = TxnRequest {
             compares: Vec::new(),
-            success: vec![Op::Delete { range: KeyRange::single(key), prev_kv: false }],
+            success: vec![Op::Delete {
+                range: KeyRange::single(key),
+                prev_kv: false,
+            }],
             failure: Vec::new(),
         };
         self.backend.txn(txn).await.expect("delete").revision
@@ -73,11 +92,17 @@ impl Harness {
 }
 
 fn watch(key: &str) -> pb::WatchCreateRequest {
-    pb::WatchCreateRequest { key: key.into(), ..Default::default() }
+    pb::WatchCreateRequest {
+        key: key.into(),
+        ..Default::default()
+    }
 }
 
 fn watch_prefix(prefix: &str) -> pb::WatchCreateRequest {
-    pb::WatchCreateRequest { range_end: skiff_storage::prefix_end(prefix.as_bytes()), ..watch(prefix) }
+    pb::WatchCreateRequest {
+        range_end: skiff_storage::prefix_end(prefix.as_bytes()),
+        ..watch(prefix)
+    }
 }
 
 fn revision(resp: &pb::WatchResponse) -> i64 {
@@ -85,7 +110,11 @@ fn revision(resp: &pb::WatchResponse) -> i64 {
 }
 
 fn event_revisions(resp: &pb::WatchResponse) -> Vec<i64> {
-    resp.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).collect()
+    resp.events
+        .iter()
+        .filter_map(|e| e.kv.as_ref())
+        .map(|kv| kv.mod_revision)
+        .collect()
 }
 
 #[tokio::test]
@@ -96,9 +125,16 @@ async fn create_assigns_ids_and_streams_events() {
     let created = h.recv().await;
     assert!(created.created && !created.canceled);
     assert_eq!(created.watch_id, 0);
-    assert_eq!(revision(&created), before, "created carries the revision the watch starts after");
+    assert_eq!(
+        revision(&created),
+        before,
+        "created carries the revision the watch starts after"
+    );
     let header = created.header.expect("header");
-    assert_eq!((header.cluster_id, header.member_id, header.raft_term), (7, 1, 1));
+    assert_eq!(
+        (header.cluster_id, header.member_id, header.raft_term),
+        (7, 1, 1)
+    );
 
     h.create(watch("/b")).await;
     assert_eq!(h.recv().await.watch_id, 1);
@@ -111,7 +147,10 @@ async fn create_assigns_ids_and_streams_events() {
     let ev = &resp.events[0];
     assert_eq!(ev.r#type, EventType::Put as i32);
     let kv = ev.kv.as_ref().expect("kv");
-    assert_eq!((kv.key.as_slice(), kv.value.as_slice(), kv.version), (&b"/a/1"[..], &b"v1"[..], 1));
+    assert_eq!(
+        (kv.key.as_slice(), kv.value.as_slice(), kv.version),
+        (&b"/a/1"[..], &b"v1"[..], 1)
+    );
     assert!(ev.prev_kv.is_none(), "prev_kv only when asked for");
 
     let rev = h.put("/b", "x").await;
@@ -122,9 +161,17 @@ async fn create_assigns_ids_and_streams_events() {
 #[tokio::test]
 async fn client_chosen_ids_and_duplicates() {
     let mut h = Harness::start(StoreBackend::open());
-    h.create(pb::WatchCreateRequest { watch_id: 1, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        watch_id: 1,
+        ..watch("k")
+    })
+    .await;
     assert_eq!(h.recv().await.watch_id, 1);
-    h.create(pb::WatchCreateRequest { watch_id: 1, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        watch_id: 1,
+        ..watch("k")
+    })
+    .await;
     let dup = h.recv().await;
     assert_eq!((dup.watch_id, dup.created, dup.canceled), (-1, true, true));
     assert_eq!(dup.cancel_reason, DUPLICATE_WATCH_ID);
@@ -138,7 +185,11 @@ async fn client_chosen_ids_and_duplicates() {
 #[tokio::test]
 async fn filters_drop_events_and_batches_that_become_empty() {
     let mut h = Harness::start(StoreBackend::open());
-    h.create(pb::WatchCreateRequest { filters: vec![FilterType::Noput as i32], ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        filters: vec![FilterType::Noput as i32],
+        ..watch("k")
+    })
+    .await;
     h.recv().await;
     h.put("k", "1").await;
     h.expect_silence().await;
@@ -147,7 +198,11 @@ async fn filters_drop_events_and_batches_that_become_empty() {
     assert_eq!(event_revisions(&resp), vec![rev]);
     assert_eq!(resp.events[0].r#type, EventType::Delete as i32);
 
-    h.create(pb::WatchCreateRequest { filters: vec![FilterType::Nodelete as i32, 17], ..watch("j") }).await;
+    h.create(pb::WatchCreateRequest {
+        filters: vec![FilterType::Nodelete as i32, 17],
+        ..watch("j")
+    })
+    .await;
     h.recv().await;
     h.put("j", "1").await;
     assert_eq!(h.recv().await.events[0].r#type, EventType::Put as i32);
@@ -158,11 +213,18 @@ async fn filters_drop_events_and_batches_that_become_empty() {
 #[tokio::test]
 async fn cancel_stops_a_watch_and_unknown_ids_are_ignored() {
     let mut h = Harness::start(StoreBackend::open());
-    h.create(pb::WatchCreateRequest { watch_id: 5, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        watch_id: 5,
+        ..watch("k")
+    })
+    .await;
     assert_eq!(h.recv().await.watch_id, 5);
     // Events of the watch may be in flight when it is canceled.
     let rev = h.put("k", "1").await;
-    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 5 })).await;
+    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+        watch_id: 5,
+    }))
+    .await;
     let mut resp = h.recv().await;
     if !resp.canceled {
         assert_eq!(event_revisions(&resp), vec![rev]);
@@ -171,17 +233,27 @@ async fn cancel_stops_a_watch_and_unknown_ids_are_ignored() {
     assert!(resp.canceled && !resp.created);
     assert_eq!((resp.watch_id, resp.compact_revision), (5, 0));
     h.put("k", "2").await;
-    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 99 })).await;
+    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+        watch_id: 99,
+    }))
+    .await;
     h.expect_silence().await;
     // The client may reuse a freed id; the old watch's leftovers never leak into the new one.
-    h.create(pb::WatchCreateRequest { watch_id: 5, ..watch("other") }).await;
+    h.create(pb::WatchCreateRequest {
+        watch_id: 5,
+        ..watch("other")
+    })
+    .await;
     assert_eq!(h.recv().await.watch_id, 5);
     h.put("k", "3").await;
     h.expect_silence().await;
     // Server-chosen ids never go back to freed ones (etcd counts up).
     h.create(watch("k")).await;
     assert_eq!(h.recv().await.watch_id, 0);
-    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 0 })).await;
+    h.send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+        watch_id: 0,
+    }))
+    .await;
     assert!(h.recv().await.canceled);
     h.create(watch("k")).await;
     assert_eq!(h.recv().await.watch_id, 1);
@@ -193,18 +265,33 @@ async fn start_revision_replays_history_with_prev_kv() {
     let r1 = h.put("k", "1").await;
     let r2 = h.put("k", "2").await;
     let r3 = h.delete("k").await;
-    h.create(pb::WatchCreateRequest { start_revision: r1, prev_kv: true, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        start_revision: r1,
+        prev_kv: true,
+        ..watch("k")
+    })
+    .await;
     assert!(h.recv().await.created);
     let mut seen = Vec::new();
     while seen.len() < 3 {
         seen.extend(h.recv().await.events);
     }
-    let revs: Vec<_> = seen.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).collect();
+    let revs: Vec<_> = seen
+        .iter()
+        .filter_map(|e| e.kv.as_ref())
+        .map(|kv| kv.mod_revision)
+        .collect();
     assert_eq!(revs, vec![r1, r2, r3]);
     assert!(seen[0].prev_kv.is_none(), "a create has no previous value");
-    assert_eq!(seen[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+    assert_eq!(
+        seen[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+        Some(&b"1"[..])
+    );
     assert_eq!(seen[2].r#type, EventType::Delete as i32);
-    assert_eq!(seen[2].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"2"[..]));
+    assert_eq!(
+        seen[2].prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+        Some(&b"2"[..])
+    );
 }
 
 #[tokio::test]
@@ -215,7 +302,11 @@ async fn compacted_start_revision_is_created_then_canceled_with_the_compact_revi
     }
     let current = h.backend.header().revision;
     h.backend.compact(current - 1).await.expect("compact");
-    h.create(pb::WatchCreateRequest { start_revision: 1, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        start_revision: 1,
+        ..watch("k")
+    })
+    .await;
     let created = h.recv().await;
     assert!(created.created && !created.canceled);
     let compacted = h.recv().await;
@@ -231,21 +322,31 @@ async fn compacted_start_revision_is_created_then_canceled_with_the_compact_revi
 async fn progress_request_answers_for_the_whole_stream() {
     let mut h = Harness::start(StoreBackend::open());
     let first = h.put("k", "1").await;
-    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {})).await;
+    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
     let resp = h.recv().await;
     assert_eq!((resp.watch_id, revision(&resp)), (-1, first));
     assert!(resp.events.is_empty() && !resp.created && !resp.canceled);
 
     h.create(watch("k")).await;
     h.recv().await;
-    h.create(pb::WatchCreateRequest { start_revision: first, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        start_revision: first,
+        ..watch("k")
+    })
+    .await;
     h.recv().await;
     let rev = h.put("other", "1").await;
-    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {})).await;
-    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {})).await;
+    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
+    h.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
     // The replaying watch delivers its history before the progress answer.
     let replayed = h.recv().await;
-    assert_eq!((replayed.watch_id, event_revisions(&replayed)), (1, vec![first]));
+    assert_eq!(
+        (replayed.watch_id, event_revisions(&replayed)),
+        (1, vec![first])
+    );
     for _ in 0..2 {
         let resp = h.recv().await;
         assert_eq!((resp.watch_id, revision(&resp)), (-1, rev));
@@ -258,16 +359,25 @@ async fn progress_request_answers_for_the_whole_stream() {
 async fn progress_notify_sends_per_watch_progress_while_idle() {
     let mut h = Harness::start(StoreBackend::open());
     let rev = h.put("k", "1").await;
-    h.create(pb::WatchCreateRequest { progress_notify: true, ..watch("k") }).await;
+    h.create(pb::WatchCreateRequest {
+        progress_notify: true,
+        ..watch("k")
+    })
+    .await;
     h.recv().await;
     let resp = h.recv().await;
     assert_eq!((resp.watch_id, revision(&resp)), (0, rev));
-    assert!(resp.events.is_empty() && !resp.created && !resp.canceled && resp.compact_revision == 0);
+    assert!(
+        resp.events.is_empty() && !resp.created && !resp.canceled && resp.compact_revision == 0
+    );
 }
 
 #[tokio::test]
 async fn a_slow_watch_resumes_from_history_without_gaps_or_duplicates() {
-    let backend = StoreBackend::with_options(StoreOptions { watch_queue_capacity: 2, ..StoreOptions::default() });
+    let backend = StoreBackend::with_options(StoreOptions {
+        watch_queue_capacity: 2,
+        ..StoreOptions::default()
+    });
     let mut h = Harness::start(backend);
     h.create(watch_prefix("/k/")).await;
     h.recv().await;
@@ -304,30 +414,69 @@ async fn store_shutdown_ends_the_stream_as_unavailable() {
     h.create(watch("k")).await;
     h.recv().await;
     h.backend.shutdown_watches();
-    let err = h.recv_result().await.expect_err("stream ends with an error");
-    assert_eq!((err.code(), err.message()), (Code::Unavailable, "etcdserver: server stopped"));
-    tokio::time::timeout(PATIENCE, &mut h.session).await.expect("session ends").expect("no panic");
+    let err = h
+        .recv_result()
+        .await
+        .expect_err("stream ends with an error");
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unavailable, "etcdserver: server stopped")
+    );
+    tokio::time::timeout(PATIENCE, &mut h.session)
+        .await
+        .expect("session ends")
+        .expect("no panic");
 }
 
 #[tokio::test]
 async fn session_stops_when_the_client_goes_away() {
     let h = Harness::start(StoreBackend::open());
     h.create(watch("k")).await;
-    let Harness { responses, session, backend, .. } = h;
+    let Harness {
+        responses,
+        session,
+        backend,
+        ..
+    } = h;
     drop(responses);
-    tokio::time::timeout(PATIENCE, session).await.expect("session ends").expect("no panic");
-    assert_eq!(backend.watcher_count(), 0, "a finished session leaves no store watcher behind");
+    tokio::time::timeout(PATIENCE, session)
+        .await
+        .expect("session ends")
+        .expect("no panic");
+    assert_eq!(
+        backend.watcher_count(),
+        0,
+        "a finished session leaves no store watcher behind"
+    );
 }
 
 #[test]
 fn store_watch_request_follows_etcd_key_rules() {
     let req = store_watch_request(&pb::WatchCreateRequest::default(), 9);
-    assert_eq!(req.range, KeyRange { key: vec![0], range_end: Vec::new() });
+    assert_eq!(
+        req.range,
+        KeyRange {
+            key: vec![0],
+            range_end: Vec::new()
+        }
+    );
     assert_eq!(req.start_revision, 10);
     let req = store_watch_request(
-        &pb::WatchCreateRequest { key: b"a".to_vec(), range_end: vec![0], start_revision: 3, prev_kv: true, ..Default::default() },
+        &pb::WatchCreateRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            start_revision: 3,
+            prev_kv: true,
+            ..Default::default()
+        },
         9,
     );
-    assert_eq!(req.range, KeyRange { key: b"a".to_vec(), range_end: vec![0] });
+    assert_eq!(
+        req.range,
+        KeyRange {
+            key: b"a".to_vec(),
+            range_end: vec![0]
+        }
+    );
     assert_eq!((req.start_revision, req.prev_kv), (3, true));
 }

@@ -27,7 +27,10 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -57,10 +60,19 @@ impl ClusterCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = distinguished_name(&format!("skiff-ca-{cluster_id}"), None);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);
         let cert = params.self_signed(&key)?;
-        Ok(ClusterCa { ca: CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() } })
+        Ok(ClusterCa {
+            ca: CertKey {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+        })
     }
 
     pub fn from_pem(ca: CertKey) -> Self {
@@ -74,15 +86,20 @@ impl ClusterCa {
 
     /// A serving + client certificate for a control-plane member. `sans` are extra IPs/names.
     pub fn issue_node(&self, name: &str, sans: &[String]) -> Result<CertKey, PkiError> {
-        let mut names: Vec<String> = vec![PEER_DNS_NAME.into(), "localhost".into(), "127.0.0.1".into()];
+        let mut names: Vec<String> =
+            vec![PEER_DNS_NAME.into(), "localhost".into(), "127.0.0.1".into()];
         for san in sans {
             if !san.is_empty() && !names.contains(san) {
                 names.push(san.clone());
             }
         }
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name = distinguished_name(&format!("system:node:{name}"), Some("system:nodes"));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.distinguished_name =
+            distinguished_name(&format!("system:node:{name}"), Some("system:nodes"));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.sign(params)
     }
 
@@ -101,7 +118,10 @@ impl ClusterCa {
         let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -125,7 +145,9 @@ pub struct PkiPaths {
 
 impl PkiPaths {
     pub fn new(data_dir: &Path) -> Self {
-        PkiPaths { dir: data_dir.join("pki") }
+        PkiPaths {
+            dir: data_dir.join("pki"),
+        }
     }
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.crt")
@@ -138,7 +160,10 @@ impl PkiPaths {
     }
 
     pub fn save(&self, pki: &MemberPki) -> Result<(), PkiError> {
-        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io { path: self.dir.clone(), source })?;
+        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         for (file, pem, secret) in [
             ("ca.crt", &pki.ca.cert_pem, false),
             ("ca.key", &pki.ca.key_pem, true),
@@ -158,9 +183,18 @@ impl PkiPaths {
             fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
         };
         Ok(MemberPki {
-            ca: CertKey { cert_pem: read("ca.crt")?, key_pem: read("ca.key")? },
-            node: CertKey { cert_pem: read("node.crt")?, key_pem: read("node.key")? },
-            admin: CertKey { cert_pem: read("admin.crt")?, key_pem: read("admin.key")? },
+            ca: CertKey {
+                cert_pem: read("ca.crt")?,
+                key_pem: read("ca.key")?,
+            },
+            node: CertKey {
+                cert_pem: read("node.crt")?,
+                key_pem: read("node.key")?,
+            },
+            admin: CertKey {
+                cert_pem: read("admin.crt")?,
+                key_pem: read("admin.key")?,
+            },
         })
     }
 }
@@ -168,7 +202,10 @@ impl PkiPaths {
 /// Writes a file atomically (temp + rename); secrets get mode 0600.
 pub fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
-    let io_err = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     {
         let mut opts = fs::OpenOptions::new();
@@ -193,7 +230,9 @@ mod tests {
     fn issued_certificates_chain_to_the_ca() {
         let ca = ClusterCa::generate("test").expect("ca");
         let node = ca.issue_node("n1", &["10.0.0.1".into()]).expect("node");
-        let admin = ca.issue_client("system:admin", Some("system:masters")).expect("admin");
+        let admin = ca
+            .issue_client("system:admin", Some("system:masters"))
+            .expect("admin");
         assert!(node.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(admin.key_pem.contains("PRIVATE KEY"));
         assert_eq!(ca.fingerprint().len(), 64);

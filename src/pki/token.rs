@@ -21,7 +21,10 @@ pub enum TokenError {
 impl JoinToken {
     pub fn new(ca_hash: String) -> Self {
         let bytes: [u8; 24] = rand::rng().random();
-        JoinToken { ca_hash, secret: hex::encode(bytes) }
+        JoinToken {
+            ca_hash,
+            secret: hex::encode(bytes),
+        }
     }
 
     /// Constant-time comparison of the secret, so timing does not leak it.
@@ -46,7 +49,10 @@ impl FromStr for JoinToken {
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || secret.is_empty() {
             return Err(TokenError::Malformed);
         }
-        Ok(JoinToken { ca_hash: hash.to_ascii_lowercase(), secret: secret.to_string() })
+        Ok(JoinToken {
+            ca_hash: hash.to_ascii_lowercase(),
+            secret: secret.to_string(),
+        })
     }
 }
 
@@ -61,7 +67,10 @@ mod tests {
         assert_eq!(parsed, token);
         assert!(parsed.secret_matches(&token.secret));
         assert!(!parsed.secret_matches("nope"));
-        assert_eq!("K10abc::server:x".parse::<JoinToken>(), Err(TokenError::Malformed));
+        assert_eq!(
+            "K10abc::server:x".parse::<JoinToken>(),
+            Err(TokenError::Malformed)
+        );
         assert_eq!("garbage".parse::<JoinToken>(), Err(TokenError::Malformed));
     }
 }

@@ -7,8 +7,8 @@
 use rand::Rng;
 use skiff_proto::admin::admin_server::Admin;
 use skiff_proto::admin::{
-    GetCaRequest, GetCaResponse, JoinRequest, JoinResponse, MemberStatus, PromoteRequest, PromoteResponse,
-    RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+    GetCaRequest, GetCaResponse, JoinRequest, JoinResponse, MemberStatus, PromoteRequest,
+    PromoteResponse, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
 };
 use skiff_raft::{NodeError, RaftNode};
 use skiff_storage::NodeInfo;
@@ -28,7 +28,9 @@ pub struct AdminService {
 fn require_client_cert<T>(request: &Request<T>) -> Result<(), Status> {
     match request.extensions().get::<ClientCertificate>() {
         Some(c) if c.verified => Ok(()),
-        _ => Err(Status::unauthenticated("a client certificate signed by the cluster CA is required")),
+        _ => Err(Status::unauthenticated(
+            "a client certificate signed by the cluster CA is required",
+        )),
     }
 }
 
@@ -58,8 +60,13 @@ fn require_addr(field: &str, value: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn get_ca(&self, _request: Request<GetCaRequest>) -> Result<Response<GetCaResponse>, Status> {
-        Ok(Response::new(GetCaResponse { ca_cert_pem: self.pki.ca.cert_pem.clone() }))
+    async fn get_ca(
+        &self,
+        _request: Request<GetCaRequest>,
+    ) -> Result<Response<GetCaResponse>, Status> {
+        Ok(Response::new(GetCaResponse {
+            ca_cert_pem: self.pki.ca.cert_pem.clone(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
@@ -73,7 +80,10 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("name must not be empty"));
         }
         let members = self.node.members();
-        if let Some(existing) = members.iter().find(|m| m.info.name == req.name || m.info.raft_addr == req.raft_addr) {
+        if let Some(existing) = members
+            .iter()
+            .find(|m| m.info.name == req.name || m.info.raft_addr == req.raft_addr)
+        {
             return Err(Status::already_exists(format!(
                 "member {} ({}) already uses this name or raft address; remove it first (skiff server --remove {})",
                 existing.info.name, existing.id, existing.info.name
@@ -86,10 +96,20 @@ impl Admin for AdminService {
             }
         };
         let ca = ClusterCa::from_pem(self.pki.ca.clone());
-        let node_cert = ca.issue_node(&req.name, &req.san).map_err(|e| Status::internal(e.to_string()))?;
-        let info = NodeInfo { name: req.name.clone(), raft_addr: req.raft_addr, api_addr: req.api_addr, client_addr: req.client_addr };
+        let node_cert = ca
+            .issue_node(&req.name, &req.san)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let info = NodeInfo {
+            name: req.name.clone(),
+            raft_addr: req.raft_addr,
+            api_addr: req.api_addr,
+            client_addr: req.client_addr,
+        };
         info!(node_id, %info, "admitting new member as learner");
-        self.node.add_learner(node_id, info).await.map_err(node_error_status)?;
+        self.node
+            .add_learner(node_id, info)
+            .await
+            .map_err(node_error_status)?;
         Ok(Response::new(JoinResponse {
             node_id,
             cluster_id: self.cluster_id.clone(),
@@ -99,33 +119,56 @@ impl Admin for AdminService {
             node_key_pem: node_cert.key_pem,
             admin_cert_pem: self.pki.admin.cert_pem.clone(),
             admin_key_pem: self.pki.admin.key_pem.clone(),
-            api_addrs: self.node.members().into_iter().map(|m| m.info.api_addr).collect(),
+            api_addrs: self
+                .node
+                .members()
+                .into_iter()
+                .map(|m| m.info.api_addr)
+                .collect(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = request.get_ref().node_id))]
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<PromoteResponse>, Status> {
+    async fn promote(
+        &self,
+        request: Request<PromoteRequest>,
+    ) -> Result<Response<PromoteResponse>, Status> {
         let req = request.into_inner();
         require_secret(&self.token, &req.token_secret)?;
-        self.node.promote(req.node_id).await.map_err(node_error_status)?;
+        self.node
+            .promote(req.node_id)
+            .await
+            .map_err(node_error_status)?;
         Ok(Response::new(PromoteResponse {}))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
+    async fn remove(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> Result<Response<RemoveResponse>, Status> {
         require_client_cert(&request)?;
         let req = request.into_inner();
         let member = self
             .node
             .members()
             .into_iter()
-            .find(|m| (req.node_id != 0 && m.id == req.node_id) || (!req.name.is_empty() && m.info.name == req.name))
+            .find(|m| {
+                (req.node_id != 0 && m.id == req.node_id)
+                    || (!req.name.is_empty() && m.info.name == req.name)
+            })
             .ok_or_else(|| Status::not_found(format!("no member {} {}", req.node_id, req.name)))?;
-        self.node.remove(member.id).await.map_err(node_error_status)?;
+        self.node
+            .remove(member.id)
+            .await
+            .map_err(node_error_status)?;
         Ok(Response::new(RemoveResponse {}))
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         require_client_cert(&request)?;
         let metrics = self.node.metrics();
         let kv = self.node.kv();
@@ -135,7 +178,12 @@ impl Admin for AdminService {
             .members()
             .into_iter()
             .map(|m| {
-                let matched_index = matched.get(&m.id).cloned().flatten().map(|l| l.index).unwrap_or(0);
+                let matched_index = matched
+                    .get(&m.id)
+                    .cloned()
+                    .flatten()
+                    .map(|l| l.index)
+                    .unwrap_or(0);
                 MemberStatus {
                     node_id: m.id,
                     name: m.info.name,

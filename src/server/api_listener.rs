@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::{debug, info_span, Instrument};
+use tracing::{Instrument, debug, info_span};
 
 /// Attached to every request: whether the client showed a certificate signed by the cluster CA.
 #[derive(Clone, Debug)]
@@ -30,7 +30,11 @@ pub enum ListenerError {
     Tls(#[from] rustls::Error),
 }
 
-pub fn tls_acceptor(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, ListenerError> {
+pub fn tls_acceptor(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<TlsAcceptor, ListenerError> {
     let mut roots = RootCertStore::empty();
     for cert in parse_certs(ca_pem)? {
         roots.add(cert)?;
@@ -87,11 +91,19 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router)
                         return;
                     }
                 };
-                let identity = ClientCertificate { verified: tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) };
-                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(identity.clone());
-                    router.clone().oneshot(request.map(axum::body::Body::new))
-                });
+                let identity = ClientCertificate {
+                    verified: tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty()),
+                };
+                let service = hyper::service::service_fn(
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(identity.clone());
+                        router.clone().oneshot(request.map(axum::body::Body::new))
+                    },
+                );
                 if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
                     .await

@@ -18,7 +18,9 @@ use tracing::info;
 
 use super::Addresses;
 use crate::kubeconfig;
-use crate::pki::{CertKey, ClusterCa, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, ca_fingerprint, write_file};
+use crate::pki::{
+    CertKey, ClusterCa, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, ca_fingerprint, write_file,
+};
 use crate::server::identity::NodeIdentity;
 
 /// How this start came to be.
@@ -45,8 +47,10 @@ pub fn token_path(data: &Path) -> std::path::PathBuf {
 
 pub fn load_token(data: &Path) -> anyhow::Result<JoinToken> {
     let path = token_path(data);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.parse().with_context(|| format!("{} holds no valid join token", path.display()))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse()
+        .with_context(|| format!("{} holds no valid join token", path.display()))
 }
 
 pub async fn become_member(
@@ -56,9 +60,12 @@ pub async fn become_member(
     token: Option<&str>,
     addrs: &Addresses,
 ) -> anyhow::Result<Membership> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating data dir {}", data.display()))?;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating data dir {}", data.display()))?;
     if let Some(identity) = NodeIdentity::load(data)? {
-        let pki = PkiPaths::new(data).load().context("loading the member PKI")?;
+        let pki = PkiPaths::new(data)
+            .load()
+            .context("loading the member PKI")?;
         let stored_token = load_token(data)?;
         if let Some(given) = token {
             let given: JoinToken = given.parse()?;
@@ -73,14 +80,22 @@ pub async fn become_member(
         if init || join.is_some() {
             info!(cluster = %identity.cluster_id, node_id = identity.node_id, "data dir already holds a member; resuming it");
         }
-        return Ok(Membership { identity, pki, token: stored_token, origin: Origin::Resumed });
+        return Ok(Membership {
+            identity,
+            pki,
+            token: stored_token,
+            origin: Origin::Resumed,
+        });
     }
     if init {
         return create_cluster(data, addrs);
     }
     match (join, token) {
         (Some(url), Some(token)) => join_cluster(data, url, token, addrs).await,
-        _ => bail!("{} holds no member yet: start with --init, or --join URL --token TOKEN", data.display()),
+        _ => bail!(
+            "{} holds no member yet: start with --init, or --join URL --token TOKEN",
+            data.display()
+        ),
     }
 }
 
@@ -89,15 +104,30 @@ fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> 
     let ca = ClusterCa::generate(&cluster_id)?;
     let node = ca.issue_node(&addrs.name, &addrs.sans())?;
     let admin = ca.issue_client("system:admin", Some("system:masters"))?;
-    let pki = MemberPki { ca: ca.ca.clone(), node, admin };
+    let pki = MemberPki {
+        ca: ca.ca.clone(),
+        node,
+        admin,
+    };
     let token = JoinToken::new(ca.fingerprint());
     let identity = addrs.identity(1, cluster_id);
     persist(data, &identity, &pki, &token, addrs)?;
     info!(cluster = %identity.cluster_id, "created a new cluster");
-    Ok(Membership { identity, pki, token, origin: Origin::Created })
+    Ok(Membership {
+        identity,
+        pki,
+        token,
+        origin: Origin::Created,
+    })
 }
 
-fn persist(data: &Path, identity: &NodeIdentity, pki: &MemberPki, token: &JoinToken, addrs: &Addresses) -> anyhow::Result<()> {
+fn persist(
+    data: &Path,
+    identity: &NodeIdentity,
+    pki: &MemberPki,
+    token: &JoinToken,
+    addrs: &Addresses,
+) -> anyhow::Result<()> {
     PkiPaths::new(data).save(pki)?;
     write_file(&token_path(data), format!("{token}\n").as_bytes(), true)?;
     let config = kubeconfig::render(
@@ -113,13 +143,26 @@ fn persist(data: &Path, identity: &NodeIdentity, pki: &MemberPki, token: &JoinTo
     Ok(())
 }
 
-async fn join_cluster(data: &Path, url: &str, token: &str, addrs: &Addresses) -> anyhow::Result<Membership> {
+async fn join_cluster(
+    data: &Path,
+    url: &str,
+    token: &str,
+    addrs: &Addresses,
+) -> anyhow::Result<Membership> {
     let token: JoinToken = token.parse()?;
-    let server = url.trim_end_matches('/').strip_prefix("https://").unwrap_or(url).to_string();
-    let ca_pem = fetch_ca(&server).await.with_context(|| format!("fetching the cluster CA from {server}"))?;
+    let server = url
+        .trim_end_matches('/')
+        .strip_prefix("https://")
+        .unwrap_or(url)
+        .to_string();
+    let ca_pem = fetch_ca(&server)
+        .await
+        .with_context(|| format!("fetching the cluster CA from {server}"))?;
     let fingerprint = ca_fingerprint(&ca_pem);
     if fingerprint != token.ca_hash {
-        bail!("the CA served by {server} (sha256 {fingerprint}) does not match the join token; refusing to join");
+        bail!(
+            "the CA served by {server} (sha256 {fingerprint}) does not match the join token; refusing to join"
+        );
     }
     let mut client = admin_client(&server, &ca_pem, None).await?;
     let response = client
@@ -135,21 +178,44 @@ async fn join_cluster(data: &Path, url: &str, token: &str, addrs: &Addresses) ->
         .map_err(|status| anyhow!("join refused by {server}: {}", status.message()))?
         .into_inner();
     let pki = MemberPki {
-        ca: CertKey { cert_pem: response.ca_cert_pem, key_pem: response.ca_key_pem },
-        node: CertKey { cert_pem: response.node_cert_pem, key_pem: response.node_key_pem },
-        admin: CertKey { cert_pem: response.admin_cert_pem, key_pem: response.admin_key_pem },
+        ca: CertKey {
+            cert_pem: response.ca_cert_pem,
+            key_pem: response.ca_key_pem,
+        },
+        node: CertKey {
+            cert_pem: response.node_cert_pem,
+            key_pem: response.node_key_pem,
+        },
+        admin: CertKey {
+            cert_pem: response.admin_cert_pem,
+            key_pem: response.admin_key_pem,
+        },
     };
     let identity = addrs.identity(response.node_id, response.cluster_id);
     persist(data, &identity, &pki, &token, addrs)?;
     info!(cluster = %identity.cluster_id, node_id = identity.node_id, "joined as learner");
-    Ok(Membership { identity, pki, token, origin: Origin::Joined })
+    Ok(Membership {
+        identity,
+        pki,
+        token,
+        origin: Origin::Joined,
+    })
 }
 
 /// An admin gRPC client for `server` (host:port), trusting only the cluster CA.
-pub async fn admin_client(server: &str, ca_pem: &str, identity: Option<&CertKey>) -> anyhow::Result<AdminClient<Channel>> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(PEER_DNS_NAME);
+pub async fn admin_client(
+    server: &str,
+    ca_pem: &str,
+    identity: Option<&CertKey>,
+) -> anyhow::Result<AdminClient<Channel>> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(PEER_DNS_NAME);
     if let Some(identity) = identity {
-        tls = tls.identity(tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &identity.cert_pem,
+            &identity.key_pem,
+        ));
     }
     let channel = Endpoint::from_shared(format!("https://{server}"))?
         .tls_config(tls)?
@@ -168,21 +234,34 @@ async fn fetch_ca(server: &str) -> anyhow::Result<String> {
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(server))
-        .await
-        .context("connect timed out")??;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(server),
+    )
+    .await
+    .context("connect timed out")??;
     let name = ServerName::try_from(PEER_DNS_NAME).map_err(|e| anyhow!("{e}"))?;
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(format!("GET /cacerts HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET /cacerts HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut response = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut response))
-        .await
-        .context("reading /cacerts timed out")??;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_end(&mut response),
+    )
+    .await
+    .context("reading /cacerts timed out")??;
     let text = String::from_utf8(response).context("/cacerts is not UTF-8")?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed HTTP response"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("unexpected response: {}", head.lines().next().unwrap_or_default());
+        bail!(
+            "unexpected response: {}",
+            head.lines().next().unwrap_or_default()
+        );
     }
     Ok(body.to_string())
 }
@@ -223,6 +302,8 @@ impl ServerCertVerifier for AcceptAnyServerCert {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

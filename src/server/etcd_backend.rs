@@ -1,7 +1,9 @@
 //! The etcd API's view of the replicated store: `KvBackend` over a `RaftNode`.
 
 use skiff_raft::{NodeError, RaftNode};
-use skiff_storage::{RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse, WatchRequest, Watcher};
+use skiff_storage::{
+    RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse, WatchRequest, Watcher,
+};
 
 use crate::etcd::{BackendError, HeaderInfo, KvBackend, MemberInfo, MemberStatus};
 use crate::server::identity::NodeIdentity;
@@ -32,8 +34,15 @@ fn backend_error(error: NodeError) -> BackendError {
 }
 
 impl KvBackend for RaftKvBackend {
-    async fn range(&self, req: RangeRequest, serializable: bool) -> Result<RangeResponse, BackendError> {
-        self.node.range(&req, serializable).await.map_err(backend_error)
+    async fn range(
+        &self,
+        req: RangeRequest,
+        serializable: bool,
+    ) -> Result<RangeResponse, BackendError> {
+        self.node
+            .range(&req, serializable)
+            .await
+            .map_err(backend_error)
     }
 
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, BackendError> {
@@ -46,14 +55,20 @@ impl KvBackend for RaftKvBackend {
 
     fn watch(&self, req: WatchRequest) -> Result<Watcher, BackendError> {
         self.node.watch_hub().watch(req).map_err(|e| match e {
-            skiff_storage::WatchError::Compacted { compacted } => BackendError::Compacted { compacted },
+            skiff_storage::WatchError::Compacted { compacted } => {
+                BackendError::Compacted { compacted }
+            }
             other => BackendError::Internal(other.to_string()),
         })
     }
 
     async fn status(&self) -> Result<MemberStatus, BackendError> {
         let metrics = self.node.metrics();
-        let me = self.node.members().into_iter().find(|m| m.id == self.node.id());
+        let me = self
+            .node
+            .members()
+            .into_iter()
+            .find(|m| m.id == self.node.id());
         Ok(MemberStatus {
             header: self.header(),
             version: "3.4.0-skiff".to_string(),

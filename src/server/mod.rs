@@ -44,19 +44,28 @@ pub struct Addresses {
 
 impl Addresses {
     pub fn from_args(args: &ServerArgs) -> anyhow::Result<Self> {
-        let ip: std::net::IpAddr = args
-            .advertise
-            .parse()
-            .map_err(|_| anyhow!("--advertise must be an IP address, got {:?}", args.advertise))?;
+        let ip: std::net::IpAddr = args.advertise.parse().map_err(|_| {
+            anyhow!(
+                "--advertise must be an IP address, got {:?}",
+                args.advertise
+            )
+        })?;
         let pick = |flag: Option<SocketAddr>, port: u16| flag.unwrap_or(SocketAddr::new(ip, port));
         let advertised = |listen: SocketAddr| {
-            if listen.ip().is_unspecified() { SocketAddr::new(ip, listen.port()).to_string() } else { listen.to_string() }
+            if listen.ip().is_unspecified() {
+                SocketAddr::new(ip, listen.port()).to_string()
+            } else {
+                listen.to_string()
+            }
         };
         let api_listen = pick(args.api_listen, 6443);
         let client_listen = pick(args.client_listen, 2379);
         let raft_listen = pick(args.raft_listen, 2380);
         Ok(Addresses {
-            name: args.name.clone().unwrap_or_else(|| format!("node-{}", args.advertise)),
+            name: args
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("node-{}", args.advertise)),
             advertise: args.advertise.clone(),
             api_listen,
             client_listen,
@@ -92,7 +101,9 @@ impl Addresses {
 }
 
 async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {role} port"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {role} port"))
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -105,15 +116,37 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let client_listener = bind("etcd client", addrs.client_listen).await?;
     let raft_listener = bind("raft peer", addrs.raft_listen).await?;
 
-    let membership = bootstrap::become_member(&args.data, args.init, args.join.as_deref(), args.token.as_deref(), &addrs).await?;
-    let Membership { identity, pki, token, origin } = membership;
+    let membership = bootstrap::become_member(
+        &args.data,
+        args.init,
+        args.join.as_deref(),
+        args.token.as_deref(),
+        &addrs,
+    )
+    .await?;
+    let Membership {
+        identity,
+        pki,
+        token,
+        origin,
+    } = membership;
     if identity.raft_addr != addrs.raft_advertised || identity.api_addr != addrs.api_advertised {
         warn!(stored = %identity.raft_addr, given = %addrs.raft_advertised, "addresses differ from the ones this member joined with; peers still use the stored ones");
     }
 
-    let store = Store::open(&args.data.join("db"), StoreOptions { cluster_id: identity.cluster_id.clone(), ..Default::default() })
-        .context("opening the store")?;
-    let tls = PeerTls { ca_pem: pki.ca.cert_pem.clone(), cert_pem: pki.node.cert_pem.clone(), key_pem: pki.node.key_pem.clone() };
+    let store = Store::open(
+        &args.data.join("db"),
+        StoreOptions {
+            cluster_id: identity.cluster_id.clone(),
+            ..Default::default()
+        },
+    )
+    .context("opening the store")?;
+    let tls = PeerTls {
+        ca_pem: pki.ca.cert_pem.clone(),
+        cert_pem: pki.node.cert_pem.clone(),
+        key_pem: pki.node.key_pem.clone(),
+    };
     let node = RaftNode::start(
         RaftNodeConfig {
             id: identity.node_id,
@@ -138,7 +171,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let etcd_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.node.cert_pem, &pki.node.key_pem))
         .client_ca_root(Certificate::from_pem(&pki.ca.cert_pem));
-    let limits = EtcdLimits { max_request_bytes: args.max_request_bytes, ..Default::default() };
+    let limits = EtcdLimits {
+        max_request_bytes: args.max_request_bytes,
+        ..Default::default()
+    };
     let etcd_server = Server::builder()
         .tls_config(etcd_tls)?
         .add_routes(crate::etcd::services(backend.clone(), limits))
@@ -146,7 +182,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let etcd_task = tokio::spawn(etcd_server);
 
     // API port: admin gRPC + bootstrap routes (the Kubernetes REST API joins here).
-    let admin = admin::AdminService { node: node.clone(), pki: pki.clone(), token: token.clone(), cluster_id: identity.cluster_id.clone() };
+    let admin = admin::AdminService {
+        node: node.clone(),
+        pki: pki.clone(),
+        token: token.clone(),
+        cluster_id: identity.cluster_id.clone(),
+    };
     let ca_pem = pki.ca.cert_pem.clone();
     let ready_node = node.clone();
     let router: Router = tonic::service::Routes::new(AdminServer::new(admin))
@@ -163,18 +204,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 }
             }),
         );
-    let acceptor = api_listener::tls_acceptor(&pki.ca.cert_pem, &pki.node.cert_pem, &pki.node.key_pem)?;
+    let acceptor =
+        api_listener::tls_acceptor(&pki.ca.cert_pem, &pki.node.cert_pem, &pki.node.key_pem)?;
     let api_task = tokio::spawn(api_listener::serve(api_listener, acceptor, router));
 
     match origin {
         Origin::Created => {
             node.initialize().await?;
             println!("skiff: cluster {} created.", identity.cluster_id);
-            println!("join token (also in {}):\n{token}", bootstrap::token_path(&args.data).display());
-            println!("kubeconfig: {}", args.data.join("admin.kubeconfig").display());
+            println!(
+                "join token (also in {}):\n{token}",
+                bootstrap::token_path(&args.data).display()
+            );
+            println!(
+                "kubeconfig: {}",
+                args.data.join("admin.kubeconfig").display()
+            );
         }
         Origin::Joined | Origin::Resumed => {
-            tokio::spawn(promote_when_caught_up(node.clone(), token.secret.clone(), pki.ca.cert_pem.clone()));
+            tokio::spawn(promote_when_caught_up(
+                node.clone(),
+                token.secret.clone(),
+                pki.ca.cert_pem.clone(),
+            ));
         }
     }
     info!(
@@ -210,7 +262,13 @@ async fn promote_when_caught_up(node: RaftNode, secret: String, ca_pem: String) 
         }
         if let Some((_, leader)) = node.leader() {
             match bootstrap::admin_client(&leader.api_addr, &ca_pem, None).await {
-                Ok(mut client) => match client.promote(PromoteRequest { token_secret: secret.clone(), node_id: node.id() }).await {
+                Ok(mut client) => match client
+                    .promote(PromoteRequest {
+                        token_secret: secret.clone(),
+                        node_id: node.id(),
+                    })
+                    .await
+                {
                     Ok(_) => info!("promoted to voter"),
                     Err(status) => info!(reason = status.message(), "promotion pending"),
                 },
@@ -222,10 +280,15 @@ async fn promote_when_caught_up(node: RaftNode, secret: String, ca_pem: String) 
 }
 
 async fn remove_member(args: &ServerArgs, target: &str) -> anyhow::Result<()> {
-    let identity = NodeIdentity::load(&args.data)?
-        .ok_or_else(|| anyhow!("{} holds no member; --remove needs the data dir of a member", args.data.display()))?;
+    let identity = NodeIdentity::load(&args.data)?.ok_or_else(|| {
+        anyhow!(
+            "{} holds no member; --remove needs the data dir of a member",
+            args.data.display()
+        )
+    })?;
     let pki = crate::pki::PkiPaths::new(&args.data).load()?;
-    let mut client = bootstrap::admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+    let mut client =
+        bootstrap::admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await?;
     let (node_id, name) = match target.parse::<u64>() {
         Ok(id) => (id, String::new()),
         Err(_) => (0, target.to_string()),
@@ -242,14 +305,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                error!(error = %e, "cannot install SIGTERM handler");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -258,4 +322,3 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
-

@@ -74,11 +74,9 @@ fn run(engine: WeakEngine, rx: Receiver<Revision>) {
         };
         let _span = tracing::info_span!("compact_history", revision = target).entered();
         let started = std::time::Instant::now();
-        engine.db().compact_range_cf(
-            cf,
-            None::<&[u8]>,
-            Some(history_key(target.saturating_add(1), 0)),
-        );
+        engine
+            .db()
+            .compact_range_cf(cf, None::<&[u8]>, Some(history_key(target, 0)));
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "history space reclaimed"

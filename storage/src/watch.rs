@@ -4,7 +4,8 @@
 //! - `WatchHub::watch(req)` registers a watcher. `start_revision == 0` means "events after the
 //!   current revision"; otherwise events with revision >= start_revision are replayed from
 //!   history first, then live events follow, in revision order, each exactly once.
-//!   A start revision at or below the compacted revision fails with `WatchError::Compacted`.
+//!   A start revision below the compacted revision fails with `WatchError::Compacted` (the
+//!   compacted revision itself can still be watched from, as in etcd).
 //! - Each watcher has a bounded queue. Apply never waits on it: a watcher whose queue is full is
 //!   closed with `WatchMessage::Closed(WatchError::TooSlow)` and the client re-watches/re-lists.
 //! - `Watcher::request_progress()` and the hub's periodic progress tick enqueue
@@ -162,7 +163,7 @@ impl WatchHub {
     #[tracing::instrument(level = "debug", skip_all, fields(start = req.start_revision))]
     pub fn watch(&self, req: WatchRequest) -> Result<Watcher, WatchError> {
         let compacted = self.shared.kv.compacted_revision();
-        if req.start_revision > 0 && req.start_revision <= compacted {
+        if req.start_revision > 0 && req.start_revision < compacted {
             return Err(WatchError::Compacted { compacted });
         }
         let (tx, rx) = mpsc::channel(self.shared.capacity);
@@ -286,7 +287,7 @@ impl WatchHub {
             if from > revision {
                 continue;
             }
-            if from <= compacted {
+            if from < compacted {
                 dead.push((*id, WatchError::Compacted { compacted }));
                 continue;
             }

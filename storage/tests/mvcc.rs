@@ -494,8 +494,10 @@ async fn compaction_refuses_old_and_future_revisions() {
         revision,
         ..Default::default()
     };
+    // As in etcd, the compacted revision itself stays readable; only older ones are refused.
+    assert_eq!(h.store.kv.range(&at(4)).unwrap().kvs[0].value, b"3");
     assert!(matches!(
-        h.store.kv.range(&at(4)),
+        h.store.kv.range(&at(3)),
         Err(KvError::Compacted { compacted: 4 })
     ));
     assert!(matches!(

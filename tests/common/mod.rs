@@ -40,32 +40,53 @@ impl Cluster {
     /// Starts `size` members: the first with --init, the others joining it.
     pub fn start(subnet: u8, size: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cluster = Cluster { dir, nodes: Vec::new(), subnet };
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            subnet,
+        };
         for index in 1..=size {
             let ip = format!("127.0.{subnet}.{index}");
             let data = cluster.dir.path().join(format!("node{index}"));
-            cluster.nodes.push(Node { index, ip, data, child: None, extra_args: extra_args.iter().map(|s| s.to_string()).collect() });
+            cluster.nodes.push(Node {
+                index,
+                ip,
+                data,
+                child: None,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            });
         }
         cluster.spawn(0, &["--init"]);
-        wait_for(Duration::from_secs(30), "node1 token", || cluster.nodes[0].data.join("node.json").exists());
+        wait_for(Duration::from_secs(30), "node1 token", || {
+            cluster.nodes[0].data.join("node.json").exists()
+        });
         let token = cluster.token();
         for i in 1..size {
             let join = format!("https://{}", cluster.nodes[0].api());
             cluster.spawn(i, &["--join", &join, "--token", &token]);
             let data = cluster.nodes[i].data.clone();
-            wait_for(Duration::from_secs(30), "joined node identity", || data.join("node.json").exists());
+            wait_for(Duration::from_secs(30), "joined node identity", || {
+                data.join("node.json").exists()
+            });
         }
         cluster.wait_for_voters(size);
         cluster
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.nodes[0].data.join("token")).expect("token").trim().to_string()
+        std::fs::read_to_string(self.nodes[0].data.join("token"))
+            .expect("token")
+            .trim()
+            .to_string()
     }
 
     pub fn spawn(&mut self, i: usize, args: &[&str]) {
         let node = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())
+            .expect("log file");
         let child = Command::new(SKIFF)
             .arg("server")
             .arg("--data")
@@ -76,7 +97,7 @@ impl Cluster {
             .arg(format!("node{}", node.index))
             .args(&node.extra_args)
             .args(args)
-            .env("SKIFF_LOG", "info,openraft=info")
+            .env("SKIFF_LOG", "info,openraft=warn")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -114,13 +135,21 @@ impl Cluster {
     }
 
     pub fn wait_for_voters(&self, expected: usize) {
-        wait_for(Duration::from_secs(60), "all members voters with a leader", || {
-            let Some(status) = self.status(0) else { return false };
-            let members = status["members"].as_array().cloned().unwrap_or_default();
-            status["leader"].is_string()
-                && members.len() == expected
-                && members.iter().all(|m| m["role"] == "leader" || m["role"] == "follower")
-        });
+        wait_for(
+            Duration::from_secs(60),
+            "all members voters with a leader",
+            || {
+                let Some(status) = self.status(0) else {
+                    return false;
+                };
+                let members = status["members"].as_array().cloned().unwrap_or_default();
+                status["leader"].is_string()
+                    && members.len() == expected
+                    && members
+                        .iter()
+                        .all(|m| m["role"] == "leader" || m["role"] == "follower")
+            },
+        );
     }
 
     /// Index of the current leader as seen by any running member.
@@ -134,7 +163,10 @@ impl Cluster {
                 if let Some(status) = self.status(i)
                     && let Some(name) = status["leader"].as_str()
                 {
-                    found = name.strip_prefix("node").and_then(|n| n.parse::<usize>().ok()).map(|n| n - 1);
+                    found = name
+                        .strip_prefix("node")
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .map(|n| n - 1);
                     if let Some(l) = found
                         && self.nodes[l].child.is_some()
                     {
@@ -224,4 +256,17 @@ pub fn assert_ok(output: &Output, what: &str) -> String {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+impl Cluster {
+    /// Number of keys under `prefix` as member `i` sees them (etcdctl 3.4 has no --count-only).
+    pub fn count(&self, i: usize, prefix: &str, serializable: bool) -> i64 {
+        let mut args = vec!["get", prefix, "--prefix", "--keys-only", "-w", "json"];
+        if serializable {
+            args.push("--consistency=s");
+        }
+        let out = assert_ok(&self.etcdctl(i, &args), "count");
+        let value: serde_json::Value = serde_json::from_str(&out).expect("json");
+        value["count"].as_i64().unwrap_or(0)
+    }
 }

@@ -78,7 +78,7 @@ fn apply_compact(
     batch.delete_range_cf(
         engine.cf(CF_HISTORY)?,
         history_key(0, 0),
-        history_key(revision.saturating_add(1), 0),
+        history_key(revision, 0),
     );
     status.compacted = revision;
     tracing::info!(revision, "compaction recorded");

@@ -276,7 +276,7 @@ pub(crate) fn check_read_revision(
     if revision > current {
         return Err(KvError::FutureRevision { current });
     }
-    if revision <= compacted {
+    if revision < compacted {
         return Err(KvError::Compacted { compacted });
     }
     Ok(())
@@ -296,7 +296,7 @@ pub(crate) fn range_current(
     Ok(out.finish(current))
 }
 
-/// Reconstructs the keys of `range` as they were at `revision` (compacted < revision <= current):
+/// Reconstructs the keys of `range` as they were at `revision` (compacted <= revision <= current, as etcd: the compacted revision itself stays readable):
 /// start from the current state and, for every key changed after `revision`, take the `prev_kv`
 /// of its first later event, which is exactly its state at `revision` (None = absent then).
 /// Correct because history keeps every event after the compacted revision, each with prev_kv.
@@ -350,7 +350,7 @@ pub(crate) fn read_history(
     keep_prev_kv: bool,
 ) -> Result<HistoryChunk, KvError> {
     let compacted = reader.compacted()?;
-    if from <= compacted {
+    if from < compacted {
         return Err(KvError::Compacted { compacted });
     }
     let mut chunk = HistoryChunk::default();
