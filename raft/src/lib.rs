@@ -18,6 +18,7 @@ pub mod error;
 mod forward;
 pub mod network;
 pub mod node;
+mod read_index;
 pub mod service;
 pub mod tls;
 

@@ -22,6 +22,7 @@ use crate::config::RaftTuning;
 use crate::error::NodeError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::{PeerChannels, PeerNetworkFactory};
+use crate::read_index::ReadIndexBatcher;
 use crate::tls::PeerTls;
 
 pub struct RaftNodeConfig {
@@ -53,6 +54,7 @@ struct NodeInner {
     watch: WatchHub,
     channels: PeerChannels,
     tuning: RaftTuning,
+    reads: ReadIndexBatcher,
 }
 
 impl RaftNode {
@@ -83,6 +85,7 @@ impl RaftNode {
                 watch: store.watch,
                 channels,
                 tuning: config.tuning,
+                reads: ReadIndexBatcher::default(),
             }),
         };
         crate::compaction::spawn(node.clone());
@@ -109,6 +112,11 @@ impl RaftNode {
     }
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, NodeInfo> {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The current raft term, without cloning the whole metrics (called on every etcd response).
+    pub fn current_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
     }
 
     pub fn is_leader(&self) -> bool {

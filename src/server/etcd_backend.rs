@@ -100,7 +100,7 @@ impl KvBackend for RaftKvBackend {
             cluster_id: self.cluster_id,
             member_id: self.node.id(),
             revision: self.node.kv().revision(),
-            raft_term: self.node.metrics().current_term,
+            raft_term: self.node.current_term(),
         }
     }
 }
