@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match args.command {
-            cli::Command::Server(args) => server::run(args).await,
+            cli::Command::Server(args) => server::run(*args).await,
             cli::Command::Status(args) => cli::status::run(args).await,
             cli::Command::Up(args) => cli::up::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,

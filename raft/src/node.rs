@@ -191,14 +191,17 @@ impl RaftNode {
 
     /// Waits until this member has applied everything committed before the call (read index).
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let read_index = match self.on_leader(LeaderRequest::ReadIndex).await? {
-            LeaderReply::ReadIndex(index) => index,
-            other => {
-                return Err(NodeError::Fatal(format!(
-                    "unexpected leader reply {other:?}"
-                )));
+        let node = self.clone();
+        let fetch = move || {
+            let node = node.clone();
+            async move {
+                match node.on_leader(LeaderRequest::ReadIndex).await? {
+                    LeaderReply::ReadIndex(index) => Ok(index),
+                    other => Err(NodeError::Fatal(format!("unexpected leader reply {other:?}"))),
+                }
             }
         };
+        let read_index = self.inner.reads.read_index(fetch).await?;
         if read_index.is_some() {
             self.inner
                 .raft

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a control-plane member (replicated store, etcd-compatible API, admin API).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Show the cluster's members, leader, terms, indexes and revisions.
     Status(StatusArgs),
     /// Start a local 3-member control plane on 127.0.0.1-3 and stop it on Ctrl-C.

@@ -16,7 +16,7 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
-pub use token::{JoinToken, TokenError};
+pub use token::JoinToken;
 
 /// DNS name every member's certificate carries, so peers can verify each other independent of
 /// which address (advertise, loopback, listen override) they dialled.

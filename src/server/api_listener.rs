@@ -43,9 +43,7 @@ pub fn tls_acceptor(
         .allow_unauthenticated()
         .build()
         .map_err(|e| ListenerError::Pem(e.to_string()))?;
-    let key = rustls_pemfile::private_key(&mut cert_pem_reader(key_pem))
-        .map_err(|e| ListenerError::Pem(e.to_string()))?
-        .ok_or_else(|| ListenerError::Pem("no private key".into()))?;
+    let key = parse_key(key_pem)?;
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(parse_certs(cert_pem)?, key)?;
