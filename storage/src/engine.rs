@@ -59,13 +59,30 @@ impl Engine {
         // The raft log and sm_meta are written constantly; bound the WAL so that old WAL files
         // are released by flushing the column families that pin them.
         opts.set_max_total_wal_size(128 << 20);
-        let cfs = COLUMN_FAMILIES.iter().map(|name| {
-            let mut cf_opts = Options::default();
-            cf_opts.set_compression_type(DBCompressionType::Lz4);
-            ColumnFamilyDescriptor::new(*name, cf_opts)
-        });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|e| StorageError::rocks(format!("open {}", dir.display()), e))?;
+        let cfs = || {
+            COLUMN_FAMILIES.iter().map(|name| {
+                let mut cf_opts = Options::default();
+                cf_opts.set_compression_type(DBCompressionType::Lz4);
+                ColumnFamilyDescriptor::new(*name, cf_opts)
+            })
+        };
+        // Reopening in the same process (tests, restore) can race with the background threads
+        // of the previous handle letting go of it; RocksDB then reports its LOCK as held by this
+        // process. That lock is released within milliseconds, so wait briefly for it. A lock
+        // held by another process is reported at once.
+        let mut attempts = 0;
+        let db = loop {
+            match DB::open_cf_descriptors(&opts, dir, cfs()) {
+                Ok(db) => break db,
+                Err(e)
+                    if attempts < 100 && e.to_string().contains("lock hold by current process") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StorageError::rocks(format!("open {}", dir.display()), e)),
+            }
+        };
         tracing::info!("rocksdb opened");
         Ok(Engine { db: Arc::new(db) })
     }
