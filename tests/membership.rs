@@ -17,11 +17,20 @@ fn a_member_is_removed_and_the_rest_keep_serving() {
         .expect("skiff server --remove");
     assert_ok(&out, "remove");
     wait_for(Duration::from_secs(20), "two members left", || {
-        cluster.status(0).and_then(|s| s["members"].as_array().map(|m| m.len())) == Some(2)
+        cluster
+            .status(0)
+            .and_then(|s| s["members"].as_array().map(|m| m.len()))
+            == Some(2)
     });
     cluster.kill(2);
-    assert_ok(&cluster.etcdctl(1, &["put", "/after-remove", "ok"]), "put after remove");
-    let value = assert_ok(&cluster.etcdctl(0, &["get", "/after-remove", "--print-value-only"]), "get");
+    assert_ok(
+        &cluster.etcdctl(1, &["put", "/after-remove", "ok"]),
+        "put after remove",
+    );
+    let value = assert_ok(
+        &cluster.etcdctl(0, &["get", "/after-remove", "--print-value-only"]),
+        "get",
+    );
     assert_eq!(value.trim(), "ok");
 }
 
@@ -39,14 +48,22 @@ fn skiff_up_starts_three_members_and_stops_on_sigint() {
         .stderr(Stdio::null())
         .spawn()
         .expect("skiff up");
-    wait_for(Duration::from_secs(90), "skiff up to write the kubeconfig", || kubeconfig.exists());
+    wait_for(
+        Duration::from_secs(90),
+        "skiff up to write the kubeconfig",
+        || kubeconfig.exists(),
+    );
     let status = Command::new(SKIFF)
         .args(["status", "-o", "json", "--data"])
         .arg(dir.path().join("up/node1"))
         .output()
         .expect("status");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert_eq!(status["members"].as_array().map(|m| m.len()), Some(3), "{status}");
+    assert_eq!(
+        status["members"].as_array().map(|m| m.len()),
+        Some(3),
+        "{status}"
+    );
     assert!(status["leader"].is_string());
     // SAFETY: signalling our own child process.
     unsafe {
@@ -66,5 +83,8 @@ fn skiff_up_starts_three_members_and_stops_on_sigint() {
     });
     assert!(code.success(), "skiff up exits 0 on Ctrl-C: {code:?}");
     // Every member process is gone: the API port is free again.
-    assert!(std::net::TcpListener::bind("127.0.0.1:6443").is_ok(), "members stopped");
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:6443").is_ok(),
+        "members stopped"
+    );
 }

@@ -197,7 +197,9 @@ impl RaftNode {
             async move {
                 match node.on_leader(LeaderRequest::ReadIndex).await? {
                     LeaderReply::ReadIndex(index) => Ok(index),
-                    other => Err(NodeError::Fatal(format!("unexpected leader reply {other:?}"))),
+                    other => Err(NodeError::Fatal(format!(
+                        "unexpected leader reply {other:?}"
+                    ))),
                 }
             }
         };

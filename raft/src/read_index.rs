@@ -107,7 +107,13 @@ mod tests {
         let total = fetches.load(Ordering::SeqCst);
         assert!(total <= 3, "50 concurrent reads needed {total} fetches");
         // A read issued after all those completed must see a fresh fetch.
-        let later = batcher.read_index(make_fetch(fetches.clone())).await.expect("later");
-        assert!(later > indexes.into_iter().max().flatten(), "later read got a newer read index");
+        let later = batcher
+            .read_index(make_fetch(fetches.clone()))
+            .await
+            .expect("later");
+        assert!(
+            later > indexes.into_iter().max().flatten(),
+            "later read got a newer read index"
+        );
     }
 }
