@@ -264,7 +264,7 @@ pub(crate) fn range(reader: &Reader<'_>, req: &RangeRequest) -> Result<RangeResp
 }
 
 /// etcd's revision rules for reads: <= 0 is "current"; above current is a future revision;
-/// at or below the compacted revision is gone.
+/// below the compacted revision is gone (the compacted revision itself stays readable).
 pub(crate) fn check_read_revision(
     revision: Revision,
     current: Revision,
@@ -408,7 +408,7 @@ impl KvView {
         self.status.with(|s| s.revision)
     }
 
-    /// Revisions at or below this are no longer readable.
+    /// Revisions below this are no longer readable (the compacted revision itself still is).
     pub fn compacted_revision(&self) -> Revision {
         self.status.with(|s| s.compacted)
     }
