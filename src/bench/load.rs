@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 pub enum Workload {
     Put,
     LinearizableGet,
+    /// Served from the member's local state, no read index (etcd's --consistency=s).
+    SerializableGet,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +66,14 @@ pub async fn run(
                     Workload::LinearizableGet => client
                         .range(RangeRequest {
                             key,
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    Workload::SerializableGet => client
+                        .range(RangeRequest {
+                            key,
+                            serializable: true,
                             ..Default::default()
                         })
                         .await

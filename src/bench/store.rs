@@ -27,6 +27,9 @@ pub struct StoreBenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Also measure serializable (local, no read index) gets.
+    #[arg(long)]
+    pub serializable_reads: bool,
     /// Working directory (data dirs, logs, results.json).
     #[arg(long, default_value = "./skiff-bench")]
     pub dir: PathBuf,
@@ -37,6 +40,7 @@ struct SystemResult {
     system: String,
     put: LoadResult,
     get: LoadResult,
+    serializable_get: Option<LoadResult>,
 }
 
 pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
@@ -99,10 +103,27 @@ async fn measure(
         args.keys,
     )
     .await;
+    let serializable_get = if args.serializable_reads {
+        let workload = Workload::SerializableGet;
+        Some(
+            load::run(
+                channels,
+                workload,
+                args.clients,
+                args.ops,
+                args.value_size,
+                args.keys,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     SystemResult {
         system: system.to_string(),
         put,
         get,
+        serializable_get,
     }
 }
 
@@ -116,7 +137,12 @@ fn print_report(results: &[SystemResult], args: &StoreBenchArgs) {
         "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS"
     );
     for r in results {
-        for (op, l) in [("put", &r.put), ("get", &r.get)] {
+        let rows = [
+            ("put", Some(&r.put)),
+            ("get", Some(&r.get)),
+            ("get-s", r.serializable_get.as_ref()),
+        ];
+        for (op, l) in rows.into_iter().filter_map(|(op, l)| l.map(|l| (op, l))) {
             println!(
                 "{:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
                 r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors

@@ -19,7 +19,6 @@ use skiff_raft::service::PeerService;
 use skiff_raft::{PeerTls, RaftNode, RaftNodeConfig};
 use skiff_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
@@ -44,12 +43,26 @@ pub struct Addresses {
 
 impl Addresses {
     pub fn from_args(args: &ServerArgs) -> anyhow::Result<Self> {
-        let ip: std::net::IpAddr = args.advertise.parse().map_err(|_| {
-            anyhow!(
-                "--advertise must be an IP address, got {:?}",
-                args.advertise
-            )
-        })?;
+        Self::new(
+            &args.advertise,
+            args.name.clone(),
+            args.api_listen,
+            args.client_listen,
+            args.raft_listen,
+        )
+    }
+
+    /// Addresses from an advertised IP; listen addresses default to it with the usual ports.
+    pub fn new(
+        advertise: &str,
+        name: Option<String>,
+        api_listen: Option<SocketAddr>,
+        client_listen: Option<SocketAddr>,
+        raft_listen: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let ip: std::net::IpAddr = advertise
+            .parse()
+            .map_err(|_| anyhow!("--advertise must be an IP address, got {advertise:?}"))?;
         let pick = |flag: Option<SocketAddr>, port: u16| flag.unwrap_or(SocketAddr::new(ip, port));
         let advertised = |listen: SocketAddr| {
             if listen.ip().is_unspecified() {
@@ -58,15 +71,12 @@ impl Addresses {
                 listen.to_string()
             }
         };
-        let api_listen = pick(args.api_listen, 6443);
-        let client_listen = pick(args.client_listen, 2379);
-        let raft_listen = pick(args.raft_listen, 2380);
+        let api_listen = pick(api_listen, 6443);
+        let client_listen = pick(client_listen, 2379);
+        let raft_listen = pick(raft_listen, 2380);
         Ok(Addresses {
-            name: args
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("node-{}", args.advertise)),
-            advertise: args.advertise.clone(),
+            name: name.unwrap_or_else(|| format!("node-{advertise}")),
+            advertise: advertise.to_string(),
             api_listen,
             client_listen,
             raft_listen,
@@ -100,6 +110,12 @@ impl Addresses {
     }
 }
 
+/// Accepted connections with Nagle off: small gRPC replies must not wait for the peer's delayed
+/// ACK (a 40 ms stall per request otherwise).
+fn low_latency(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -111,6 +127,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         return remove_member(&args, target).await;
     }
     let addrs = Addresses::from_args(&args)?;
+    // Checked before anything is bound or written; the member name is fixed up below.
+    let snapshot_schedule = args.snapshots.schedule(&args.data, &addrs.name)?;
     // Bind first: a used port is reported before anything is written to the data dir.
     let api_listener = bind("API", addrs.api_listen).await?;
     let client_listener = bind("etcd client", addrs.client_listen).await?;
@@ -163,7 +181,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let peer_server = Server::builder()
         .tls_config(tls.server_config())?
         .add_service(PeerService::server(node.clone()))
-        .serve_with_incoming(TcpListenerStream::new(raft_listener));
+        .serve_with_incoming(low_latency(raft_listener));
     let peer_task = tokio::spawn(peer_server);
 
     // etcd-compatible client port: mutual TLS (the store holds secrets).
@@ -178,8 +196,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let etcd_server = Server::builder()
         .tls_config(etcd_tls)?
         .add_routes(crate::etcd::services(backend.clone(), limits))
-        .serve_with_incoming(TcpListenerStream::new(client_listener));
+        .serve_with_incoming(low_latency(client_listener));
     let etcd_task = tokio::spawn(etcd_server);
+
+    // A restored member seals its state into a raft snapshot before anyone can join.
+    if origin == Origin::Restored {
+        crate::backup::restore::finish_first_start(&node, &args.data).await?;
+    }
+    if let Some(mut schedule) = snapshot_schedule {
+        schedule.member = identity.name.clone();
+        crate::backup::schedule::spawn(node.clone(), schedule)?;
+    }
 
     // API port: admin gRPC + bootstrap routes (the Kubernetes REST API joins here).
     let admin = admin::AdminService {
@@ -209,7 +236,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api_listener::serve(api_listener, acceptor, router));
 
     match origin {
-        Origin::Created => {
+        Origin::Created | Origin::Restored => {
             node.initialize().await?;
             println!("skiff: cluster {} created.", identity.cluster_id);
             println!(
