@@ -1,6 +1,7 @@
 //! skiff: one binary for every role of a Raft-native Kubernetes distribution.
 //! This file only sets up logging and TLS, parses the command line and hands over.
 
+mod backup;
 mod bench;
 mod cli;
 mod etcd;
@@ -43,6 +44,9 @@ fn main() -> std::process::ExitCode {
             cli::Command::Status(args) => cli::status::run(args).await,
             cli::Command::Up(args) => cli::up::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
+            cli::Command::Backup(args) => cli::backup::run_backup(args).await,
+            cli::Command::Restore(args) => cli::backup::run_restore(args).await,
+            cli::Command::Chaos(command) => cli::chaos::run(command).await,
         }
     });
     match outcome {

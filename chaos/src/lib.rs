@@ -1,1 +1,31 @@
-//! Fault injection and checkers for skiff. Built by the chaos issue.
+//! skiff-chaos: fault injection, workloads and checkers for the replicated store.
+//!
+//! What lives here:
+//! - `history`: the recorded client history (invoke/return times, outcomes).
+//! - `linearizability`: a porcupine-style search per key over a register model, with
+//!   `minimize` shrinking a violation to a small offending sub-history.
+//! - `watch_checker`: etcd's watch guarantees (ordered, unique, atomic, reliable, resumable,
+//!   bookmarks never go back).
+//! - `nemesis`: faults with inject/heal over a `MemberControl` the caller provides (the skiff
+//!   binary owns the processes; this crate never depends on it).
+//! - `client`, `workload`, `watch_recorder`: etcd-protocol traffic recorded into a history.
+//! - `scenario`, `runner`, `convergence`, `report`: one run from fault schedule to verdicts.
+
+pub mod client;
+pub mod convergence;
+pub mod error;
+pub mod history;
+pub mod linearizability;
+pub mod minimize;
+pub mod nemesis;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod watch_checker;
+pub mod watch_recorder;
+pub mod workload;
+
+pub use error::ChaosError;
+pub use nemesis::MemberControl;
+pub use runner::{RunConfig, run_scenario};
+pub use scenario::{SCENARIOS, Scenario};

@@ -6,7 +6,7 @@
 //! applied it) and then read local state, so every member serves reads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -41,6 +41,23 @@ pub struct MemberView {
     pub voter: bool,
 }
 
+/// A deliberately broken mode for chaos runs, to prove the checkers can fail: with
+/// SKIFF_UNSAFE_SERIALIZABLE_READS=1 linearizable reads skip the read barrier and may be stale.
+fn unsafe_serializable_reads() -> bool {
+    static UNSAFE: OnceLock<bool> = OnceLock::new();
+    *UNSAFE.get_or_init(|| {
+        let on = std::env::var("SKIFF_UNSAFE_SERIALIZABLE_READS").is_ok_and(|v| v == "1");
+        if on {
+            warn!(
+                "SKIFF_UNSAFE_SERIALIZABLE_READS=1: linearizable reads SKIP the read barrier and \
+                 can return stale data. This is a chaos-testing switch; never run a real cluster \
+                 with it."
+            );
+        }
+        on
+    })
+}
+
 #[derive(Clone)]
 pub struct RaftNode {
     inner: Arc<NodeInner>,
@@ -60,6 +77,8 @@ struct NodeInner {
 impl RaftNode {
     /// Starts raft over an opened store. Does not initialize or join: see `initialize`.
     pub async fn start(config: RaftNodeConfig, store: Store) -> Result<RaftNode, NodeError> {
+        // Says so in the log at start-up when the broken chaos mode is on.
+        unsafe_serializable_reads();
         let raft_config = config
             .tuning
             .openraft_config(&config.cluster_id)
@@ -221,7 +240,7 @@ impl RaftNode {
         request: &RangeRequest,
         serializable: bool,
     ) -> Result<RangeResponse, NodeError> {
-        if !serializable {
+        if !serializable && !unsafe_serializable_reads() {
             self.read_barrier().await?;
         }
         Ok(self.inner.kv.range(request)?)

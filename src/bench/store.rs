@@ -30,6 +30,10 @@ pub struct StoreBenchArgs {
     /// Also measure serializable (local, no read index) gets.
     #[arg(long)]
     pub serializable_reads: bool,
+    /// Send every request to member N only (1-based) instead of spreading over all members;
+    /// e.g. 1 targets the leader after start-up and shows the cost of follower forwarding.
+    #[arg(long)]
+    pub only_member: Option<usize>,
     /// Working directory (data dirs, logs, results.json).
     #[arg(long, default_value = "./skiff-bench")]
     pub dir: PathBuf,
@@ -53,6 +57,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     let pki = BenchPki::generate(&args.dir.join("etcd-pki"), &ips)?;
     let mut etcd = EtcdCluster::start(&args.dir, "127.0.8.", &pki).await?;
     let channels = peers::channels(&etcd.endpoints, &pki.ca_pem, &pki.client).await?;
+    let channels = only_member(channels, args.only_member);
     progress.step("etcd 3.4: running the load");
     let etcd_result = measure("etcd-3.4", &channels, &args).await;
     etcd.stop().await;
@@ -66,6 +71,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         .map(|i| format!("https://{}:2379", skiff.member_ip(i)))
         .collect();
     let channels = peers::channels(&endpoints, &member_pki.ca.cert_pem, &member_pki.admin).await?;
+    let channels = only_member(channels, args.only_member);
     progress.step("skiff: running the load");
     let skiff_result = measure("skiff", &channels, &args).await;
     skiff.stop().await;
@@ -78,6 +84,13 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
     Ok(())
+}
+
+fn only_member(channels: Vec<tonic::transport::Channel>, member: Option<usize>) -> Vec<tonic::transport::Channel> {
+    match member.and_then(|m| channels.get(m.wrapping_sub(1)).cloned()) {
+        Some(channel) => vec![channel],
+        None => channels,
+    }
 }
 
 async fn measure(

@@ -19,6 +19,9 @@ pub struct LocalCluster {
     /// e.g. "127.0.0." — member i listens on PREFIX(i+1).
     pub ip_prefix: String,
     members: Vec<(String, Child)>,
+    /// How members are started again after a chaos fault.
+    exe: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl LocalCluster {
@@ -44,6 +47,8 @@ impl LocalCluster {
             base: base.to_path_buf(),
             ip_prefix: ip_prefix.to_string(),
             members: Vec::new(),
+            exe: exe.clone(),
+            extra_args: extra_args.to_vec(),
         };
         let outcome = cluster
             .start_members(&exe, size, extra_args, progress)
@@ -65,16 +70,7 @@ impl LocalCluster {
         for index in 1..=size {
             let dir = Self::member_dir(&self.base, index);
             let ip = self.member_ip(index);
-            let mut command = Command::new(exe);
-            command
-                .arg("server")
-                .arg("--data")
-                .arg(&dir)
-                .arg("--advertise")
-                .arg(&ip)
-                .arg("--name")
-                .arg(format!("node{index}"));
-            command.args(extra_args);
+            let mut command = self.member_command(exe, index, extra_args);
             if NodeIdentity::load(&dir)?.is_none() {
                 if index == 1 {
                     command.arg("--init");
@@ -103,6 +99,77 @@ impl LocalCluster {
         }
         progress.step("waiting for every member to become a voter");
         self.wait_for_voters(size).await
+    }
+
+    fn member_command(&self, exe: &Path, index: usize, extra_args: &[String]) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .arg("server")
+            .arg("--data")
+            .arg(Self::member_dir(&self.base, index))
+            .arg("--advertise")
+            .arg(self.member_ip(index))
+            .arg("--name")
+            .arg(format!("node{index}"));
+        command.args(extra_args);
+        command
+    }
+
+    fn child_mut(&mut self, index: usize) -> anyhow::Result<&mut Child> {
+        self.members
+            .get_mut(index.wrapping_sub(1))
+            .map(|(_, child)| child)
+            .ok_or_else(|| anyhow!("no member node{index}"))
+    }
+
+    /// The process id of member `index` (1-based) while it runs.
+    pub fn member_pid(&self, index: usize) -> Option<u32> {
+        self.members.get(index.wrapping_sub(1))?.1.id()
+    }
+
+    /// SIGKILL member `index` and reap it.
+    pub async fn kill_member(&mut self, index: usize) -> anyhow::Result<()> {
+        let child = self.child_mut(index)?;
+        child.kill().await.context("SIGKILL")
+    }
+
+    /// SIGTERM member `index`, SIGKILL after 10 s.
+    pub async fn stop_member(&mut self, index: usize) -> anyhow::Result<()> {
+        let child = self.child_mut(index)?;
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on a pid we spawned and still own (not yet reaped).
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await.context("SIGKILL after SIGTERM")?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped member `index` again on its data dir (its log is appended to).
+    pub fn restart_member(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.member_pid(index).is_some() {
+            bail!("node{index} is still running");
+        }
+        let mut command = self.member_command(&self.exe, index, &self.extra_args);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.base.join(format!("node{index}.log")))?;
+        command
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("restarting node{index}"))?;
+        *self.child_mut(index)? = child;
+        Ok(())
     }
 
     async fn wait_until_member(&mut self, dir: &Path, index: usize) -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
 //! The command line: every role of the one binary.
 
+pub mod backup;
+pub mod chaos;
 pub mod local_cluster;
 pub mod status;
 pub mod up;
@@ -32,6 +34,13 @@ pub enum Command {
     /// Benchmarks against a peer system run side by side.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Back up the store (`--out FILE`), or verify, list and prune backups.
+    Backup(backup::BackupArgs),
+    /// Create a new single-member cluster from a backup.
+    Restore(backup::RestoreArgs),
+    /// Fault injection with linearizability and watch checkers (see `skiff chaos list`).
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +99,8 @@ pub struct ServerArgs {
     /// How often the leader considers compacting history (seconds).
     #[arg(long, default_value_t = 30)]
     pub compaction_interval_secs: u64,
+    #[command(flatten)]
+    pub snapshots: backup::SnapshotScheduleArgs,
 }
 
 impl ServerArgs {

@@ -1,14 +1,14 @@
 //! The admin gRPC service on the API port: CA download, join, promotion, removal, status.
 //!
 //! Authorization: `GetCA` is open (the joiner checks the CA hash from its token); `Join` and
-//! `Promote` need the token secret; `Remove` and `Status` need a client certificate signed by
+//! `Promote` need the token secret; `Remove`, `Status` and `Backup` need a client certificate signed by
 //! the cluster CA (the admin certificate or a member's).
 
 use rand::Rng;
 use skiff_proto::admin::admin_server::Admin;
 use skiff_proto::admin::{
-    GetCaRequest, GetCaResponse, JoinRequest, JoinResponse, MemberStatus, PromoteRequest,
-    PromoteResponse, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+    BackupRequest, GetCaRequest, GetCaResponse, JoinRequest, JoinResponse, MemberStatus,
+    PromoteRequest, PromoteResponse, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
 };
 use skiff_raft::{NodeError, RaftNode};
 use skiff_storage::NodeInfo;
@@ -60,6 +60,22 @@ fn require_addr(field: &str, value: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type BackupStream = crate::backup::stream::BackupStream;
+
+    /// A point-in-time snapshot of everything committed before the call (read barrier first).
+    #[tracing::instrument(skip_all, fields(node_id = self.node.id()))]
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        require_client_cert(&request)?;
+        self.node.read_barrier().await.map_err(node_error_status)?;
+        info!(revision = self.node.kv().revision(), "streaming a backup");
+        Ok(Response::new(crate::backup::stream::start(
+            self.node.kv().clone(),
+        )))
+    }
+
     async fn get_ca(
         &self,
         _request: Request<GetCaRequest>,

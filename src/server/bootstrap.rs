@@ -32,6 +32,9 @@ pub enum Origin {
     Joined,
     /// A restart of an existing member.
     Resumed,
+    /// The first start after `skiff restore`: like `Created` (raft is initialized with this
+    /// node alone), and the restored state is sealed into a raft snapshot before anyone joins.
+    Restored,
 }
 
 pub struct Membership {
@@ -80,11 +83,16 @@ pub async fn become_member(
         if init || join.is_some() {
             info!(cluster = %identity.cluster_id, node_id = identity.node_id, "data dir already holds a member; resuming it");
         }
+        let origin = if crate::backup::restore::RestoreMarker::exists(data) {
+            Origin::Restored
+        } else {
+            Origin::Resumed
+        };
         return Ok(Membership {
             identity,
             pki,
             token: stored_token,
-            origin: Origin::Resumed,
+            origin,
         });
     }
     if init {
@@ -99,11 +107,26 @@ pub async fn become_member(
     }
 }
 
-fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> {
+/// Everything a first member of a new cluster is, before it is written to its data dir.
+pub struct NewCluster {
+    pub identity: NodeIdentity,
+    pub pki: MemberPki,
+    pub token: JoinToken,
+}
+
+/// A new cluster id, node 1, a join token, and a PKI: a new CA, or `keep_pki`'s CA and admin
+/// credentials (restore keeps the old cluster's PKI when asked) with a new node certificate.
+pub fn new_cluster(addrs: &Addresses, keep_pki: Option<&MemberPki>) -> anyhow::Result<NewCluster> {
     let cluster_id = hex::encode(rand::rng().random::<[u8; 8]>());
-    let ca = ClusterCa::generate(&cluster_id)?;
+    let (ca, admin) = match keep_pki {
+        Some(old) => (ClusterCa::from_pem(old.ca.clone()), old.admin.clone()),
+        None => {
+            let ca = ClusterCa::generate(&cluster_id)?;
+            let admin = ca.issue_client("system:admin", Some("system:masters"))?;
+            (ca, admin)
+        }
+    };
     let node = ca.issue_node(&addrs.name, &addrs.sans())?;
-    let admin = ca.issue_client("system:admin", Some("system:masters"))?;
     let pki = MemberPki {
         ca: ca.ca.clone(),
         node,
@@ -111,6 +134,19 @@ fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> 
     };
     let token = JoinToken::new(ca.fingerprint());
     let identity = addrs.identity(1, cluster_id);
+    Ok(NewCluster {
+        identity,
+        pki,
+        token,
+    })
+}
+
+fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> {
+    let NewCluster {
+        identity,
+        pki,
+        token,
+    } = new_cluster(addrs, None)?;
     persist(data, &identity, &pki, &token, addrs)?;
     info!(cluster = %identity.cluster_id, "created a new cluster");
     Ok(Membership {
@@ -121,7 +157,8 @@ fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> 
     })
 }
 
-fn persist(
+/// Writes a member's PKI, token, kubeconfig and, last, node.json.
+pub fn persist(
     data: &Path,
     identity: &NodeIdentity,
     pki: &MemberPki,

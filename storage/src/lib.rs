@@ -28,7 +28,9 @@ pub mod watch;
 pub use error::{KvError, StorageError};
 pub use log_store::LogStore;
 pub use model::*;
-pub use snapshot::{SnapshotHeader, SnapshotStats, verify_snapshot, write_snapshot};
+pub use snapshot::{
+    SnapshotHeader, SnapshotStats, read_header, scan_snapshot, verify_snapshot, write_snapshot,
+};
 pub use state_machine::{KvView, SnapshotBuilder, StateMachineStore};
 pub use store::{Store, StoreOptions};
 pub use types::*;

@@ -28,8 +28,10 @@ use crate::model::{Event, KeyRange, Revision};
 use crate::state_machine::{KvView, Reader, SmStatus};
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
-/// Version of this layout; readers refuse others.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this layout written today. Version 2 added `SnapshotHeader::skiff_version`;
+/// readers accept 1 and 2 and refuse others.
+pub const FORMAT_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"SKIFFSN1";
 const TAG_HEADER: u8 = 1;
 const TAG_KV: u8 = 2;
@@ -54,6 +56,50 @@ pub struct SnapshotHeader {
     pub created_unix_ms: u64,
     /// Unique per snapshot; becomes openraft's `SnapshotMeta::snapshot_id`.
     pub snapshot_id: String,
+    /// Version of the software that wrote the snapshot (empty in format version 1).
+    pub skiff_version: String,
+}
+
+/// The header as format version 1 wrote it (no `skiff_version`), still readable.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SnapshotHeaderV1 {
+    format_version: u32,
+    cluster_id: String,
+    revision: Revision,
+    compacted_revision: Revision,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    created_unix_ms: u64,
+    snapshot_id: String,
+}
+
+impl From<SnapshotHeaderV1> for SnapshotHeader {
+    fn from(v1: SnapshotHeaderV1) -> Self {
+        SnapshotHeader {
+            format_version: v1.format_version,
+            cluster_id: v1.cluster_id,
+            revision: v1.revision,
+            compacted_revision: v1.compacted_revision,
+            last_applied: v1.last_applied,
+            membership: v1.membership,
+            created_unix_ms: v1.created_unix_ms,
+            snapshot_id: v1.snapshot_id,
+            skiff_version: String::new(),
+        }
+    }
+}
+
+/// Decodes a header of any readable format version.
+fn decode_header(bytes: &[u8]) -> Result<SnapshotHeader, StorageError> {
+    match codec::decode::<SnapshotHeader>("snapshot header", bytes) {
+        Ok(h) => Ok(h),
+        Err(current) => codec::decode::<SnapshotHeaderV1>("snapshot header", bytes)
+            .ok()
+            .filter(|v1| v1.format_version == 1)
+            .map(SnapshotHeader::from)
+            .ok_or_else(|| invalid(current.to_string())),
+    }
 }
 
 impl SnapshotHeader {
@@ -93,6 +139,25 @@ pub fn verify_snapshot(
     input: &mut impl Read,
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
     read_snapshot(input, None, &mut |_: &Record| Ok(()))
+}
+
+/// Reads a whole snapshot like `verify_snapshot`, copying its bytes to `out` as they are read
+/// (a backup client keeps what it receives and validates it in the same pass), and calling
+/// `on_kv_key` with every kv key (to describe what the snapshot holds).
+/// `check_digest = false` still checks the structure but tolerates a SHA-256 mismatch
+/// (`--skip-hash-check`).
+pub fn scan_snapshot(
+    input: &mut impl Read,
+    out: Option<&mut dyn Write>,
+    check_digest: bool,
+    on_kv_key: &mut dyn FnMut(&[u8]),
+) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
+    read_snapshot_checked(input, out, check_digest, &mut |record: &Record| {
+        if let Record::Kv { key, .. } = record {
+            on_kv_key(key);
+        }
+        Ok(())
+    })
 }
 
 /// Reads only the header (to describe a snapshot file without reading it all).
@@ -138,6 +203,8 @@ pub(crate) fn write_from_reader(
         membership: status.membership.clone(),
         created_unix_ms,
         snapshot_id: format!("{term}-{index}-{}-{created_unix_ms}-{seq}", status.revision),
+        // The workspace shares one version, so this is the skiff binary's version too.
+        skiff_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let mut w = HashingWriter {
         inner: out,
@@ -236,13 +303,23 @@ pub(crate) fn read_snapshot(
     copy: Option<&mut dyn Write>,
     visit: &mut dyn FnMut(&Record) -> Result<(), StorageError>,
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
+    read_snapshot_checked(input, copy, true, visit)
+}
+
+/// `read_snapshot`, with the trailer check optional (the structure is always checked).
+pub(crate) fn read_snapshot_checked(
+    input: &mut impl Read,
+    copy: Option<&mut dyn Write>,
+    check_digest: bool,
+    visit: &mut dyn FnMut(&Record) -> Result<(), StorageError>,
+) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
     let mut r = HashingReader::new(TeeReader { inner: input, copy });
     read_magic(&mut r)?;
     let header = match read_record(&mut r)? {
         Record::Header(h) => h,
         _ => return Err(invalid("first record is not the header")),
     };
-    if header.format_version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
         return Err(invalid(format!(
             "unsupported format version {}",
             header.format_version
@@ -305,7 +382,7 @@ pub(crate) fn read_snapshot(
     let digest = r.hasher.finalize_reset();
     let mut trailer = [0u8; 32];
     r.read_raw(&mut trailer, "checksum trailer")?;
-    if digest.as_slice() != trailer {
+    if check_digest && digest.as_slice() != trailer {
         return Err(invalid("SHA-256 checksum mismatch: the file is corrupt"));
     }
     let mut extra = [0u8; 1];
@@ -339,9 +416,7 @@ fn read_record<R: Read>(r: &mut HashingReader<R>) -> Result<Record, StorageError
     match tag[0] {
         TAG_HEADER => {
             let bytes = r.read_vec(MAX_HEADER_LEN, "header")?;
-            Ok(Record::Header(
-                codec::decode("snapshot header", &bytes).map_err(|e| invalid(e.to_string()))?,
-            ))
+            Ok(Record::Header(decode_header(&bytes)?))
         }
         TAG_KV => {
             let key = r.read_vec(MAX_KEY_LEN, "kv key")?;
@@ -474,6 +549,60 @@ impl<R: Read> HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot with no records around `header_bytes`, with a valid trailer.
+    fn empty_snapshot(header_bytes: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(TAG_HEADER);
+        out.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(header_bytes);
+        out.push(TAG_END);
+        out.extend_from_slice(&[0u8; 16]);
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    #[test]
+    fn format_version_1_headers_are_still_read() {
+        let v1 = SnapshotHeaderV1 {
+            format_version: 1,
+            cluster_id: "old".into(),
+            revision: 0,
+            compacted_revision: 0,
+            last_applied: None,
+            membership: Default::default(),
+            created_unix_ms: 7,
+            snapshot_id: "s".into(),
+        };
+        let bytes = empty_snapshot(&codec::encode("v1 header", &v1).unwrap());
+        let (header, stats) = verify_snapshot(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            (header.format_version, header.cluster_id.as_str()),
+            (1, "old")
+        );
+        assert!(header.skiff_version.is_empty());
+        assert_eq!(stats.kv_count, 0);
+    }
+
+    #[test]
+    fn skipping_the_hash_check_still_checks_structure() {
+        let header = SnapshotHeader {
+            format_version: FORMAT_VERSION,
+            skiff_version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let mut bytes = empty_snapshot(&codec::encode("header", &header).unwrap());
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let err = verify_snapshot(&mut bytes.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        let (read, _) = scan_snapshot(&mut bytes.as_slice(), None, false, &mut |_| {}).unwrap();
+        assert_eq!(read.skiff_version, "0.1.0");
+        let truncated = &bytes[..bytes.len() - 40];
+        let err = scan_snapshot(&mut &truncated[..], None, false, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
 
     #[test]
     fn refuses_garbage_and_empty_input() {

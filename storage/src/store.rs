@@ -96,25 +96,37 @@ impl Store {
     /// Creates a new store in `dir` from a backup (`skiff restore`): the kv state and history of
     /// the backup, under `opts.cluster_id` (a new cluster), with no raft log and no membership,
     /// ready for a new cluster to be initialized on top. Refuses a directory that holds data.
-    #[tracing::instrument(level = "info", skip_all, fields(dir = %dir.display()))]
     pub fn restore_backup(
         dir: &Path,
         opts: &StoreOptions,
         input: &mut impl Read,
+    ) -> Result<SnapshotHeader, StorageError> {
+        Self::restore_backup_checked(dir, opts, input, true)
+    }
+
+    /// `restore_backup`; `check_digest = false` tolerates a SHA-256 trailer mismatch
+    /// (`skiff restore --skip-hash-check`) while still refusing a malformed or truncated file.
+    #[tracing::instrument(level = "info", skip_all, fields(dir = %dir.display()))]
+    pub fn restore_backup_checked(
+        dir: &Path,
+        opts: &StoreOptions,
+        input: &mut impl Read,
+        check_digest: bool,
     ) -> Result<SnapshotHeader, StorageError> {
         let engine = Engine::open(dir)?;
         ensure_empty(&engine, dir)?;
         let kv_cf = engine.cf(CF_KV)?;
         let history_cf = engine.cf(CF_HISTORY)?;
         let mut batch = WriteBatch::default();
-        let (header, stats) = snapshot::read_snapshot(input, None, &mut |record: &Record| {
-            match record {
-                Record::Kv { key, value } => batch.put_cf(kv_cf, key, value),
-                Record::History { key, value } => batch.put_cf(history_cf, key, value),
-                Record::Header(_) | Record::End { .. } => {}
-            }
-            Ok(())
-        })?;
+        let (header, stats) =
+            snapshot::read_snapshot_checked(input, None, check_digest, &mut |record: &Record| {
+                match record {
+                    Record::Kv { key, value } => batch.put_cf(kv_cf, key, value),
+                    Record::History { key, value } => batch.put_cf(history_cf, key, value),
+                    Record::Header(_) | Record::End { .. } => {}
+                }
+                Ok(())
+            })?;
         let status = SmStatus {
             last_applied: None,
             membership: Default::default(),

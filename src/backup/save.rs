@@ -1,0 +1,139 @@
+//! `skiff backup --out FILE`: asks one member for a snapshot over the admin API and keeps it.
+//! The bytes are validated while they arrive (structure, every record, SHA-256 trailer) and
+//! land in FILE.part, which is fsynced and renamed to FILE only when all of it checked out.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use skiff_proto::admin::BackupRequest;
+use skiff_storage::{SnapshotHeader, SnapshotStats, scan_snapshot};
+use tokio::sync::mpsc;
+
+use super::error::BackupError;
+use super::files::write_atomically;
+use crate::pki::PkiPaths;
+use crate::progress::Progress;
+use crate::server::bootstrap::admin_client;
+use crate::server::identity::NodeIdentity;
+
+/// What `skiff backup` needs.
+pub struct SaveRequest {
+    pub out: PathBuf,
+    pub data: PathBuf,
+    pub server: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(out = %req.out.display()))]
+pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
+    let identity = NodeIdentity::load(&req.data)?.ok_or_else(|| {
+        anyhow!(
+            "{} holds no member (use --data with a member's data dir for its admin credentials)",
+            req.data.display()
+        )
+    })?;
+    let pki = PkiPaths::new(&req.data)
+        .load()
+        .context("loading admin credentials")?;
+    let server = req
+        .server
+        .as_deref()
+        .map(|s| s.trim_start_matches("https://").to_string())
+        .unwrap_or(identity.api_addr.clone());
+    let started = Instant::now();
+    let mut client = admin_client(&server, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+    let mut stream = client
+        .backup(BackupRequest {})
+        .await
+        .map_err(|s| anyhow!("backup from {server}: {}", s.message()))?
+        .into_inner();
+
+    // The receiving thread validates and writes; this task feeds it and shows progress.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+    let out = req.out.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut input = ChannelReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        };
+        write_atomically(&out, |w| -> Result<_, BackupError> {
+            Ok(scan_snapshot(&mut input, Some(w), true, &mut |_| {})?)
+        })
+    });
+    let progress = Progress::transfer(&format!("backup from {server}"));
+    let mut received = 0u64;
+    let mut stream_error = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                received += chunk.data.len() as u64;
+                progress.transfer_update(received, chunk.records);
+                if tx.send(chunk.data).await.is_err() {
+                    // The writer stopped (it found the data invalid); its error says why.
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(status) => {
+                stream_error = Some(anyhow!("backup stream from {server}: {}", status.message()));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer.await.context("backup writer thread")?;
+    if let Some(e) = stream_error {
+        progress.finish("backup failed");
+        return Err(e);
+    }
+    let (header, stats): (SnapshotHeader, SnapshotStats) =
+        written.with_context(|| format!("the snapshot received from {server} is not valid"))?;
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    progress.finish(&format!(
+        "backup {}: revision {}, {} keys, {} history events, {} bytes in {:.1}s ({:.1} MB/s, {:.0} keys/s)",
+        req.out.display(),
+        header.revision,
+        stats.kv_count,
+        stats.history_count,
+        stats.bytes,
+        secs,
+        stats.bytes as f64 / 1e6 / secs,
+        stats.kv_count as f64 / secs,
+    ));
+    println!(
+        "{}: cluster {} revision {} ({} keys, {} bytes)",
+        req.out.display(),
+        header.cluster_id,
+        header.revision,
+        stats.kv_count,
+        stats.bytes
+    );
+    Ok(())
+}
+
+/// `Read` over chunks arriving on a channel; end of stream when the sender is dropped.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line arguments of `skiff backup` and `skiff restore`, and the scheduled-snapshot
+//! flags of `skiff server` (the work is in src/backup/).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::backup::cron::Schedule;
+use crate::backup::schedule::SnapshotSchedule;
+use crate::backup::{inspect, restore, save};
+
+#[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    /// Write the snapshot to this file (via FILE.part, fsynced, then renamed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Data directory of a member (its admin credentials and address are used).
+    #[arg(long, default_value = "./skiff-data")]
+    pub data: PathBuf,
+    /// Take the snapshot from this API address instead (ADDR:6443 or https://ADDR:6443).
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BackupCommand {
+    /// Check a backup's hash and structure; print its revision, cluster and key counts.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// List the snapshots in a directory, oldest first.
+    Ls {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Delete all but the newest N snapshots in a directory.
+    Prune {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        retention: usize,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file to restore.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Data directory of the new cluster's first member (must not hold a member).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The IP the restored member is reached at.
+    #[arg(long)]
+    pub advertise: String,
+    /// Member name (default: node-<advertise>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Restore even if the SHA-256 trailer does not match (the structure is still checked).
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// Keep the CA and admin credentials of this old data dir instead of making a new PKI.
+    #[arg(long, value_name = "OLD_DATA_DIR")]
+    pub pki_from: Option<PathBuf>,
+}
+
+/// `skiff server` flags for scheduled snapshots.
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotScheduleArgs {
+    /// Take snapshots on this schedule (UTC): 5-field cron ("0 */12 * * *"), @hourly, @daily,
+    /// ..., or "@every 30s" / "@every 5m" for fixed intervals. Each member writes its own.
+    #[arg(long, value_name = "CRON")]
+    pub snapshot_cron: Option<String>,
+    /// Scheduled snapshots to keep.
+    #[arg(long, default_value_t = 5)]
+    pub snapshot_retention: usize,
+    /// Where scheduled snapshots go (default DATA/backups).
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+impl SnapshotScheduleArgs {
+    /// The schedule to run, if any.
+    pub fn schedule(
+        &self,
+        data: &std::path::Path,
+        member: &str,
+    ) -> anyhow::Result<Option<SnapshotSchedule>> {
+        let Some(expr) = &self.snapshot_cron else {
+            return Ok(None);
+        };
+        if self.snapshot_retention == 0 {
+            bail!("--snapshot-retention must be at least 1");
+        }
+        let schedule: Schedule = expr.parse().context("--snapshot-cron")?;
+        Ok(Some(SnapshotSchedule {
+            schedule,
+            retention: self.snapshot_retention,
+            dir: self
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| data.join("backups")),
+            member: member.to_string(),
+        }))
+    }
+}
+
+pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BackupCommand::Verify { file }) => inspect::verify(&file),
+        Some(BackupCommand::Ls { dir }) => inspect::list(&dir),
+        Some(BackupCommand::Prune { dir, retention }) => inspect::prune(&dir, retention),
+        None => {
+            let Some(out) = args.out else {
+                bail!("skiff backup needs --out FILE (or a subcommand: verify, ls, prune)");
+            };
+            save::run(save::SaveRequest {
+                out,
+                data: args.data,
+                server: args.server,
+            })
+            .await
+        }
+    }
+}
+
+pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    restore::run(restore::RestoreRequest {
+        from: args.from,
+        data: args.data,
+        advertise: args.advertise,
+        name: args.name,
+        skip_hash_check: args.skip_hash_check,
+        pki_from: args.pki_from,
+    })
+    .await
+}

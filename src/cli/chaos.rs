@@ -1,0 +1,239 @@
+//! `skiff chaos`: start a local cluster (loopback mode), run a chaos scenario from the
+//! skiff-chaos crate against it, save the report, exit non-zero on any violation. The fault
+//! logic, workload and checkers all live in chaos/; this file only owns the processes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use futures::future::BoxFuture;
+use skiff_chaos::client::{Credentials, Endpoints};
+use skiff_chaos::{ChaosError, MemberControl, RunConfig, SCENARIOS, Scenario, run_scenario};
+
+use crate::cli::local_cluster::LocalCluster;
+use crate::pki::PEER_DNS_NAME;
+use crate::progress::Progress;
+
+/// The broken build switch of raft/src/node.rs: linearizable reads skip the read barrier.
+const UNSAFE_READS_ENV: &str = "SKIFF_UNSAFE_SERIALIZABLE_READS";
+
+#[derive(Subcommand, Debug)]
+pub enum ChaosCommand {
+    /// List the scenarios.
+    List,
+    /// Run one scenario (or --all) against a fresh local 3-member cluster.
+    Run(ChaosRunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChaosRunArgs {
+    /// Scenario name (see `skiff chaos list`).
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub scenario: Option<String>,
+    /// Run every scenario in turn.
+    #[arg(long)]
+    pub all: bool,
+    /// Seconds of workload (and faults) per scenario.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Seed of the fault schedule (same seed, same faults). Default: from the clock.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where each run's report, history and member logs go.
+    #[arg(long, default_value = "./chaos-results")]
+    pub results: PathBuf,
+    /// Members listen on PREFIX1..PREFIX3.
+    #[arg(long, default_value = "127.0.40.")]
+    pub ip_prefix: String,
+    /// Concurrent workload clients (spread over the members).
+    #[arg(long, default_value_t = 9)]
+    pub clients: usize,
+    /// Keys in the workload's key set.
+    #[arg(long, default_value_t = 4)]
+    pub keys: usize,
+    /// Keep the members' data dirs even when the run passes.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+pub async fn run(command: ChaosCommand) -> anyhow::Result<()> {
+    match command {
+        ChaosCommand::List => {
+            for s in SCENARIOS {
+                println!("{:<16} {}", s.name, s.about);
+            }
+            Ok(())
+        }
+        ChaosCommand::Run(args) => run_all(args).await,
+    }
+}
+
+async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.keys == 0 || args.duration < 5 {
+        bail!("--clients and --keys must be positive and --duration at least 5 s");
+    }
+    let scenarios: Vec<Scenario> = if args.all {
+        SCENARIOS.to_vec()
+    } else {
+        let name = args.scenario.as_deref().unwrap_or_default();
+        vec![Scenario::find(name).ok_or_else(|| ChaosError::UnknownScenario(name.into()))?]
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let broken = std::env::var(UNSAFE_READS_ENV).is_ok_and(|v| v == "1");
+    if broken {
+        eprintln!(
+            "WARNING: {UNSAFE_READS_ENV}=1: members serve reads without the read barrier; expect violations"
+        );
+    }
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        let passed = run_one(&args, scenario, seed, broken).await?;
+        if !passed {
+            failed.push(scenario.name);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("violations found in: {}", failed.join(", ")))
+    }
+}
+
+async fn run_one(
+    args: &ChaosRunArgs,
+    scenario: Scenario,
+    seed: u64,
+    broken: bool,
+) -> anyhow::Result<bool> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = args
+        .results
+        .join(format!("{}-seed{seed}-{stamp}", scenario.name));
+    let base = dir.join("cluster");
+    let progress = Progress::spinner(&format!(
+        "chaos {}: starting 3 members on {}1-3",
+        scenario.name, args.ip_prefix
+    ));
+    let mut cluster = LocalCluster::start(&base, &args.ip_prefix, 3, &[], &progress).await?;
+    let outcome = drive(args, scenario, seed, &mut cluster, &progress).await;
+    cluster.stop().await;
+    let (mut report, history) = outcome?;
+    if broken {
+        report.about = format!("{} [broken mode: {UNSAFE_READS_ENV}=1]", report.about);
+    }
+    let text = report.save(&dir, &history)?;
+    progress.finish(&format!(
+        "chaos {}: {}",
+        scenario.name,
+        if report.passed { "pass" } else { "FAIL" }
+    ));
+    println!("{}", report.text());
+    println!("report: {}", text.display());
+    if report.passed && !args.keep_data {
+        remove_member_data(&base);
+    }
+    Ok(report.passed)
+}
+
+async fn drive(
+    args: &ChaosRunArgs,
+    scenario: Scenario,
+    seed: u64,
+    cluster: &mut LocalCluster,
+    progress: &Progress,
+) -> anyhow::Result<(skiff_chaos::report::Report, skiff_chaos::history::History)> {
+    let pki = cluster
+        .pki()
+        .context("loading the cluster's admin credentials")?;
+    let endpoints = Endpoints {
+        members: (1..=3)
+            .map(|i| format!("https://{}:2379", cluster.member_ip(i)))
+            .collect(),
+        credentials: Credentials {
+            ca_pem: pki.ca.cert_pem.clone(),
+            cert_pem: pki.admin.cert_pem.clone(),
+            key_pem: pki.admin.key_pem.clone(),
+            domain: PEER_DNS_NAME.to_string(),
+        },
+    };
+    let config = RunConfig {
+        scenario,
+        duration: Duration::from_secs(args.duration),
+        seed,
+        clients: args.clients,
+        keys: args.keys,
+        op_timeout: Duration::from_secs(3),
+        results: args.results.clone(),
+    };
+    progress.step(&format!(
+        "chaos {}: running for {} s (seed {seed})",
+        scenario.name, args.duration
+    ));
+    let mut control = LocalMembers { cluster };
+    Ok(run_scenario(&config, &endpoints, &mut control).await)
+}
+
+/// Drops the RocksDB dirs of a passing run; the member logs stay.
+fn remove_member_data(base: &Path) {
+    for index in 1..=3 {
+        let dir = LocalCluster::member_dir(base, index);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::debug!(dir = %dir.display(), error = %e, "keeping member data");
+        }
+    }
+}
+
+/// The chaos crate's view of the local cluster: member i (0-based) is node i+1.
+struct LocalMembers<'a> {
+    cluster: &'a mut LocalCluster,
+}
+
+fn process_error(member: usize, e: anyhow::Error) -> ChaosError {
+    ChaosError::Process {
+        member,
+        reason: format!("{e:#}"),
+    }
+}
+
+impl MemberControl for LocalMembers<'_> {
+    fn size(&self) -> usize {
+        3
+    }
+
+    fn pid(&self, member: usize) -> Option<u32> {
+        self.cluster.member_pid(member + 1)
+    }
+
+    fn kill(&mut self, member: usize) -> BoxFuture<'_, Result<(), ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .kill_member(member + 1)
+                .await
+                .map_err(|e| process_error(member, e))
+        })
+    }
+
+    fn stop(&mut self, member: usize) -> BoxFuture<'_, Result<(), ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .stop_member(member + 1)
+                .await
+                .map_err(|e| process_error(member, e))
+        })
+    }
+
+    fn restart(&mut self, member: usize) -> BoxFuture<'_, Result<(), ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .restart_member(member + 1)
+                .map_err(|e| process_error(member, e))
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! The short chaos suite CI runs: `skiff chaos run` against real processes, two scenarios in
+//! parallel (each on its own loopback /24), every checker must pass and a report must exist.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+fn run_chaos(scenario: &str, duration: u32, prefix: &str, results: &Path) -> (bool, String) {
+    let out = Command::new(SKIFF)
+        .args(["chaos", "run", "--scenario", scenario, "--seed", "7"])
+        .args(["--duration", &duration.to_string()])
+        .args(["--ip-prefix", prefix])
+        .arg("--results")
+        .arg(results)
+        .env("SKIFF_LOG", "warn")
+        .env_remove("SKIFF_UNSAFE_SERIALIZABLE_READS")
+        .output()
+        .expect("run skiff chaos");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn reports(results: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for run in std::fs::read_dir(results).expect("results dir").flatten() {
+        let report = run.path().join("report.json");
+        if report.exists() {
+            found.push(report);
+        }
+    }
+    found
+}
+
+#[test]
+fn kill_leader_and_pause_pass_every_checker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kill_dir = dir.path().join("kill");
+    let pause_dir = dir.path().join("pause");
+    let kill = {
+        let d = kill_dir.clone();
+        std::thread::spawn(move || run_chaos("kill-leader", 20, "127.0.42.", &d))
+    };
+    let pause = {
+        let d = pause_dir.clone();
+        std::thread::spawn(move || run_chaos("pause", 15, "127.0.43.", &d))
+    };
+    for (name, handle, results) in [
+        ("kill-leader", kill, &kill_dir),
+        ("pause", pause, &pause_dir),
+    ] {
+        let (ok, output) = handle.join().expect("chaos thread");
+        assert!(ok, "{name} failed:\n{output}");
+        let found = reports(results);
+        assert_eq!(found.len(), 1, "{name}: one report.json under {results:?}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&found[0]).expect("read report")).expect("json");
+        assert_eq!(report["passed"], true, "{name}: {output}");
+        assert!(
+            report["total_ops"].as_u64().unwrap_or(0) > 100,
+            "{name}: {output}"
+        );
+        assert!(
+            !report["faults"].as_array().map_or(true, Vec::is_empty),
+            "{name}: {output}"
+        );
+        if name == "kill-leader" {
+            assert!(report["failover_p50_ms"].is_u64(), "{name}: {output}");
+        }
+    }
+}
