@@ -32,7 +32,14 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 #[derive(Clone)]
 pub struct PeerChannels {
     tls: ClientTlsConfig,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
+}
+
+/// Which connection to a peer a request travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Replication,
+    Forwarding,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +57,24 @@ impl PeerChannels {
         }
     }
 
+    /// The connection raft replication uses.
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
+        self.client_on(addr, Lane::Replication)
+    }
+
+    /// A second connection for forwarded writes and read index: small requests that must not
+    /// queue behind large AppendEntries/snapshot messages on the replication connection.
+    pub fn forwarding_client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
+        self.client_on(addr, Lane::Forwarding)
+    }
+
+    fn client_on(&self, addr: &str, lane: Lane) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let channel = match channels.get(addr) {
+        let key = (addr.to_string(), lane);
+        let channel = match channels.get(&key) {
             Some(channel) => channel.clone(),
             None => {
                 let channel = Endpoint::from_shared(format!("https://{addr}"))
@@ -69,7 +88,7 @@ impl PeerChannels {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .connect_lazy();
-                channels.insert(addr.to_string(), channel.clone());
+                channels.insert(key, channel.clone());
                 channel
             }
         };

@@ -324,7 +324,7 @@ impl RaftNode {
         let mut client = self
             .inner
             .channels
-            .client(&leader.raft_addr)
+            .forwarding_client(&leader.raft_addr)
             .map_err(|e| ForwardTransport::Indeterminate(e.to_string()))?;
         let timeout = self.inner.tuning.request_timeout;
         let reply = match tokio::time::timeout(
