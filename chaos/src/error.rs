@@ -11,6 +11,10 @@ pub enum ChaosError {
     Process { member: usize, reason: String },
     #[error("connecting to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error("network namespaces: {0}")]
+    Netns(String),
+    #[error("scenario {0} needs network namespaces: run with --netns (as root)")]
+    NeedsNetns(String),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("the cluster did not {what} within {secs} s")]

@@ -6,8 +6,10 @@
 //!   `minimize` shrinking a violation to a small offending sub-history.
 //! - `watch_checker`: etcd's watch guarantees (ordered, unique, atomic, reliable, resumable,
 //!   bookmarks never go back).
+//! - `revisions`: no operation sees an older store revision than one that already returned.
 //! - `nemesis`: faults with inject/heal over a `MemberControl` the caller provides (the skiff
 //!   binary owns the processes; this crate never depends on it).
+//! - `netns`, `partition`: namespaces joined by a bridge, and partitions as blackhole routes.
 //! - `client`, `workload`, `watch_recorder`: etcd-protocol traffic recorded into a history.
 //! - `scenario`, `runner`, `convergence`, `report`: one run from fault schedule to verdicts.
 
@@ -18,7 +20,10 @@ pub mod history;
 pub mod linearizability;
 pub mod minimize;
 pub mod nemesis;
+pub mod netns;
+pub mod partition;
 pub mod report;
+pub mod revisions;
 pub mod runner;
 pub mod scenario;
 pub mod watch_checker;

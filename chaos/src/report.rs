@@ -56,6 +56,8 @@ pub struct Report {
     pub watch: WatchReport,
     pub convergence: Convergence,
     pub lost_writes: Vec<String>,
+    /// Operations that saw an older revision than one that had already returned.
+    pub revisions_back: Vec<String>,
     /// Kill/pause of the leader -> first acknowledged write, per fault.
     pub failover_ms: Vec<u64>,
     pub failover_p50_ms: Option<u64>,
@@ -94,6 +96,7 @@ impl Report {
             && self.watch.violations.is_empty()
             && self.convergence.converged
             && self.lost_writes.is_empty()
+            && self.revisions_back.is_empty()
             && self.run_errors.is_empty();
     }
 
@@ -187,6 +190,15 @@ impl Report {
                 "none".to_string()
             } else {
                 self.lost_writes.join("; ")
+            }
+        );
+        let _ = writeln!(
+            t,
+            "revisions going back: {}",
+            if self.revisions_back.is_empty() {
+                "none".to_string()
+            } else {
+                self.revisions_back.join("; ")
             }
         );
         let _ = writeln!(

@@ -24,7 +24,9 @@ use crate::history::{History, OpKind, Outcome, Recorder};
 use crate::linearizability::{CheckLimits, Verdict, check_key};
 use crate::minimize::minimize;
 use crate::nemesis::{MemberControl, Nemesis, Target};
+use crate::netns::NetnsTopology;
 use crate::report::{FaultRecord, KeyReport, Report, WatchReport, percentile};
+use crate::revisions::revisions_going_back;
 use crate::scenario::Scenario;
 use crate::watch_checker::{Committed, WatchItem, WatchSession, check_watches};
 use crate::watch_recorder::{WatchPlan, record_watcher};
@@ -40,6 +42,8 @@ pub struct RunConfig {
     pub op_timeout: Duration,
     /// Where report.json / report.txt / history.json go.
     pub results: PathBuf,
+    /// Set when the members run in network namespaces (partition scenarios).
+    pub netns: Option<NetnsTopology>,
 }
 
 const PREFIX: &str = "/chaos/";
@@ -176,6 +180,7 @@ pub async fn run_scenario(
     report.op_counts = history.counts();
     report.total_ops = history.ops.len();
     report.lost_writes = lost_writes(&history, &report.convergence.state);
+    report.revisions_back = revisions_going_back(&history, 20);
     report.watch = check_watch_sessions(&history, &report.convergence.state, &sessions);
     match check_linearizability(&history).await {
         Some(keys) => report.linearizability = keys,
@@ -197,9 +202,17 @@ async fn inject_faults(
     report: &mut Report,
 ) -> Vec<JoinHandle<Option<u64>>> {
     let mut probes = Vec::new();
-    let Some(mut nemesis) = config.scenario.nemesis() else {
-        tokio::time::sleep_until(start + config.duration).await;
-        return probes;
+    let mut nemesis = match config.scenario.nemesis(config.netns.as_ref()) {
+        Ok(Some(nemesis)) => nemesis,
+        Ok(None) => {
+            tokio::time::sleep_until(start + config.duration).await;
+            return probes;
+        }
+        Err(e) => {
+            report.run_errors.push(e.to_string());
+            tokio::time::sleep_until(start + config.duration).await;
+            return probes;
+        }
     };
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
     let plan = config.scenario.schedule(config.duration, config.seed);

@@ -6,7 +6,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::error::ChaosError;
 use crate::nemesis::{KillMember, Nemesis, PauseMember, RollingRestart, Target};
+use crate::netns::NetnsTopology;
+use crate::partition::Partition;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -14,6 +17,8 @@ pub enum FaultKind {
     Kill(Target),
     Pause(Target),
     RollingRestart,
+    /// Needs network namespaces (`--netns`).
+    Partition(Target),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +59,16 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "stop (SIGTERM) and restart every member in turn",
         fault: FaultKind::RollingRestart,
     },
+    Scenario {
+        name: "partition-leader",
+        about: "isolate the leader from its peers (clients still reach it), then heal [--netns]",
+        fault: FaultKind::Partition(Target::Leader),
+    },
+    Scenario {
+        name: "partition-random",
+        about: "isolate a random member from its peers, then heal [--netns]",
+        fault: FaultKind::Partition(Target::Random),
+    },
 ];
 
 impl Scenario {
@@ -61,13 +76,24 @@ impl Scenario {
         SCENARIOS.iter().copied().find(|s| s.name == name)
     }
 
-    pub fn nemesis(&self) -> Option<Box<dyn Nemesis>> {
-        match self.fault {
+    pub fn needs_netns(&self) -> bool {
+        matches!(self.fault, FaultKind::Partition(_))
+    }
+
+    pub fn nemesis(
+        &self,
+        netns: Option<&NetnsTopology>,
+    ) -> Result<Option<Box<dyn Nemesis>>, ChaosError> {
+        Ok(match self.fault {
             FaultKind::None => None,
             FaultKind::Kill(target) => Some(Box::new(KillMember::new(target))),
             FaultKind::Pause(target) => Some(Box::new(PauseMember::new(target))),
             FaultKind::RollingRestart => Some(Box::new(RollingRestart::new())),
-        }
+            FaultKind::Partition(target) => {
+                let topology = netns.ok_or_else(|| ChaosError::NeedsNetns(self.name.into()))?;
+                Some(Box::new(Partition::new(target, topology.clone())))
+            }
+        })
     }
 
     /// Planned faults: (inject at, hold for), both from the start of the run.

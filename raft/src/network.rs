@@ -64,11 +64,18 @@ impl PeerChannels {
 
     /// A second connection for forwarded writes and read index: small requests that must not
     /// queue behind large AppendEntries/snapshot messages on the replication connection.
-    pub fn forwarding_client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
+    pub fn forwarding_client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
         self.client_on(addr, Lane::Forwarding)
     }
 
-    fn client_on(&self, addr: &str, lane: Lane) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
+    fn client_on(
+        &self,
+        addr: &str,
+        lane: Lane,
+    ) -> Result<RaftPeerClient<Channel>, PeerConnectError> {
         let mut channels = self
             .channels
             .lock()

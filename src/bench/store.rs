@@ -86,7 +86,10 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn only_member(channels: Vec<tonic::transport::Channel>, member: Option<usize>) -> Vec<tonic::transport::Channel> {
+fn only_member(
+    channels: Vec<tonic::transport::Channel>,
+    member: Option<usize>,
+) -> Vec<tonic::transport::Channel> {
     match member.and_then(|m| channels.get(m.wrapping_sub(1)).cloned()) {
         Some(channel) => vec![channel],
         None => channels,

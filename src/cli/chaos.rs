@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use futures::future::BoxFuture;
 use skiff_chaos::client::{Credentials, Endpoints};
+use skiff_chaos::netns::{NetnsTopology, current_netns, in_private_netns};
 use skiff_chaos::{ChaosError, MemberControl, RunConfig, SCENARIOS, Scenario, run_scenario};
 
 use crate::cli::local_cluster::LocalCluster;
@@ -17,6 +18,12 @@ use crate::progress::Progress;
 
 /// The broken build switch of raft/src/node.rs: linearizable reads skip the read barrier.
 const UNSAFE_READS_ENV: &str = "SKIFF_UNSAFE_SERIALIZABLE_READS";
+/// Set by `--netns` for the re-executed chaos process: the name of its namespace topology.
+const NETNS_ENV: &str = "SKIFF_CHAOS_NETNS";
+/// The parent's (host) network namespace, so the child can prove it is not in it.
+const HOST_NETNS_ENV: &str = "SKIFF_CHAOS_HOST_NETNS";
+/// Member addresses inside the namespaces (never on the host).
+const NETNS_SUBNET: &str = "10.77.0.";
 
 #[derive(Subcommand, Debug)]
 pub enum ChaosCommand {
@@ -55,6 +62,10 @@ pub struct ChaosRunArgs {
     /// Keep the members' data dirs even when the run passes.
     #[arg(long)]
     pub keep_data: bool,
+    /// Run each member in its own network namespace, joined by a bridge in another one, with
+    /// this process in a third (needs root). Enables the partition scenarios.
+    #[arg(long)]
+    pub netns: bool,
 }
 
 pub async fn run(command: ChaosCommand) -> anyhow::Result<()> {
@@ -73,11 +84,40 @@ async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.keys == 0 || args.duration < 5 {
         bail!("--clients and --keys must be positive and --duration at least 5 s");
     }
+    let inside = std::env::var(NETNS_ENV).ok();
+    if args.netns && inside.is_none() {
+        return run_in_netns().await;
+    }
+    let netns = match inside {
+        Some(name) => {
+            let host = std::env::var(HOST_NETNS_ENV).unwrap_or_default();
+            if host.is_empty() || !in_private_netns(&host) {
+                bail!("{NETNS_ENV} is set but this process runs in the host's network namespace");
+            }
+            Some(NetnsTopology::existing(&name, NETNS_SUBNET, 3))
+        }
+        None => None,
+    };
     let scenarios: Vec<Scenario> = if args.all {
-        SCENARIOS.to_vec()
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| {
+                let runnable = netns.is_some() || !s.needs_netns();
+                if !runnable {
+                    eprintln!("skipping {}: needs --netns", s.name);
+                }
+                runnable
+            })
+            .collect()
     } else {
         let name = args.scenario.as_deref().unwrap_or_default();
-        vec![Scenario::find(name).ok_or_else(|| ChaosError::UnknownScenario(name.into()))?]
+        let scenario =
+            Scenario::find(name).ok_or_else(|| ChaosError::UnknownScenario(name.into()))?;
+        if scenario.needs_netns() && netns.is_none() {
+            return Err(ChaosError::NeedsNetns(name.into()).into());
+        }
+        vec![scenario]
     };
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
@@ -92,7 +132,7 @@ async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
     }
     let mut failed = Vec::new();
     for scenario in scenarios {
-        let passed = run_one(&args, scenario, seed, broken).await?;
+        let passed = run_one(&args, scenario, seed, broken, netns.as_ref()).await?;
         if !passed {
             failed.push(scenario.name);
         }
@@ -104,11 +144,59 @@ async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the namespaces, re-runs this very command inside the control namespace, and
+/// removes the namespaces (and anything left running in them) whatever happens.
+async fn run_in_netns() -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("--netns needs root (it creates network namespaces)");
+    }
+    let host = current_netns().ok_or_else(|| anyhow!("cannot read /proc/self/ns/net"))?;
+    let name = format!("skc{}", std::process::id());
+    let topology = NetnsTopology::create(&name, NETNS_SUBNET, 3)?;
+    let outcome = async {
+        let exe = std::env::current_exe().context("locating the skiff binary")?;
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &topology.ctl_ns()])
+            .arg(exe)
+            .args(std::env::args().skip(1))
+            .env(NETNS_ENV, &name)
+            .env(HOST_NETNS_ENV, &host)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the chaos run inside the namespaces")?;
+        let status = tokio::select! {
+            status = child.wait() => status?,
+            _ = tokio::signal::ctrl_c() => {
+                // The child got the same SIGINT; give it time to stop its members.
+                match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+                    Ok(status) => status?,
+                    Err(_) => {
+                        child.kill().await?;
+                        bail!("interrupted");
+                    }
+                }
+            }
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "the chaos run inside the namespaces failed ({status})"
+            ))
+        }
+    }
+    .await;
+    topology.destroy();
+    outcome
+}
+
 async fn run_one(
     args: &ChaosRunArgs,
     scenario: Scenario,
     seed: u64,
     broken: bool,
+    netns: Option<&NetnsTopology>,
 ) -> anyhow::Result<bool> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,12 +205,22 @@ async fn run_one(
         .results
         .join(format!("{}-seed{seed}-{stamp}", scenario.name));
     let base = dir.join("cluster");
+    let (ip_prefix, launchers) = match netns {
+        Some(t) => (
+            t.subnet.clone(),
+            (0..3)
+                .map(|m| vec!["ip".into(), "netns".into(), "exec".into(), t.member_ns(m)])
+                .collect(),
+        ),
+        None => (args.ip_prefix.clone(), Vec::new()),
+    };
     let progress = Progress::spinner(&format!(
-        "chaos {}: starting 3 members on {}1-3",
-        scenario.name, args.ip_prefix
+        "chaos {}: starting 3 members on {ip_prefix}1-3",
+        scenario.name
     ));
-    let mut cluster = LocalCluster::start(&base, &args.ip_prefix, 3, &[], &progress).await?;
-    let outcome = drive(args, scenario, seed, &mut cluster, &progress).await;
+    let mut cluster =
+        LocalCluster::start_with_launchers(&base, &ip_prefix, 3, &[], launchers, &progress).await?;
+    let outcome = drive(args, scenario, seed, &mut cluster, &progress, netns).await;
     cluster.stop().await;
     let (mut report, history) = outcome?;
     if broken {
@@ -148,6 +246,7 @@ async fn drive(
     seed: u64,
     cluster: &mut LocalCluster,
     progress: &Progress,
+    netns: Option<&NetnsTopology>,
 ) -> anyhow::Result<(skiff_chaos::report::Report, skiff_chaos::history::History)> {
     let pki = cluster
         .pki()
@@ -171,6 +270,7 @@ async fn drive(
         keys: args.keys,
         op_timeout: Duration::from_secs(3),
         results: args.results.clone(),
+        netns: netns.cloned(),
     };
     progress.step(&format!(
         "chaos {}: running for {} s (seed {seed})",

@@ -22,6 +22,8 @@ pub struct LocalCluster {
     /// How members are started again after a chaos fault.
     exe: PathBuf,
     extra_args: Vec<String>,
+    /// Per member, a command the server is started through (e.g. `ip netns exec NS`).
+    launchers: Vec<Vec<String>>,
 }
 
 impl LocalCluster {
@@ -41,6 +43,19 @@ impl LocalCluster {
         extra_args: &[String],
         progress: &Progress,
     ) -> anyhow::Result<Self> {
+        Self::start_with_launchers(base, ip_prefix, size, extra_args, Vec::new(), progress).await
+    }
+
+    /// As `start`, with member i (1-based) started through `launchers[i - 1]` when present
+    /// (`skiff chaos --netns` puts each member in its own network namespace this way).
+    pub async fn start_with_launchers(
+        base: &Path,
+        ip_prefix: &str,
+        size: usize,
+        extra_args: &[String],
+        launchers: Vec<Vec<String>>,
+        progress: &Progress,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
         let exe = std::env::current_exe().context("locating the skiff binary")?;
         let mut cluster = LocalCluster {
@@ -49,6 +64,7 @@ impl LocalCluster {
             members: Vec::new(),
             exe: exe.clone(),
             extra_args: extra_args.to_vec(),
+            launchers,
         };
         let outcome = cluster
             .start_members(&exe, size, extra_args, progress)
@@ -102,7 +118,18 @@ impl LocalCluster {
     }
 
     fn member_command(&self, exe: &Path, index: usize, extra_args: &[String]) -> Command {
-        let mut command = Command::new(exe);
+        let launcher = self
+            .launchers
+            .get(index.wrapping_sub(1))
+            .filter(|l| !l.is_empty());
+        let mut command = match launcher {
+            Some(launcher) => {
+                let mut command = Command::new(&launcher[0]);
+                command.args(&launcher[1..]).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
         command
             .arg("server")
             .arg("--data")
