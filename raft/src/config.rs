@@ -26,8 +26,8 @@ impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(400),
-            election_timeout_max: Duration::from_millis(800),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
             snapshot_after_logs: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),
