@@ -17,33 +17,7 @@ use common::*;
 use sha2::{Digest, Sha256};
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::{PutRequest, RangeRequest};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-async fn etcd_client(cluster: &Cluster, i: usize) -> KvClient<Channel> {
-    let read = |f: &str| std::fs::read_to_string(cluster.pki(f)).expect("pki file");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")))
-        .identity(Identity::from_pem(read("admin.crt"), read("admin.key")))
-        .domain_name("skiff-peer");
-    let channel = Endpoint::from_shared(cluster.nodes[i].client_endpoint())
-        .expect("endpoint")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    KvClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use tonic::transport::Channel;
 
 fn skiff(args: &[&str]) -> std::process::Output {
     Command::new(SKIFF).args(args).output().expect("run skiff")
@@ -165,7 +139,7 @@ fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
         rt.spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let key = if n % 2 == 0 {
+                let key = if n.is_multiple_of(2) {
                     format!("/registry/events/ns-0/ev-{n}")
                 } else {
                     format!(

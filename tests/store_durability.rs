@@ -8,35 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::{PutRequest, RangeRequest};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-async fn etcd_client(cluster: &Cluster, i: usize) -> KvClient<Channel> {
-    let read = |f: &str| std::fs::read_to_string(cluster.pki(f)).expect("pki file");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")))
-        .identity(Identity::from_pem(read("admin.crt"), read("admin.key")))
-        .domain_name("skiff-peer");
-    let channel = Endpoint::from_shared(cluster.nodes[i].client_endpoint())
-        .expect("endpoint")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    KvClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn acknowledged_writes_survive_sigkill_of_every_member() {

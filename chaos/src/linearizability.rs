@@ -262,7 +262,7 @@ pub fn check_key(ops: &[Operation], limits: CheckLimits) -> Verdict {
                 reason: format!("gave up after {} search steps", limits.max_steps),
             };
         }
-        if steps % 4096 == 0
+        if steps.is_multiple_of(4096)
             && let Some(deadline) = limits.deadline
             && Instant::now() > deadline
         {

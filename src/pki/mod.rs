@@ -149,15 +149,6 @@ impl PkiPaths {
             dir: data_dir.join("pki"),
         }
     }
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-    pub fn admin_cert(&self) -> PathBuf {
-        self.dir.join("admin.crt")
-    }
-    pub fn admin_key(&self) -> PathBuf {
-        self.dir.join("admin.key")
-    }
 
     pub fn save(&self, pki: &MemberPki) -> Result<(), PkiError> {
         fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {

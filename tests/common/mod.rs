@@ -270,3 +270,35 @@ impl Cluster {
         value["count"].as_i64().unwrap_or(0)
     }
 }
+
+/// A tonic etcd KV client to member `i` over mutual TLS with the admin certificate.
+pub async fn etcd_client(
+    cluster: &Cluster,
+    i: usize,
+) -> skiff_proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |f: &str| std::fs::read_to_string(cluster.pki(f)).expect("pki file");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .identity(Identity::from_pem(read("admin.crt"), read("admin.key")))
+        .domain_name("skiff-peer");
+    let channel = Endpoint::from_shared(cluster.nodes[i].client_endpoint())
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    skiff_proto::etcdserverpb::kv_client::KvClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A multi-threaded runtime with rustls' ring provider installed, for tests that use tonic.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
