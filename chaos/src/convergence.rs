@@ -12,7 +12,7 @@ use skiff_proto::etcdserverpb::RangeRequest;
 use tokio::time::Instant;
 
 use crate::client::Endpoints;
-use crate::history::{History, OpKind, Outcome};
+use crate::history::History;
 
 /// (key, value, mod revision, version) of every key, in key order.
 pub type StateRows = Vec<(String, String, i64, i64)>;
@@ -123,18 +123,7 @@ pub fn lost_writes(history: &History, state: &StateRows) -> Vec<String> {
         .collect();
     let mut last_acked: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
     for op in &history.ops {
-        let revision = match (&op.kind, &op.result) {
-            (OpKind::Put { .. }, Outcome::Written { revision }) => *revision,
-            (
-                OpKind::Cas { .. },
-                Outcome::Swapped {
-                    succeeded: true,
-                    revision,
-                },
-            ) => *revision,
-            _ => continue,
-        };
-        let Some(value) = op.kind.written() else {
+        let Some((revision, value)) = op.acknowledged_write() else {
             continue;
         };
         let entry = last_acked.entry(op.key.as_str()).or_insert((0, ""));

@@ -98,6 +98,22 @@ impl Operation {
             _ => true,
         }
     }
+
+    /// The revision and value of a write the store acknowledged (a put, or a CAS that swapped).
+    pub fn acknowledged_write(&self) -> Option<(i64, &str)> {
+        let revision = match (&self.kind, &self.result) {
+            (OpKind::Put { .. }, Outcome::Written { revision }) => *revision,
+            (
+                OpKind::Cas { .. },
+                Outcome::Swapped {
+                    succeeded: true,
+                    revision,
+                },
+            ) => *revision,
+            _ => return None,
+        };
+        self.kind.written().map(|value| (revision, value))
+    }
 }
 
 /// All operations of a run, shared by the workload's clients while it runs.

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::client::Endpoints;
 use crate::convergence::{check_convergence, lost_writes};
-use crate::history::{History, OpKind, Outcome, Recorder};
+use crate::history::{History, Recorder};
 use crate::linearizability::{CheckLimits, Verdict, check_key};
 use crate::minimize::minimize;
 use crate::nemesis::{MemberControl, Nemesis, Target};
@@ -346,18 +346,7 @@ fn check_watch_sessions(
 ) -> WatchReport {
     let mut committed = Committed::default();
     for op in &history.ops {
-        let revision = match (&op.kind, &op.result) {
-            (OpKind::Put { .. }, Outcome::Written { revision }) => *revision,
-            (
-                OpKind::Cas { .. },
-                Outcome::Swapped {
-                    succeeded: true,
-                    revision,
-                },
-            ) => *revision,
-            _ => continue,
-        };
-        if let Some(value) = op.kind.written() {
+        if let Some((revision, value)) = op.acknowledged_write() {
             committed.add("acknowledged write", revision, &op.key, Some(value));
         }
     }
