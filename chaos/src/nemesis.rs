@@ -101,15 +101,7 @@ impl Nemesis for KillMember {
         &'a mut self,
         ctl: &'a mut dyn MemberControl,
     ) -> BoxFuture<'a, Result<String, ChaosError>> {
-        Box::pin(async move {
-            match self.down.take() {
-                Some(member) => {
-                    ctl.restart(member).await?;
-                    Ok(format!("restarted member {member}"))
-                }
-                None => Ok(String::new()),
-            }
-        })
+        Box::pin(restart_taken(ctl, self.down.take()))
     }
 }
 
@@ -201,14 +193,20 @@ impl Nemesis for RollingRestart {
         &'a mut self,
         ctl: &'a mut dyn MemberControl,
     ) -> BoxFuture<'a, Result<String, ChaosError>> {
-        Box::pin(async move {
-            match self.stopped.take() {
-                Some(member) => {
-                    ctl.restart(member).await?;
-                    Ok(format!("restarted member {member}"))
-                }
-                None => Ok(String::new()),
-            }
-        })
+        Box::pin(restart_taken(ctl, self.stopped.take()))
+    }
+}
+
+/// Heal for the faults that take a member down: restart it if one is down.
+async fn restart_taken(
+    ctl: &mut dyn MemberControl,
+    member: Option<usize>,
+) -> Result<String, ChaosError> {
+    match member {
+        Some(member) => {
+            ctl.restart(member).await?;
+            Ok(format!("restarted member {member}"))
+        }
+        None => Ok(String::new()),
     }
 }
