@@ -1,6 +1,7 @@
 //! skiff: one binary for every role of a Raft-native Kubernetes distribution.
 //! This file only sets up logging and TLS, parses the command line and hands over.
 
+mod apiserver;
 mod backup;
 mod bench;
 mod cli;
@@ -8,6 +9,7 @@ mod etcd;
 mod kubeconfig;
 mod pki;
 mod progress;
+mod registry;
 mod server;
 
 use clap::Parser;

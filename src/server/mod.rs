@@ -230,7 +230,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     None => (http::StatusCode::SERVICE_UNAVAILABLE, "no leader"),
                 }
             }),
-        );
+        )
+        .merge(crate::apiserver::routes(
+            node.clone(),
+            addrs.api_advertised.clone(),
+        ));
     let acceptor =
         api_listener::tls_acceptor(&pki.ca.cert_pem, &pki.node.cert_pem, &pki.node.key_pem)?;
     let api_task = tokio::spawn(api_listener::serve(api_listener, acceptor, router));
@@ -256,6 +260,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ));
         }
     }
+    tokio::spawn(crate::apiserver::bootstrap::ensure_system_namespaces(
+        node.clone(),
+    ));
     info!(
         node_id = identity.node_id,
         api = %addrs.api_listen, client = %addrs.client_listen, raft = %addrs.raft_listen,

@@ -1,0 +1,31 @@
+//! The Kubernetes API server on the replicated store.
+//!
+//! What lives here: request parsing and routing (`router`, `request`), discovery and the
+//! OpenAPI index (`discovery`), authentication (`auth`; authorization = any cluster-CA client
+//! certificate until RBAC lands), the verbs (`handlers`, `patch`, `watch`), the generic object
+//! store over raft (`store`), server-side printing (`table`), selectors and Status errors.
+//! Per-kind rules live in `crate::registry`.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod discovery;
+pub mod handlers;
+pub mod patch;
+pub mod request;
+pub mod router;
+pub mod selector;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod watch;
+
+use axum::Router;
+use skiff_raft::RaftNode;
+
+/// The REST API routes for one member, ready to merge into the API port's Router.
+pub fn routes(node: RaftNode, server_address: String) -> Router {
+    router::routes(router::ApiState {
+        store: store::ObjectStore::new(node),
+        server_address,
+    })
+}

@@ -1,0 +1,293 @@
+//! The generic object store: Kubernetes objects as JSON values under etcd-style keys, written
+//! only through raft transactions (create-if-absent, update-if-revision-matches), read with
+//! read index unless the client accepts any revision.
+//!
+//! `metadata.resourceVersion` is never stored: it is the key's mod revision, set on the way
+//! out, exactly as kube-apiserver's etcd3 store does.
+
+use serde_json::Value;
+use skiff_raft::RaftNode;
+use skiff_storage::{
+    Compare, CompareOp, CompareTarget, KeyRange, KeyValue, Op, OpResponse, RangeRequest, Revision,
+    TxnRequest,
+};
+
+use super::status::ApiError;
+use crate::registry::KindInfo;
+
+/// An object read from the store with the revision it was last modified at.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub object: Value,
+    pub mod_revision: Revision,
+}
+
+/// One page of a list.
+pub struct ListPage {
+    pub items: Vec<Stored>,
+    /// The store revision the list was read at.
+    pub revision: Revision,
+    /// The first key of the next page, when more remain.
+    pub next_key: Option<Vec<u8>>,
+}
+
+/// Why a create did not happen.
+pub enum CreateOutcome {
+    Created(Revision),
+    AlreadyExists,
+    NamespaceMissing,
+}
+
+/// The key of one object: `<prefix>[<namespace>/]<name>`.
+pub fn object_key(info: &KindInfo, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if info.namespaced => format!("{}{ns}/{name}", info.key_prefix()),
+        _ => format!("{}{name}", info.key_prefix()),
+    }
+}
+
+/// The prefix of a list: the kind, or the kind in one namespace.
+pub fn list_prefix(info: &KindInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if info.namespaced => format!("{}{ns}/", info.key_prefix()),
+        _ => info.key_prefix(),
+    }
+}
+
+pub fn namespace_key(namespace: &str) -> String {
+    format!("/registry/namespaces/{namespace}")
+}
+
+/// Decodes a stored value and stamps its resourceVersion.
+pub fn decode(kv: &KeyValue) -> Result<Stored, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored object {} does not decode: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(Stored {
+        object,
+        mod_revision: kv.mod_revision,
+    })
+}
+
+pub fn set_resource_version(object: &mut Value, revision: Revision) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+}
+
+/// The bytes stored for an object: its JSON without resourceVersion.
+fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&object).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn key_exists(key: &str, exists: bool) -> Compare {
+    Compare {
+        range: KeyRange::single(key),
+        op: if exists {
+            CompareOp::Greater
+        } else {
+            CompareOp::Equal
+        },
+        target: CompareTarget::CreateRevision(0),
+    }
+}
+
+fn put(key: &str, value: Vec<u8>) -> Op {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value,
+        lease: 0,
+        prev_kv: false,
+    }
+}
+
+fn range_op(key: &str) -> Op {
+    Op::Range(RangeRequest {
+        range: KeyRange::single(key),
+        count_only: true,
+        ..Default::default()
+    })
+}
+
+#[derive(Clone)]
+pub struct ObjectStore {
+    node: RaftNode,
+}
+
+impl ObjectStore {
+    pub fn new(node: RaftNode) -> Self {
+        ObjectStore { node }
+    }
+
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// One object; `linearizable` = read index first (the default for gets).
+    pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<Stored>, ApiError> {
+        let response = self
+            .node
+            .range(
+                &RangeRequest {
+                    range: KeyRange::single(key),
+                    ..Default::default()
+                },
+                !linearizable,
+            )
+            .await?;
+        response.kvs.first().map(decode).transpose()
+    }
+
+    /// Up to `limit` objects (0 = all) under `prefix`, from `start` (a continue key) on, at
+    /// `revision` (0 = now).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<Vec<u8>>,
+        limit: i64,
+        revision: Revision,
+        linearizable: bool,
+    ) -> Result<ListPage, ApiError> {
+        let mut range = KeyRange::prefix(prefix);
+        if let Some(start) = start {
+            range.key = start;
+        }
+        let response = self
+            .node
+            .range(
+                &RangeRequest {
+                    range,
+                    limit,
+                    revision,
+                    ..Default::default()
+                },
+                !linearizable,
+            )
+            .await?;
+        let next_key = if response.more {
+            response.kvs.last().map(|kv| {
+                let mut next = kv.key.clone();
+                next.push(0);
+                next
+            })
+        } else {
+            None
+        };
+        let items = response
+            .kvs
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let read_at = if revision > 0 {
+            revision
+        } else {
+            response.revision
+        };
+        Ok(ListPage {
+            items,
+            revision: read_at,
+            next_key,
+        })
+    }
+
+    /// Create-if-absent, and (for namespaced objects) only while the namespace exists — both
+    /// checked inside one transaction, so a concurrent namespace delete cannot slip between.
+    pub async fn create(
+        &self,
+        key: &str,
+        object: &Value,
+        namespace: Option<&str>,
+    ) -> Result<CreateOutcome, ApiError> {
+        let mut compares = vec![key_exists(key, false)];
+        let mut failure = vec![range_op(key)];
+        if let Some(ns) = namespace {
+            let ns_key = namespace_key(ns);
+            compares.push(key_exists(&ns_key, true));
+            failure.push(range_op(&ns_key));
+        }
+        let response = self
+            .node
+            .txn(TxnRequest {
+                compares,
+                success: vec![put(key, encode(object)?)],
+                failure,
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(CreateOutcome::Created(response.revision));
+        }
+        let count = |i: usize| match response.responses.get(i) {
+            Some(OpResponse::Range(r)) => r.count,
+            _ => 0,
+        };
+        if count(0) > 0 {
+            Ok(CreateOutcome::AlreadyExists)
+        } else {
+            Ok(CreateOutcome::NamespaceMissing)
+        }
+    }
+
+    /// Writes `object` if the key is still at `expected` mod revision. `None` = lost the race.
+    pub async fn update(
+        &self,
+        key: &str,
+        object: &Value,
+        expected: Revision,
+    ) -> Result<Option<Revision>, ApiError> {
+        let response = self
+            .node
+            .txn(TxnRequest {
+                compares: vec![Compare {
+                    range: KeyRange::single(key),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(expected),
+                }],
+                success: vec![put(key, encode(object)?)],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(response.succeeded.then_some(response.revision))
+    }
+
+    /// Deletes the key if still at `expected`, plus every key under `also` (a namespace's
+    /// contents) in the same transaction. `None` = lost the race.
+    pub async fn delete(
+        &self,
+        key: &str,
+        expected: Revision,
+        also: &[String],
+    ) -> Result<Option<Revision>, ApiError> {
+        let mut success = vec![Op::Delete {
+            range: KeyRange::single(key),
+            prev_kv: false,
+        }];
+        success.extend(also.iter().map(|prefix| Op::Delete {
+            range: KeyRange::prefix(prefix.as_str()),
+            prev_kv: false,
+        }));
+        let response = self
+            .node
+            .txn(TxnRequest {
+                compares: vec![Compare {
+                    range: KeyRange::single(key),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(expected),
+                }],
+                success,
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(response.succeeded.then_some(response.revision))
+    }
+}

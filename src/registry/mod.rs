@@ -1,0 +1,327 @@
+//! Per-kind rules of the Kubernetes API: what a kind is called and where it lives (`KindInfo`),
+//! how a new or updated object is defaulted, prepared and validated, and how it prints as a
+//! table row (`Strategy`). After Kubernetes' pkg/registry: one strategy per kind, one file per
+//! kind, and the generic store in `crate::apiserver::store` does everything else.
+//!
+//! Adding a kind = one file here with a `Strategy` impl + one row in `KINDS`.
+//!
+//! Strategies are typed: they see the k8s-openapi struct of their kind, so decoding a request
+//! body into it is the type check (wrong types are a 400, as kube-apiserver's decoder does) and
+//! unknown fields are dropped on the way back to JSON (kube-apiserver prunes them too).
+
+pub mod configmap;
+pub mod deployment;
+pub mod event;
+pub mod fields;
+pub mod namespace;
+pub mod node;
+pub mod pod;
+pub mod secret;
+pub mod service;
+pub mod serviceaccount;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, Serialize};
+use serde_json::Value;
+
+pub use fields::FieldErrors;
+
+/// Identity and scope of one kind, as discovery serves it.
+#[derive(Debug)]
+pub struct KindInfo {
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    /// Plural resource name, as in URLs and RBAC.
+    pub resource: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// `metadata.generation` counts spec changes.
+    pub tracks_generation: bool,
+}
+
+impl KindInfo {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store key prefix for this kind: `/registry/<resource>/` (core) or
+    /// `/registry/<group>/<resource>/`.
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.resource)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.resource)
+        }
+    }
+
+    /// Resource name qualified by group, as Kubernetes error messages print it
+    /// (`configmaps`, `deployments.apps`).
+    pub fn qualified_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.to_string()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+/// A table column as meta.k8s.io/v1 TableColumnDefinition describes it.
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: &'static str,
+    /// "string", "integer", "date", ...
+    pub kind: &'static str,
+    pub format: &'static str,
+    pub description: &'static str,
+    /// 0 = always shown; 1 = only with `-o wide`.
+    pub priority: u8,
+}
+
+impl Column {
+    pub const fn new(name: &'static str, kind: &'static str, description: &'static str) -> Self {
+        Column {
+            name,
+            kind,
+            format: "",
+            description,
+            priority: 0,
+        }
+    }
+
+    pub const fn wide(mut self) -> Self {
+        self.priority = 1;
+        self
+    }
+
+    pub const fn format(mut self, format: &'static str) -> Self {
+        self.format = format;
+        self
+    }
+}
+
+pub const NAME_COLUMN: Column =
+    Column::new("Name", "string", "Name must be unique within a namespace.").format("name");
+pub const AGE_COLUMN: Column = Column::new(
+    "Age",
+    "string",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
+
+/// Per-kind behaviour, typed. Every hook has a default that does what most kinds want.
+pub trait Strategy: Send + Sync + 'static {
+    type Object: Serialize + DeserializeOwned;
+
+    fn info(&self) -> &'static KindInfo;
+
+    /// Fills unset fields with their API defaults (create and update).
+    fn default_fields(&self, _obj: &mut Self::Object) {}
+
+    /// Clears what a client may not set on create (e.g. status).
+    fn prepare_for_create(&self, _obj: &mut Self::Object) {}
+
+    /// Carries over what a client may not change on update (e.g. status).
+    fn prepare_for_update(&self, _new: &mut Self::Object, _old: &Self::Object) {}
+
+    fn validate(&self, _obj: &Self::Object) -> FieldErrors {
+        FieldErrors::default()
+    }
+
+    fn validate_update(&self, new: &Self::Object, _old: &Self::Object) -> FieldErrors {
+        self.validate(new)
+    }
+
+    /// Columns between NAME and AGE (kube-apiserver's order), wide ones flagged.
+    fn columns(&self) -> Vec<Column> {
+        Vec::new()
+    }
+
+    /// Cells for `columns()`, given the current time for ages inside rows.
+    fn cells(&self, _obj: &Self::Object, _now: jiff::Timestamp) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// Whether the AGE column follows the kind columns (false when a kind places it itself).
+    fn age_column(&self) -> bool {
+        true
+    }
+}
+
+/// Why admission refused an object.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The body does not decode into the kind's type.
+    #[error("{0}")]
+    Decode(String),
+    #[error("invalid")]
+    Invalid(FieldErrors),
+}
+
+/// The object-safe face of a `Strategy`, working on JSON. Implemented for every `Strategy`.
+pub trait Kind: Send + Sync {
+    fn info(&self) -> &'static KindInfo;
+    fn admit_create(&self, obj: Value) -> Result<Value, AdmitError>;
+    fn admit_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
+    /// All columns (NAME first, AGE where the kind puts it).
+    fn table_columns(&self) -> Vec<Column>;
+    /// One row's cells, matching `table_columns`.
+    fn table_cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value>;
+}
+
+fn decode<T: DeserializeOwned>(info: &KindInfo, obj: &Value) -> Result<T, AdmitError> {
+    T::deserialize(obj).map_err(|e| {
+        AdmitError::Decode(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = info.kind,
+            version = info.version
+        ))
+    })
+}
+
+fn encode<T: Serialize>(obj: &T) -> Result<Value, AdmitError> {
+    serde_json::to_value(obj).map_err(|e| AdmitError::Decode(e.to_string()))
+}
+
+impl<S: Strategy> Kind for S {
+    fn info(&self) -> &'static KindInfo {
+        Strategy::info(self)
+    }
+
+    fn admit_create(&self, obj: Value) -> Result<Value, AdmitError> {
+        let mut typed: S::Object = decode(self.info(), &obj)?;
+        self.prepare_for_create(&mut typed);
+        self.default_fields(&mut typed);
+        let errors = self.validate(&typed);
+        if !errors.is_empty() {
+            return Err(AdmitError::Invalid(errors));
+        }
+        encode(&typed)
+    }
+
+    fn admit_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError> {
+        let mut typed: S::Object = decode(self.info(), &new)?;
+        let old_typed: S::Object = decode(self.info(), old)?;
+        self.prepare_for_update(&mut typed, &old_typed);
+        self.default_fields(&mut typed);
+        let errors = self.validate_update(&typed, &old_typed);
+        if !errors.is_empty() {
+            return Err(AdmitError::Invalid(errors));
+        }
+        encode(&typed)
+    }
+
+    fn table_columns(&self) -> Vec<Column> {
+        let mut columns = vec![NAME_COLUMN];
+        columns.extend(self.columns());
+        if self.age_column() {
+            // AGE sits before the wide columns, as kube-apiserver orders them.
+            let at = columns
+                .iter()
+                .position(|c| c.priority > 0)
+                .unwrap_or(columns.len());
+            columns.insert(at, AGE_COLUMN);
+        }
+        columns
+    }
+
+    fn table_cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+        let name = obj
+            .pointer("/metadata/name")
+            .cloned()
+            .unwrap_or(Value::String(String::new()));
+        let mut cells = vec![name];
+        let columns = self.columns();
+        let kind_cells = match S::Object::deserialize(obj) {
+            Ok(typed) => self.cells(&typed, now),
+            Err(_) => Vec::new(),
+        };
+        let mut kind_cells = kind_cells.into_iter();
+        let mut age_done = !self.age_column();
+        for column in &columns {
+            if !age_done && column.priority > 0 {
+                cells.push(Value::String(fields::age(obj, now)));
+                age_done = true;
+            }
+            cells.push(kind_cells.next().unwrap_or(Value::String(String::new())));
+        }
+        if !age_done {
+            cells.push(Value::String(fields::age(obj, now)));
+        }
+        cells
+    }
+}
+
+/// Every kind served, in discovery order. Adding a kind: one module + one row here.
+static KINDS: &[&dyn Kind] = &[
+    &namespace::NamespaceStrategy,
+    &configmap::ConfigMapStrategy,
+    &secret::SecretStrategy,
+    &pod::PodStrategy,
+    &service::ServiceStrategy,
+    &serviceaccount::ServiceAccountStrategy,
+    &node::NodeStrategy,
+    &event::EventStrategy,
+    &deployment::DeploymentStrategy,
+];
+
+pub fn kinds() -> &'static [&'static dyn Kind] {
+    KINDS
+}
+
+/// The kind served at `<group>/<version>/<resource>`.
+pub fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static dyn Kind> {
+    KINDS.iter().copied().find(|k| {
+        let info = k.info();
+        info.group == group && info.version == version && info.resource == resource
+    })
+}
+
+/// Group versions served, core ("") first, in a stable order.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for k in KINDS {
+        let info = k.info();
+        if !out.contains(&(info.group, info.version)) {
+            out.push((info.group, info.version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_unique_and_keyed_by_layout() {
+        let mut seen = std::collections::HashSet::new();
+        for k in kinds() {
+            let info = k.info();
+            assert!(seen.insert((info.group, info.resource)), "{info:?} twice");
+        }
+        let deploy = lookup("apps", "v1", "deployments").expect("deployments");
+        assert_eq!(
+            deploy.info().key_prefix(),
+            "/registry/apps/deployments/".to_string()
+        );
+        let cm = lookup("", "v1", "configmaps").expect("configmaps");
+        assert_eq!(cm.info().key_prefix(), "/registry/configmaps/".to_string());
+    }
+
+    #[test]
+    fn table_columns_put_age_before_wide() {
+        let pods = lookup("", "v1", "pods").expect("pods");
+        let names: Vec<_> = pods.table_columns().iter().map(|c| c.name).collect();
+        assert_eq!(
+            &names[..7],
+            &["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! core/v1 Pod: spec defaults as kube-apiserver applies them, status owned by the kubelet
+//! (phase Pending on create), spec immutable apart from images.
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use serde_json::Value;
+
+use super::fields::{FieldError, NameRule, or_none, validate_meta};
+use super::{Column, FieldErrors, KindInfo, Strategy};
+
+pub struct PodStrategy;
+
+static INFO: KindInfo = KindInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    resource: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    tracks_generation: false,
+};
+
+fn default_container(c: &mut Container) {
+    if c.image_pull_policy.is_none() {
+        let image = c.image.as_deref().unwrap_or("");
+        let tag = image.rsplit('/').next().unwrap_or("");
+        let latest = !tag.contains(':') || tag.ends_with(":latest");
+        let policy = if latest && !image.contains('@') {
+            "Always"
+        } else {
+            "IfNotPresent"
+        };
+        c.image_pull_policy = Some(policy.into());
+    }
+    if c.termination_message_path.is_none() {
+        c.termination_message_path = Some("/dev/termination-log".into());
+    }
+    if c.termination_message_policy.is_none() {
+        c.termination_message_policy = Some("File".into());
+    }
+    for port in c.ports.iter_mut().flatten() {
+        if port.protocol.is_none() {
+            port.protocol = Some("TCP".into());
+        }
+    }
+    if c.resources.is_none() {
+        c.resources = Some(Default::default());
+    }
+}
+
+/// Pod spec defaults, shared with the pod templates of workload kinds.
+pub fn default_pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context.get_or_insert_with(Default::default);
+    spec.enable_service_links.get_or_insert(true);
+    spec.preemption_policy
+        .get_or_insert_with(|| "PreemptLowerPriority".into());
+    spec.priority.get_or_insert(0);
+    for c in spec.containers.iter_mut() {
+        default_container(c);
+    }
+    for c in spec.init_containers.iter_mut().flatten() {
+        default_container(c);
+    }
+}
+
+pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> FieldErrors {
+    let mut errors = FieldErrors::default();
+    if spec.containers.is_empty() {
+        errors.push(FieldError::required(format!("{path}.containers")));
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        if !super::fields::is_dns1123_label(&c.name) {
+            errors.push(FieldError::invalid(
+                format!("{path}.containers[{i}].name"),
+                &c.name,
+                super::fields::LABEL_MSG,
+            ));
+        }
+        if c.image.as_deref().unwrap_or("").is_empty() {
+            errors.push(FieldError::required(format!(
+                "{path}.containers[{i}].image"
+            )));
+        }
+    }
+    if let Some(policy) = spec.restart_policy.as_deref()
+        && !matches!(policy, "Always" | "OnFailure" | "Never")
+    {
+        errors.push(FieldError::unsupported(
+            format!("{path}.restartPolicy"),
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+    errors
+}
+
+impl Strategy for PodStrategy {
+    type Object = Pod;
+
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+
+    fn default_fields(&self, pod: &mut Pod) {
+        if let Some(spec) = pod.spec.as_mut() {
+            default_pod_spec(spec);
+        }
+        let status = pod.status.get_or_insert_with(PodStatus::default);
+        status.phase.get_or_insert_with(|| "Pending".into());
+        status.qos_class.get_or_insert_with(|| "BestEffort".into());
+    }
+
+    fn prepare_for_create(&self, pod: &mut Pod) {
+        pod.status = None;
+    }
+
+    fn prepare_for_update(&self, new: &mut Pod, old: &Pod) {
+        new.status = old.status.clone();
+    }
+
+    fn validate(&self, pod: &Pod) -> FieldErrors {
+        let mut errors = validate_meta(&pod.metadata, NameRule::Subdomain);
+        match &pod.spec {
+            Some(spec) => errors.extend(validate_pod_spec(spec, "spec")),
+            None => errors.push(FieldError::required("spec")),
+        }
+        errors
+    }
+
+    fn validate_update(&self, new: &Pod, old: &Pod) -> FieldErrors {
+        let mut errors = self.validate(new);
+        // Pod updates may only change container images (and a few fields we do not model yet).
+        if let (Some(n), Some(o)) = (&new.spec, &old.spec) {
+            let mut n = n.clone();
+            for (nc, oc) in n.containers.iter_mut().zip(&o.containers) {
+                nc.image = oc.image.clone();
+            }
+            if &n != o {
+                errors.push(FieldError::forbidden(
+                    "spec",
+                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+        }
+        errors
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new(
+                "Ready",
+                "string",
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            Column::new(
+                "Status",
+                "string",
+                "The aggregate status of the containers in this pod.",
+            ),
+            Column::new(
+                "Restarts",
+                "string",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
+            Column::new("IP", "string", "IP address of this pod.").wide(),
+            Column::new("Node", "string", "Node name of this pod.").wide(),
+            Column::new(
+                "Nominated Node",
+                "string",
+                "Nominated node name of this pod.",
+            )
+            .wide(),
+            Column::new("Readiness Gates", "string", "Readiness gates of this pod.").wide(),
+        ]
+    }
+
+    fn cells(&self, pod: &Pod, _now: jiff::Timestamp) -> Vec<Value> {
+        let total = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+        let status = pod.status.clone().unwrap_or_default();
+        let statuses = status.container_statuses.unwrap_or_default();
+        let ready = statuses.iter().filter(|s| s.ready).count();
+        let restarts: i32 = statuses.iter().map(|s| s.restart_count).sum();
+        let mut reason = status
+            .reason
+            .clone()
+            .or(status.phase.clone())
+            .unwrap_or_default();
+        // A waiting or terminated container's reason is what kubectl shows (CrashLoopBackOff).
+        for s in &statuses {
+            if let Some(state) = &s.state {
+                if let Some(r) = state.waiting.as_ref().and_then(|w| w.reason.clone())
+                    && !r.is_empty()
+                {
+                    reason = r;
+                } else if let Some(r) = state.terminated.as_ref().and_then(|t| t.reason.clone())
+                    && !r.is_empty()
+                {
+                    reason = r;
+                }
+            }
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            reason = "Terminating".into();
+        }
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        vec![
+            Value::String(format!("{ready}/{total}")),
+            Value::String(reason),
+            Value::String(restarts.to_string()),
+            or_none(status.pod_ip.unwrap_or_default()),
+            or_none(node),
+            or_none(status.nominated_node_name.unwrap_or_default()),
+            or_none(""),
+        ]
+    }
+}
