@@ -331,6 +331,20 @@ type Transform<'a> = dyn Fn(&Value) -> Result<Value, ApiError> + Send + Sync + '
 
 /// The guaranteed-update loop (after kube's GuaranteedUpdate): read, transform, check the
 /// client's resourceVersion, admit, write if unchanged since the read; retry a lost race.
+/// PUT and PATCH: the same guaranteed update, differing only in how the new object is made.
+async fn update_and_respond(
+    store: &ObjectStore,
+    target: &ResourceTarget,
+    name: &str,
+    transform: &Transform<'_>,
+    query: &Query,
+    output: Output,
+) -> Result<Response, ApiError> {
+    let dry_run = query.get("dryRun") == Some("All");
+    let updated = guaranteed_update(store, target, name, transform, dry_run).await?;
+    Ok(ok(output, target.kind, StatusCode::OK, updated, query))
+}
+
 async fn guaranteed_update(
     store: &ObjectStore,
     target: &ResourceTarget,
@@ -420,9 +434,7 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let object = decode_body(headers, body)?;
     let transform = move |_: &Value| Ok(object.clone());
-    let dry_run = query.get("dryRun") == Some("All");
-    let updated = guaranteed_update(store, target, name, &transform, dry_run).await?;
-    Ok(ok(output, target.kind, StatusCode::OK, updated, query))
+    update_and_respond(store, target, name, &transform, query, output).await
 }
 
 pub async fn patch(
@@ -440,9 +452,7 @@ pub async fn patch(
         .unwrap_or("");
     let kind = PatchType::from_content_type(content_type)?;
     let transform = move |current: &Value| patch::apply(kind, current, body);
-    let dry_run = query.get("dryRun") == Some("All");
-    let updated = guaranteed_update(store, target, name, &transform, dry_run).await?;
-    Ok(ok(output, target.kind, StatusCode::OK, updated, query))
+    update_and_respond(store, target, name, &transform, query, output).await
 }
 
 pub async fn delete(

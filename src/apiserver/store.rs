@@ -248,11 +248,7 @@ impl ObjectStore {
         let response = self
             .node
             .txn(TxnRequest {
-                compares: vec![Compare {
-                    range: KeyRange::single(key),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(expected),
-                }],
+                compares: vec![Compare::mod_revision_equals(key, expected)],
                 success: vec![put(key, encode(object)?)],
                 failure: Vec::new(),
             })
@@ -279,11 +275,7 @@ impl ObjectStore {
         let response = self
             .node
             .txn(TxnRequest {
-                compares: vec![Compare {
-                    range: KeyRange::single(key),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(expected),
-                }],
+                compares: vec![Compare::mod_revision_equals(key, expected)],
                 success,
                 failure: Vec::new(),
             })

@@ -160,6 +160,17 @@ pub struct Compare {
     pub target: CompareTarget,
 }
 
+impl Compare {
+    /// "`key` is still at `revision`": the precondition of every optimistic update.
+    pub fn mod_revision_equals(key: impl Into<Vec<u8>>, revision: Revision) -> Self {
+        Compare {
+            range: KeyRange::single(key),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(revision),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {
