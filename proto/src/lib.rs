@@ -6,6 +6,7 @@
 //! - `etcdserverpb` and `mvccpb`: the etcd v3 client API (port 2379), wire-compatible with
 //!   etcd 3.4 so etcdctl and clientv3 work unmodified. They are sibling modules because the
 //!   generated `etcdserverpb` code refers to `super::mvccpb`.
+//! - `K8S_DESCRIPTOR_SET`: the Kubernetes protobuf wire schema (request bodies from kubectl).
 //!
 //! No hand-written logic: the services are implemented by the crates that own the behaviour.
 
@@ -20,6 +21,11 @@ pub mod admin {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// Encoded `FileDescriptorSet` of the Kubernetes messages kubectl may send as protobuf
+/// (proto/k8s/); read by reflection, no generated types.
+pub const K8S_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/k8s_descriptor_set.bin"));
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod router;
 pub mod selector;

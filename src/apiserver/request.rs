@@ -194,7 +194,7 @@ pub fn negotiate(headers: &HeaderMap) -> Output {
     Output::Json
 }
 
-/// Decodes a request body as JSON or YAML (by Content-Type) into an object.
+/// Decodes a request body as JSON, YAML or Kubernetes protobuf (by Content-Type) into an object.
 pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
@@ -204,13 +204,15 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim();
+    if media == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode(body);
+    }
     if !matches!(
         media,
         "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml" | "*/*" | ""
     ) {
-        // client-go answers a 415 to protobuf by switching that client to JSON.
         return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {media:?})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {media:?})"
         )));
     }
     let value: Value = if media.contains("yaml") {
