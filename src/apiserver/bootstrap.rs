@@ -56,8 +56,8 @@ async fn create(store: &ObjectStore, name: &str) -> Result<(), ApiError> {
         "kind": "Namespace",
         "metadata": {
             "name": name,
-            "uid": super::handlers::new_uid(),
-            "creationTimestamp": super::handlers::now_rfc3339(),
+            "uid": super::objects::new_uid(),
+            "creationTimestamp": super::objects::now_rfc3339(),
         },
     });
     let object = kind

@@ -99,13 +99,43 @@ fn resource_json(info: &KindInfo) -> Value {
     r
 }
 
+/// `<resource>/<sub>` as discovery lists it (kubectl scale and the scheduler look for these).
+fn subresource_json(info: &KindInfo, sub: &str) -> Value {
+    let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match sub {
+        "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
+        "binding" => ("Binding", "", "", &["create"]),
+        "eviction" => ("Eviction", "policy", "v1", &["create"]),
+        _ => (info.kind, "", "", &["get", "patch", "update"]),
+    };
+    let mut r = json!({
+        "name": format!("{}/{sub}", info.resource),
+        "singularName": "",
+        "namespaced": info.namespaced,
+        "kind": kind,
+        "verbs": verbs,
+    });
+    if !group.is_empty() {
+        r["group"] = json!(group);
+        r["version"] = json!(version);
+    }
+    r
+}
+
 /// `/api/v1` or `/apis/<group>/<version>`: APIResourceList, or None when not served.
 pub fn resources(group: &str, version: &str) -> Option<Value> {
     let list: Vec<Value> = registry::kinds()
         .iter()
         .map(|k| k.info())
         .filter(|i| i.group == group && i.version == version)
-        .map(resource_json)
+        .flat_map(|info| {
+            let mut out = vec![resource_json(info)];
+            out.extend(
+                super::subresources::subresources_of(info)
+                    .into_iter()
+                    .map(|sub| subresource_json(info, sub)),
+            );
+            out
+        })
         .collect();
     if list.is_empty() {
         return None;

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
+pub mod objects;
 pub mod patch;
 pub mod protobuf;
 pub mod request;
@@ -17,6 +18,7 @@ pub mod router;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod subresources;
 pub mod table;
 pub mod watch;
 
@@ -26,7 +28,7 @@ use skiff_raft::RaftNode;
 /// The REST API routes for one member, ready to merge into the API port's Router.
 pub fn routes(node: RaftNode, server_address: String) -> Router {
     router::routes(router::ApiState {
-        store: store::ObjectStore::new(node),
+        objects: objects::Objects::new(store::ObjectStore::new(node)),
         server_address,
     })
 }

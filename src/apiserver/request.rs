@@ -112,10 +112,6 @@ impl Query {
         Ok(Query(map))
     }
 
-    pub fn empty() -> Self {
-        Query(HashMap::new())
-    }
-
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)

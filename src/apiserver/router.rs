@@ -11,17 +11,17 @@ use tracing::Instrument;
 
 use super::discovery;
 use super::handlers::{self, json_response};
+use super::objects::Objects;
 use super::request::{Query, Target, negotiate, parse_path};
 use super::status::ApiError;
-use super::store::ObjectStore;
-use super::{auth, watch};
+use super::{auth, subresources, watch};
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: ObjectStore,
+    pub objects: Objects,
     /// `host:port` clients reach this member at (for /api's serverAddressByClientCIDRs).
     pub server_address: String,
 }
@@ -95,12 +95,6 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
         }
         Target::Resource(target) => target,
     };
-    if let Some(sub) = &target.subresource {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "the subresource {sub:?} of {} is not served yet",
-            target.kind.info().resource
-        )));
-    }
     let info = target.kind.info();
     if info.namespaced && target.name.is_some() && target.namespace.is_none() {
         return Err(ApiError::NoRoute);
@@ -109,29 +103,62 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
     let body = to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge)?;
-    let store = &state.store;
+    let objects = &state.objects;
     let not_allowed = || {
         ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         ))
     };
+    if let Some(sub) = target.subresource.as_deref() {
+        let name = target.name.as_deref().ok_or(ApiError::NoRoute)?;
+        if !subresources::subresources_of(info).contains(&sub) {
+            return Err(ApiError::NoRoute);
+        }
+        return match (sub, &method) {
+            ("status", &Method::GET) => handlers::get(objects, &target, name, &query, output).await,
+            ("status", &Method::PUT) => {
+                handlers::update(objects, &target, name, &headers, &body, &query, output).await
+            }
+            ("status", &Method::PATCH) => {
+                handlers::patch(objects, &target, name, &headers, &body, &query, output).await
+            }
+            ("scale", &Method::GET) => subresources::get_scale(objects, &target, name).await,
+            ("scale", &Method::PUT | &Method::PATCH) => {
+                let is_patch = method == Method::PATCH;
+                subresources::update_scale(
+                    objects, &target, name, &headers, &body, is_patch, &query,
+                )
+                .await
+            }
+            ("binding", &Method::POST) => {
+                subresources::bind(objects, &target, name, &headers, &body).await
+            }
+            ("eviction", &Method::POST) => {
+                subresources::evict(objects, &target, name, &headers, &body).await
+            }
+            _ => Err(not_allowed()),
+        };
+    }
     match (&method, target.name.as_deref()) {
         (&Method::GET, None) if query.flag("watch") => {
-            watch::watch(store, &target, &query, output).await
+            watch::watch(objects, &target, &query, output).await
         }
-        (&Method::GET, None) => handlers::list(store, &target, &query, output).await,
-        (&Method::GET, Some(name)) => handlers::get(store, &target, name, &query, output).await,
+        (&Method::GET, None) => handlers::list(objects, &target, &query, output).await,
+        (&Method::GET, Some(name)) => handlers::get(objects, &target, name, &query, output).await,
         (&Method::POST, None) => {
-            handlers::create(store, &target, &headers, &body, &query, output).await
+            handlers::create(objects, &target, &headers, &body, &query, output).await
         }
         (&Method::PUT, Some(name)) => {
-            handlers::update(store, &target, name, &headers, &body, &query, output).await
+            handlers::update(objects, &target, name, &headers, &body, &query, output).await
         }
         (&Method::PATCH, Some(name)) => {
-            handlers::patch(store, &target, name, &headers, &body, &query, output).await
+            handlers::patch(objects, &target, name, &headers, &body, &query, output).await
         }
         (&Method::DELETE, Some(name)) => {
-            handlers::delete(store, &target, name, &body, &query, output).await
+            handlers::delete(objects, &target, name, &body, &query, output).await
+        }
+        (&Method::DELETE, None) => {
+            handlers::delete_collection(objects, &target, &body, &query).await
         }
         _ => Err(not_allowed()),
     }

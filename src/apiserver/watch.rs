@@ -24,10 +24,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
-use super::handlers::{Selectors, list_items};
+use super::handlers::list_options;
+use super::objects::{ListOptions, Objects, Scope};
 use super::request::{Output, Query, ResourceTarget};
 use super::status::ApiError;
-use super::store::{ObjectStore, decode, list_prefix};
+use super::store::{decode, list_prefix};
 use super::table::{self, IncludeObject};
 use crate::registry::Kind;
 
@@ -81,13 +82,15 @@ impl Encoder {
 }
 
 pub async fn watch(
-    store: &ObjectStore,
+    objects: &Objects,
     target: &ResourceTarget,
     query: &Query,
     output: Output,
 ) -> Result<Response, ApiError> {
     let info = target.kind.info();
-    let selectors = Selectors::from_query(query)?;
+    let mut selectors = list_options(query)?;
+    selectors.limit = 0;
+    selectors.continue_token = None;
     let encoder = Encoder {
         kind: target.kind,
         output,
@@ -110,7 +113,9 @@ pub async fn watch(
     let start = match requested {
         Some(rv) => rv + 1,
         None => {
-            let (items, revision, _) = list_items(store, target, &strip_paging(query)).await?;
+            let scope = Scope::new(target.kind, target.namespace.as_deref());
+            let list = objects.list(scope, &selectors).await?;
+            let (items, revision) = (list.items, list.revision);
             for item in items {
                 // The buffer is fresh; a full one only delays (the task below drains it).
                 if tx.send(encoder.event("ADDED", item)).await.is_err() {
@@ -127,7 +132,7 @@ pub async fn watch(
         prev_kv: true,
         progress_notify: bookmarks,
     };
-    let watcher = store.node().watch_hub().watch(hub_request);
+    let watcher = objects.store().node().watch_hub().watch(hub_request);
     let span = tracing::info_span!("watch", resource = info.resource, start);
     tokio::spawn(
         async move {
@@ -191,31 +196,10 @@ pub async fn watch(
 }
 
 /// The initial list of a watch reads everything (no limit/continue).
-fn strip_paging(query: &Query) -> Query {
-    let mut parts = Vec::new();
-    for key in ["labelSelector", "fieldSelector"] {
-        if let Some(v) = query.get(key) {
-            parts.push(format!("{key}={}", encode_component(v)));
-        }
-    }
-    Query::parse(Some(&parts.join("&"))).unwrap_or_else(|_| Query::empty())
-}
-
-fn encode_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// One store event as a watch event, or None when the selectors hide both sides of it.
 fn convert(
     event: &skiff_storage::Event,
-    selectors: &Selectors,
+    selectors: &ListOptions,
     encoder: &Encoder,
 ) -> Option<Bytes> {
     let prev = event

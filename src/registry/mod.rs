@@ -169,6 +169,9 @@ pub trait Kind: Send + Sync {
     fn info(&self) -> &'static KindInfo;
     fn admit_create(&self, obj: Value) -> Result<Value, AdmitError>;
     fn admit_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
+    /// A `/status` write: the caller already kept everything but status from `old`; this
+    /// type-checks the result (and prunes unknown fields).
+    fn admit_status_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
     /// All columns (NAME first, AGE where the kind puts it).
     fn table_columns(&self) -> Vec<Column>;
     /// One row's cells, matching `table_columns`.
@@ -214,6 +217,11 @@ impl<S: Strategy> Kind for S {
         if !errors.is_empty() {
             return Err(AdmitError::Invalid(errors));
         }
+        encode(&typed)
+    }
+
+    fn admit_status_update(&self, new: Value, _old: &Value) -> Result<Value, AdmitError> {
+        let typed: S::Object = decode(self.info(), &new)?;
         encode(&typed)
     }
 

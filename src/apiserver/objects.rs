@@ -1,0 +1,680 @@
+//! The verbs on objects as an in-process API: get, list, create, update (whole object or the
+//! status subresource), delete (preconditions, finalizers, propagation policy), deletecollection.
+//!
+//! The REST handlers and the in-process controllers both call this, so an object written by a
+//! controller goes through the same admission, validation and optimistic concurrency as one
+//! written by kubectl. Every write is one raft transaction guarded by the revision it read; a
+//! lost race is retried when the caller gave no resourceVersion, and a 409 when it did.
+
+use base64::Engine as _;
+use rand::Rng as _;
+use serde_json::{Value, json};
+
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{ApiError, MODIFIED};
+use super::store::{CreateOutcome, ObjectStore, Stored, list_prefix, object_key};
+use crate::registry::{self, AdmitError, Kind, KindInfo};
+
+/// How often a write without a client precondition retries a lost race before giving up.
+const MAX_RETRIES: usize = 16;
+
+/// The finalizer `propagationPolicy=Foreground` puts on an owner until its dependents are gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer `propagationPolicy=Orphan` puts on an owner until its dependents are released.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// Where an object lives: its kind and (for namespaced kinds) namespace.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    pub kind: &'static dyn Kind,
+    pub namespace: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(kind: &'static dyn Kind, namespace: Option<&'a str>) -> Self {
+        Scope {
+            kind,
+            namespace: namespace.filter(|_| kind.info().namespaced),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        object_key(self.kind.info(), self.namespace, name)
+    }
+}
+
+/// What part of an object an update may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but status (the main resource).
+    Main,
+    /// Only status (the `/status` subresource).
+    Status,
+    /// `pods/binding`: the transform sets spec.nodeName, which a pod update may not change;
+    /// type-checked only, like a status write.
+    Binding,
+}
+
+/// A list request: selectors and paging.
+#[derive(Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    /// 0 = no limit.
+    pub limit: i64,
+    pub continue_token: Option<String>,
+    /// `resourceVersion=0`: any recent state will do (no read index).
+    pub any_revision: bool,
+}
+
+impl ListOptions {
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+pub struct ListResult {
+    pub items: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+}
+
+/// metav1.DeleteOptions, the parts we honour.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    /// "Foreground", "Background" or "Orphan".
+    pub propagation_policy: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// Parses a DeleteOptions body (empty = defaults); `orphanDependents` maps to Orphan.
+    pub fn from_body(body: &[u8]) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            return Ok(Self::default());
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?;
+        let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let mut policy = text("/propagationPolicy");
+        if policy.is_none() && v.pointer("/orphanDependents") == Some(&Value::Bool(true)) {
+            policy = Some("Orphan".into());
+        }
+        if let Some(p) = &policy
+            && !matches!(p.as_str(), "Foreground" | "Background" | "Orphan")
+        {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy {p:?} is not one of Foreground, Background, Orphan"
+            )));
+        }
+        let dry_run = v
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
+        Ok(DeleteOptions {
+            uid: text("/preconditions/uid"),
+            resource_version: text("/preconditions/resourceVersion"),
+            propagation_policy: policy,
+            dry_run,
+        })
+    }
+}
+
+/// What a delete did.
+pub enum Deleted {
+    /// The object is gone; this was its last state.
+    Gone(Value),
+    /// Finalizers hold it: it now carries a deletionTimestamp and waits for them.
+    Pending(Value),
+}
+
+impl Deleted {
+    pub fn into_object(self) -> Value {
+        match self {
+            Deleted::Gone(v) | Deleted::Pending(v) => v,
+        }
+    }
+}
+
+/// The in-process API over the object store. Cheap to clone.
+#[derive(Clone)]
+pub struct Objects {
+    store: ObjectStore,
+}
+
+impl Objects {
+    pub fn new(store: ObjectStore) -> Self {
+        Objects { store }
+    }
+
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    pub async fn get(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        linearizable: bool,
+    ) -> Result<Value, ApiError> {
+        let info = scope.kind.info();
+        self.store
+            .get(&scope.key(name), linearizable)
+            .await?
+            .map(|s| s.object)
+            .ok_or_else(|| ApiError::not_found(info, name))
+    }
+
+    /// Reads a whole (filtered) list or one page of it.
+    pub async fn list(
+        &self,
+        scope: Scope<'_>,
+        options: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
+        let info = scope.kind.info();
+        let (start, revision) = match &options.continue_token {
+            Some(token) => {
+                let (start, rv) = decode_continue(token)?;
+                (Some(start), rv)
+            }
+            None => (None, 0),
+        };
+        let linearizable = revision == 0 && !options.any_revision;
+        let prefix = list_prefix(info, scope.namespace);
+        let page = self
+            .store
+            .list(&prefix, start, options.limit.max(0), revision, linearizable)
+            .await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|s| s.object)
+            .filter(|o| options.matches(o))
+            .collect();
+        Ok(ListResult {
+            items,
+            revision: page.revision,
+            continue_token: page
+                .next_key
+                .map(|key| encode_continue(&key, page.revision)),
+        })
+    }
+
+    /// Creates an object: server-set metadata, admission, then create-if-absent (and only while
+    /// its namespace exists). Returns the stored object with its resourceVersion.
+    pub async fn create(
+        &self,
+        scope: Scope<'_>,
+        mut object: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let info = scope.kind.info();
+        check_type(info, &mut object)?;
+        check_namespace(info, &mut object, scope.namespace)?;
+        let meta = meta_mut(&mut object)?;
+        let has_name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+            let name = format!("{prefix}{}", generated_suffix());
+            meta.insert("name".into(), json!(name));
+        }
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(field);
+        }
+        if info.tracks_generation {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        let name = name_of(&object).to_string();
+        let mut object = scope
+            .kind
+            .admit_create(object)
+            .map_err(|e| admit_error(info, &name, e))?;
+        if dry_run {
+            return Ok(object);
+        }
+        match self
+            .store
+            .create(&scope.key(&name), &object, scope.namespace)
+            .await?
+        {
+            CreateOutcome::Created(revision) => {
+                super::store::set_resource_version(&mut object, revision);
+                Ok(object)
+            }
+            CreateOutcome::AlreadyExists => Err(ApiError::already_exists(info, &name)),
+            CreateOutcome::NamespaceMissing => Err(ApiError::NotFound {
+                resource: "namespaces".into(),
+                name: scope.namespace.unwrap_or("").to_string(),
+            }),
+        }
+    }
+
+    /// The guaranteed-update loop (after kube's GuaranteedUpdate): read, transform, check the
+    /// caller's resourceVersion, admit, write if unchanged since the read; retry a lost race.
+    /// An update that leaves a deleting object without finalizers deletes it.
+    pub async fn update(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        part: Part,
+        transform: &Transform<'_>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let info = scope.kind.info();
+        let key = scope.key(name);
+        for _ in 0..MAX_RETRIES {
+            let Stored {
+                object: current,
+                mod_revision,
+            } = self
+                .store
+                .get(&key, true)
+                .await?
+                .ok_or_else(|| ApiError::not_found(info, name))?;
+            let mut new = transform(&current)?;
+            check_type(info, &mut new)?;
+            check_namespace(info, &mut new, scope.namespace)?;
+            if name_of(&new) != name {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    name_of(&new)
+                )));
+            }
+            let client_rv = new
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .filter(|rv| !rv.is_empty())
+                .map(str::to_string);
+            if client_rv
+                .as_deref()
+                .is_some_and(|rv| rv != mod_revision.to_string())
+            {
+                return Err(ApiError::conflict(info, name, MODIFIED));
+            }
+            if part == Part::Status {
+                // Status writers change status only; everything else stays as stored.
+                let status = new.get("status").cloned();
+                new = current.clone();
+                match status {
+                    Some(s) => new["status"] = s,
+                    None => {
+                        if let Some(obj) = new.as_object_mut() {
+                            obj.remove("status");
+                        }
+                    }
+                }
+            }
+            // Fields the server owns are carried over from the stored object.
+            let meta = meta_mut(&mut new)?;
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "generation",
+            ] {
+                match current.pointer(&format!("/metadata/{field}")) {
+                    Some(v) => meta.insert(field.into(), v.clone()),
+                    None => meta.remove(field),
+                };
+            }
+            meta.insert("resourceVersion".into(), json!(mod_revision.to_string()));
+            let admitted = match part {
+                Part::Main => scope.kind.admit_update(new, &current),
+                Part::Status | Part::Binding => scope.kind.admit_status_update(new, &current),
+            };
+            let mut new = admitted.map_err(|e| admit_error(info, name, e))?;
+            if info.tracks_generation && new.get("spec") != current.get("spec") {
+                let generation = current
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                meta_mut(&mut new)?.insert("generation".into(), json!(generation + 1));
+            }
+            // A no-op update writes nothing and keeps the resourceVersion (as kube does).
+            if new == current || dry_run {
+                return Ok(new);
+            }
+            let finished = is_deleting(&new) && finalizers(&new).is_empty();
+            let written = if finished {
+                self.store
+                    .delete(&key, mod_revision, &[])
+                    .await?
+                    .map(|_| mod_revision)
+            } else {
+                self.store.update(&key, &new, mod_revision).await?
+            };
+            if let Some(revision) = written {
+                super::store::set_resource_version(&mut new, revision);
+                return Ok(new);
+            }
+            if client_rv.is_some() {
+                return Err(ApiError::conflict(info, name, MODIFIED));
+            }
+            tracing::debug!(key, "lost an update race; retrying");
+        }
+        Err(ApiError::conflict(info, name, MODIFIED))
+    }
+
+    /// Deletes an object. With finalizers (its own, or the one the propagation policy adds)
+    /// it only gains a deletionTimestamp and is removed when the last finalizer goes.
+    pub async fn delete(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Deleted, ApiError> {
+        let info = scope.kind.info();
+        let key = scope.key(name);
+        // Deleting a namespace deletes what it holds in the same transaction.
+        let contents: Vec<String> = if info.kind == "Namespace" && info.group.is_empty() {
+            registry::kinds()
+                .iter()
+                .map(|k| k.info())
+                .filter(|i| i.namespaced)
+                .map(|i| list_prefix(i, Some(name)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for _ in 0..MAX_RETRIES {
+            let stored = self
+                .store
+                .get(&key, true)
+                .await?
+                .ok_or_else(|| ApiError::not_found(info, name))?;
+            check_preconditions(info, name, &stored.object, options)?;
+            let mut object = stored.object.clone();
+            let policy_finalizer = match options.propagation_policy.as_deref() {
+                Some("Foreground") => Some(FOREGROUND_FINALIZER),
+                Some("Orphan") => Some(ORPHAN_FINALIZER),
+                _ => None,
+            };
+            let mut holding = finalizers(&object);
+            if let Some(f) = policy_finalizer
+                && !holding.iter().any(|h| h == f)
+            {
+                holding.push(f.to_string());
+            }
+            if holding.is_empty() {
+                if options.dry_run {
+                    return Ok(Deleted::Gone(object));
+                }
+                if self
+                    .store
+                    .delete(&key, stored.mod_revision, &contents)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Deleted::Gone(object));
+                }
+                continue;
+            }
+            let meta = meta_mut(&mut object)?;
+            meta.insert("finalizers".into(), json!(holding));
+            if !meta.contains_key("deletionTimestamp") {
+                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            meta.remove("resourceVersion");
+            if object == stored.object || options.dry_run {
+                return Ok(Deleted::Pending(object));
+            }
+            if let Some(revision) = self
+                .store
+                .update(&key, &object, stored.mod_revision)
+                .await?
+            {
+                super::store::set_resource_version(&mut object, revision);
+                return Ok(Deleted::Pending(object));
+            }
+        }
+        Err(ApiError::conflict(info, name, MODIFIED))
+    }
+
+    /// Deletes every object of a list (deletecollection); returns what was deleted.
+    pub async fn delete_collection(
+        &self,
+        scope: Scope<'_>,
+        list: &ListOptions,
+        options: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let items = self.list(scope, list).await?.items;
+        let mut deleted = Vec::with_capacity(items.len());
+        for item in items {
+            let namespace = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            let item_scope = Scope::new(scope.kind, namespace.or(scope.namespace));
+            match self.delete(item_scope, name_of(&item), options).await {
+                Ok(d) => deleted.push(d.into_object()),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// An update's function from the current object to the desired one.
+pub type Transform<'a> = dyn Fn(&Value) -> Result<Value, ApiError> + Send + Sync + 'a;
+
+pub fn is_deleting(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+pub fn finalizers(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn check_preconditions(
+    info: &KindInfo,
+    name: &str,
+    object: &Value,
+    options: &DeleteOptions,
+) -> Result<(), ApiError> {
+    for (field, label, want) in [
+        ("uid", "UID", &options.uid),
+        (
+            "resourceVersion",
+            "ResourceVersion",
+            &options.resource_version,
+        ),
+    ] {
+        let have = object
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some(want) = want
+            && want != have
+        {
+            return Err(ApiError::conflict(
+                info,
+                name,
+                format!(
+                    "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn admit_error(info: &KindInfo, name: &str, e: AdmitError) -> ApiError {
+    match e {
+        AdmitError::Decode(msg) => ApiError::BadRequest(msg),
+        AdmitError::Invalid(errors) => ApiError::invalid(info, name, errors),
+    }
+}
+
+pub fn name_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn meta_mut(object: &mut Value) -> Result<&mut serde_json::Map<String, Value>, ApiError> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
+}
+
+/// apiVersion/kind must be absent or name this kind; they are set when absent.
+fn check_type(info: &KindInfo, object: &mut Value) -> Result<(), ApiError> {
+    let api_version = info.api_version();
+    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", info.kind)] {
+        match object.get(field).and_then(Value::as_str) {
+            None | Some("") => object[field] = json!(want),
+            Some(got) if got == want => {}
+            Some(got) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the API version in the data ({}) does not match the expected API version ({api_version}) or kind {got} is not {}",
+                    object
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                    info.kind
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The namespace in the body must be empty or match the URL's; it is set from the URL.
+fn check_namespace(
+    info: &KindInfo,
+    object: &mut Value,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    let meta = meta_mut(object)?;
+    if !info.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let url_ns = namespace.ok_or_else(|| {
+        ApiError::BadRequest("the namespace of the object is required in the URL".into())
+    })?;
+    match meta.get("namespace").and_then(Value::as_str) {
+        None | Some("") => {
+            meta.insert("namespace".into(), json!(url_ns));
+            Ok(())
+        }
+        Some(ns) if ns == url_ns => Ok(()),
+        Some(_) => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+    }
+}
+
+pub fn new_uid() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// apiserver's SimpleNameGenerator: 5 characters from an alphabet without vowels.
+pub fn generated_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Continue tokens: the next key and the revision of the first page, base64 JSON.
+fn encode_continue(key: &[u8], revision: i64) -> String {
+    let token =
+        json!({"rv": revision, "start": base64::engine::general_purpose::STANDARD.encode(key)});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Vec<u8>, i64), ApiError> {
+    let bad = || ApiError::BadRequest("continue key is not valid".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(bad)?;
+    Ok((start, rv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let token = encode_continue(b"/registry/configmaps/default/b\0", 42);
+        assert_eq!(
+            decode_continue(&token).expect("token"),
+            (b"/registry/configmaps/default/b\0".to_vec(), 42)
+        );
+        assert!(decode_continue("garbage!").is_err());
+    }
+
+    #[test]
+    fn uids_look_like_uuids() {
+        let uid = new_uid();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(&uid[14..15], "4");
+    }
+
+    #[test]
+    fn delete_options_parse_policy_and_preconditions() {
+        let o = DeleteOptions::from_body(
+            br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u"},"dryRun":["All"]}"#,
+        )
+        .expect("options");
+        assert_eq!(o.propagation_policy.as_deref(), Some("Foreground"));
+        assert_eq!(o.uid.as_deref(), Some("u"));
+        assert!(o.dry_run);
+        let orphan = DeleteOptions::from_body(br#"{"orphanDependents":true}"#).expect("options");
+        assert_eq!(orphan.propagation_policy.as_deref(), Some("Orphan"));
+        assert!(DeleteOptions::from_body(br#"{"propagationPolicy":"Sideways"}"#).is_err());
+    }
+}
