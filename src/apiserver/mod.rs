@@ -16,6 +16,7 @@ pub mod protobuf;
 pub mod request;
 pub mod router;
 pub mod selector;
+pub mod service_network;
 pub mod status;
 pub mod store;
 pub mod subresources;

@@ -11,8 +11,9 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 
 use super::selector::{FieldSelector, LabelSelector};
+use super::service_network::{self, ServiceNetwork, claim_changes, claims_of};
 use super::status::{ApiError, MODIFIED};
-use super::store::{CreateOutcome, ObjectStore, Stored, list_prefix, object_key};
+use super::store::{CreateOutcome, ObjectStore, Stored, UpdateOutcome, list_prefix, object_key};
 use crate::registry::{self, AdmitError, Kind, KindInfo};
 
 /// How often a write without a client precondition retries a lost race before giving up.
@@ -142,11 +143,19 @@ impl Deleted {
 #[derive(Clone)]
 pub struct Objects {
     store: ObjectStore,
+    network: ServiceNetwork,
 }
 
 impl Objects {
     pub fn new(store: ObjectStore) -> Self {
-        Objects { store }
+        Objects {
+            store,
+            network: ServiceNetwork::default(),
+        }
+    }
+
+    pub fn service_network(&self) -> &ServiceNetwork {
+        &self.network
     }
 
     pub fn store(&self) -> &ObjectStore {
@@ -238,28 +247,47 @@ impl Objects {
             meta.remove("generation");
         }
         let name = name_of(&object).to_string();
-        let mut object = scope
+        let admitted = scope
             .kind
             .admit_create(object)
             .map_err(|e| admit_error(info, &name, e))?;
-        if dry_run {
-            return Ok(object);
-        }
-        match self
-            .store
-            .create(&scope.key(&name), &object, scope.namespace)
-            .await?
-        {
-            CreateOutcome::Created(revision) => {
-                super::store::set_resource_version(&mut object, revision);
-                Ok(object)
+        // Values the client chose itself; anything else assign() picks may be re-picked.
+        let chosen = claims_of(info, &admitted);
+        for _ in 0..MAX_RETRIES {
+            let mut object = admitted.clone();
+            self.network
+                .assign(info, &self.store, &mut object, None)
+                .await?;
+            if dry_run {
+                return Ok(object);
             }
-            CreateOutcome::AlreadyExists => Err(ApiError::already_exists(info, &name)),
-            CreateOutcome::NamespaceMissing => Err(ApiError::NotFound {
-                resource: "namespaces".into(),
-                name: scope.namespace.unwrap_or("").to_string(),
-            }),
+            let claims = claim_changes(info, &object, None);
+            let key = scope.key(&name);
+            match self
+                .store
+                .create_claiming(&key, &object, scope.namespace, &claims)
+                .await?
+            {
+                CreateOutcome::Created(revision) => {
+                    super::store::set_resource_version(&mut object, revision);
+                    return Ok(object);
+                }
+                CreateOutcome::AlreadyExists => return Err(ApiError::already_exists(info, &name)),
+                CreateOutcome::NamespaceMissing => {
+                    return Err(ApiError::NotFound {
+                        resource: "namespaces".into(),
+                        name: scope.namespace.unwrap_or("").to_string(),
+                    });
+                }
+                CreateOutcome::ClaimTaken(claim) if chosen.contains(&claim) => {
+                    return Err(service_network::claim_taken(info, &name, &claim));
+                }
+                CreateOutcome::ClaimTaken(claim) => {
+                    tracing::debug!(claim, "an assigned value was taken meanwhile; re-assigning");
+                }
+            }
         }
+        Err(ApiError::conflict(info, &name, MODIFIED))
     }
 
     /// The guaranteed-update loop (after kube's GuaranteedUpdate): read, transform, check the
@@ -336,6 +364,9 @@ impl Objects {
                 Part::Status | Part::Binding => scope.kind.admit_status_update(new, &current),
             };
             let mut new = admitted.map_err(|e| admit_error(info, name, e))?;
+            self.network
+                .assign(info, &self.store, &mut new, Some(&current))
+                .await?;
             if info.tracks_generation && new.get("spec") != current.get("spec") {
                 let generation = current
                     .pointer("/metadata/generation")
@@ -349,16 +380,26 @@ impl Objects {
             }
             let finished = is_deleting(&new) && finalizers(&new).is_empty();
             let written = if finished {
-                self.store
-                    .delete(&key, mod_revision, &[])
-                    .await?
-                    .map(|_| mod_revision)
+                let release = claims_of(info, &current);
+                match self.store.delete(&key, mod_revision, &[], &release).await? {
+                    Some(revision) => UpdateOutcome::Written(revision),
+                    None => UpdateOutcome::LostRace,
+                }
             } else {
-                self.store.update(&key, &new, mod_revision).await?
+                let claims = claim_changes(info, &new, Some(&current));
+                self.store
+                    .update_claiming(&key, &new, mod_revision, &claims)
+                    .await?
             };
-            if let Some(revision) = written {
-                super::store::set_resource_version(&mut new, revision);
-                return Ok(new);
+            match written {
+                UpdateOutcome::Written(revision) => {
+                    super::store::set_resource_version(&mut new, revision);
+                    return Ok(new);
+                }
+                UpdateOutcome::ClaimTaken(claim) => {
+                    return Err(service_network::claim_taken(info, name, &claim));
+                }
+                UpdateOutcome::LostRace => {}
             }
             if client_rv.is_some() {
                 return Err(ApiError::conflict(info, name, MODIFIED));
@@ -378,8 +419,10 @@ impl Objects {
     ) -> Result<Deleted, ApiError> {
         let info = scope.kind.info();
         let key = scope.key(name);
-        // Deleting a namespace deletes what it holds in the same transaction.
-        let contents: Vec<String> = if info.kind == "Namespace" && info.group.is_empty() {
+        // Deleting a namespace deletes what it holds in the same transaction, and gives up
+        // the claims its Services held.
+        let is_namespace = info.kind == "Namespace" && info.group.is_empty();
+        let contents: Vec<String> = if is_namespace {
             registry::kinds()
                 .iter()
                 .map(|k| k.info())
@@ -412,9 +455,14 @@ impl Objects {
                 if options.dry_run {
                     return Ok(Deleted::Gone(object));
                 }
+                let release = if is_namespace {
+                    self.namespace_claims(name).await?
+                } else {
+                    claims_of(info, &object)
+                };
                 if self
                     .store
-                    .delete(&key, stored.mod_revision, &contents)
+                    .delete(&key, stored.mod_revision, &contents, &release)
                     .await?
                     .is_some()
                 {
@@ -442,6 +490,22 @@ impl Objects {
             }
         }
         Err(ApiError::conflict(info, name, MODIFIED))
+    }
+
+    /// The claims every object in a namespace holds.
+    async fn namespace_claims(&self, namespace: &str) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for kind in registry::kinds().iter().filter(|k| k.info().namespaced) {
+            let probe = claims_of(kind.info(), &json!({"spec": {"clusterIP": "probe"}}));
+            if probe.is_empty() {
+                continue;
+            }
+            let scope = Scope::new(*kind, Some(namespace));
+            for item in self.list(scope, &ListOptions::default()).await?.items {
+                out.extend(claims_of(kind.info(), &item));
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes every object of a list (deletecollection); returns what was deleted.

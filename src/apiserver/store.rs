@@ -36,6 +36,49 @@ pub enum CreateOutcome {
     Created(Revision),
     AlreadyExists,
     NamespaceMissing,
+    /// A unique claim (see `Claims`) is held by another object.
+    ClaimTaken(String),
+}
+
+/// Unique values an object holds (a Service's cluster IP, its node ports), each a key under
+/// `/registry/claims/` written and released in the same transaction as the object, so two
+/// objects can never hold the same value.
+#[derive(Clone, Debug, Default)]
+pub struct Claims {
+    /// Keys that must be free and are taken by this write.
+    pub take: Vec<String>,
+    /// Keys this write gives up.
+    pub release: Vec<String>,
+}
+
+impl Claims {
+    fn compares(&self) -> impl Iterator<Item = Compare> + '_ {
+        self.take.iter().map(|k| key_exists(k, false))
+    }
+
+    fn ops(&self, owner: &str) -> impl Iterator<Item = Op> + '_ {
+        let owner = owner.as_bytes().to_vec();
+        self.take
+            .iter()
+            .map(move |k| Op::Put {
+                key: k.as_bytes().to_vec(),
+                value: owner.clone(),
+                lease: 0,
+                prev_kv: false,
+            })
+            .chain(self.release.iter().map(|k| Op::Delete {
+                range: KeyRange::single(k.as_str()),
+                prev_kv: false,
+            }))
+    }
+}
+
+/// What a guarded update did.
+pub enum UpdateOutcome {
+    Written(Revision),
+    /// The object changed since it was read.
+    LostRace,
+    ClaimTaken(String),
 }
 
 /// The key of one object: `<prefix>[<namespace>/]<name>`.
@@ -209,6 +252,18 @@ impl ObjectStore {
         object: &Value,
         namespace: Option<&str>,
     ) -> Result<CreateOutcome, ApiError> {
+        self.create_claiming(key, object, namespace, &Claims::default())
+            .await
+    }
+
+    /// `create`, taking `claims` in the same transaction.
+    pub async fn create_claiming(
+        &self,
+        key: &str,
+        object: &Value,
+        namespace: Option<&str>,
+        claims: &Claims,
+    ) -> Result<CreateOutcome, ApiError> {
         let mut compares = vec![key_exists(key, false)];
         let mut failure = vec![range_op(key)];
         if let Some(ns) = namespace {
@@ -216,11 +271,14 @@ impl ObjectStore {
             compares.push(key_exists(&ns_key, true));
             failure.push(range_op(&ns_key));
         }
+        compares.extend(claims.compares());
+        let mut success = vec![put(key, encode(object)?)];
+        success.extend(claims.ops(key));
         let response = self
             .node
             .txn(TxnRequest {
                 compares,
-                success: vec![put(key, encode(object)?)],
+                success,
                 failure,
             })
             .await?;
@@ -232,10 +290,60 @@ impl ObjectStore {
             _ => 0,
         };
         if count(0) > 0 {
-            Ok(CreateOutcome::AlreadyExists)
-        } else {
-            Ok(CreateOutcome::NamespaceMissing)
+            return Ok(CreateOutcome::AlreadyExists);
         }
+        if namespace.is_some() && count(1) == 0 {
+            return Ok(CreateOutcome::NamespaceMissing);
+        }
+        match self.taken_claim(claims).await? {
+            Some(claim) => Ok(CreateOutcome::ClaimTaken(claim)),
+            // Something changed between the transaction and this read: let the caller retry.
+            None => Ok(CreateOutcome::AlreadyExists),
+        }
+    }
+
+    /// The first of `claims.take` that another object holds.
+    async fn taken_claim(&self, claims: &Claims) -> Result<Option<String>, ApiError> {
+        for claim in &claims.take {
+            let request = RangeRequest {
+                range: KeyRange::single(claim.as_str()),
+                count_only: true,
+                ..Default::default()
+            };
+            if self.node.range(&request, false).await?.count > 0 {
+                return Ok(Some(claim.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `update`, taking and releasing `claims` in the same transaction.
+    pub async fn update_claiming(
+        &self,
+        key: &str,
+        object: &Value,
+        expected: Revision,
+        claims: &Claims,
+    ) -> Result<UpdateOutcome, ApiError> {
+        let mut compares = vec![Compare::mod_revision_equals(key, expected)];
+        compares.extend(claims.compares());
+        let mut success = vec![put(key, encode(object)?)];
+        success.extend(claims.ops(key));
+        let response = self
+            .node
+            .txn(TxnRequest {
+                compares,
+                success,
+                failure: Vec::new(),
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(UpdateOutcome::Written(response.revision));
+        }
+        Ok(match self.taken_claim(claims).await? {
+            Some(claim) => UpdateOutcome::ClaimTaken(claim),
+            None => UpdateOutcome::LostRace,
+        })
     }
 
     /// Writes `object` if the key is still at `expected` mod revision. `None` = lost the race.
@@ -257,17 +365,22 @@ impl ObjectStore {
     }
 
     /// Deletes the key if still at `expected`, plus every key under `also` (a namespace's
-    /// contents) in the same transaction. `None` = lost the race.
+    /// contents) and the claim keys in `release`, in one transaction. `None` = lost the race.
     pub async fn delete(
         &self,
         key: &str,
         expected: Revision,
         also: &[String],
+        release: &[String],
     ) -> Result<Option<Revision>, ApiError> {
         let mut success = vec![Op::Delete {
             range: KeyRange::single(key),
             prev_kv: false,
         }];
+        success.extend(release.iter().map(|k| Op::Delete {
+            range: KeyRange::single(k.as_str()),
+            prev_kv: false,
+        }));
         success.extend(also.iter().map(|prefix| Op::Delete {
             range: KeyRange::prefix(prefix.as_str()),
             prev_kv: false,
