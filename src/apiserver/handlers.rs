@@ -6,7 +6,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::objects::{DeleteOptions, Deleted, ListOptions, Objects, Part, Scope};
+use super::objects::{
+    DeleteOptions, Deleted, FieldValidation, ListOptions, Objects, Part, Scope, WriteOptions,
+};
 use super::patch::{self, PatchType};
 use super::request::{Output, Query, ResourceTarget, decode_body};
 use super::selector::{FieldSelector, LabelSelector};
@@ -41,6 +43,13 @@ fn scope(target: &ResourceTarget) -> Scope<'_> {
 
 fn dry_run(query: &Query) -> bool {
     query.get("dryRun") == Some("All")
+}
+
+fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
+    Ok(WriteOptions {
+        dry_run: dry_run(query),
+        field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+    })
 }
 
 /// The list options a query asks for (selectors, paging, resourceVersion=0).
@@ -105,7 +114,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let object = decode_body(headers, body)?;
     let created = objects
-        .create(scope(target), object, dry_run(query))
+        .create_with(scope(target), object, &write_options(query)?)
         .await?;
     Ok(ok(output, target.kind, StatusCode::CREATED, created, query))
 }
@@ -130,12 +139,12 @@ pub async fn update(
     let object = decode_body(headers, body)?;
     let transform = move |_: &Value| Ok(object.clone());
     let updated = objects
-        .update(
+        .update_with(
             scope(target),
             name,
             part(target),
             &transform,
-            dry_run(query),
+            &write_options(query)?,
         )
         .await?;
     Ok(ok(output, target.kind, StatusCode::OK, updated, query))
@@ -153,12 +162,12 @@ pub async fn patch(
     let kind = PatchType::from_content_type(content_type(headers))?;
     let transform = move |current: &Value| patch::apply(kind, current, body);
     let updated = objects
-        .update(
+        .update_with(
             scope(target),
             name,
             part(target),
             &transform,
-            dry_run(query),
+            &write_options(query)?,
         )
         .await?;
     Ok(ok(output, target.kind, StatusCode::OK, updated, query))

@@ -80,6 +80,64 @@ pub struct ListResult {
     pub continue_token: Option<String>,
 }
 
+/// How a write treats fields the kind's schema does not declare (`fieldValidation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    #[default]
+    Ignore,
+    /// Drop them (kube-apiserver also warns; we do not send warnings yet).
+    Warn,
+    /// Refuse the write with 400 naming them.
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(value: Option<&str>) -> Result<Self, ApiError> {
+        match value {
+            None | Some("") | Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "fieldValidation {other:?} is not one of Ignore, Warn, Strict"
+            ))),
+        }
+    }
+}
+
+/// Options of a create or update.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// The 400 kube-apiserver's strict decoder gives for undeclared fields.
+fn check_fields(
+    kind: &dyn Kind,
+    object: &Value,
+    validation: FieldValidation,
+) -> Result<(), ApiError> {
+    if validation != FieldValidation::Strict {
+        return Ok(());
+    }
+    let unknown = kind.unknown_fields(object);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let info = kind.info();
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+        list.join(", "),
+        kind = info.kind,
+        version = info.version,
+    )))
+}
+
 /// metav1.DeleteOptions, the parts we honour.
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
@@ -216,10 +274,26 @@ impl Objects {
     pub async fn create(
         &self,
         scope: Scope<'_>,
-        mut object: Value,
+        object: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        let options = WriteOptions {
+            dry_run,
+            ..WriteOptions::default()
+        };
+        self.create_with(scope, object, &options).await
+    }
+
+    /// `create` with field validation.
+    pub async fn create_with(
+        &self,
+        scope: Scope<'_>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let dry_run = options.dry_run;
         let info = scope.kind.info();
+        check_fields(scope.kind, &object, options.field_validation)?;
         check_type(info, &mut object)?;
         check_namespace(info, &mut object, scope.namespace)?;
         let meta = meta_mut(&mut object)?;
@@ -301,6 +375,24 @@ impl Objects {
         transform: &Transform<'_>,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        let options = WriteOptions {
+            dry_run,
+            ..WriteOptions::default()
+        };
+        self.update_with(scope, name, part, transform, &options)
+            .await
+    }
+
+    /// `update` with field validation.
+    pub async fn update_with(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        part: Part,
+        transform: &Transform<'_>,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let dry_run = options.dry_run;
         let info = scope.kind.info();
         let key = scope.key(name);
         for _ in 0..MAX_RETRIES {
@@ -313,6 +405,7 @@ impl Objects {
                 .await?
                 .ok_or_else(|| ApiError::not_found(info, name))?;
             let mut new = transform(&current)?;
+            check_fields(scope.kind, &new, options.field_validation)?;
             check_type(info, &mut new)?;
             check_namespace(info, &mut new, scope.namespace)?;
             if name_of(&new) != name {

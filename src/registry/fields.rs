@@ -243,9 +243,50 @@ pub fn or_none(s: impl Into<String>) -> Value {
     Value::String(if s.is_empty() { "<none>".into() } else { s })
 }
 
+/// Appends to `out` every path present (and not null) in `given` but absent from `kept`, the
+/// same value after a round trip through the kind's type: the fields the schema does not know.
+pub fn missing_paths(given: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (given, kept) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, value) in g {
+                if value.is_null() {
+                    continue;
+                }
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kept_value) => missing_paths(value, kept_value, &child, out),
+                    None => out.push(child),
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) if g.len() == k.len() => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                missing_paths(gv, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_paths_name_unknown_fields() {
+        let given = serde_json::json!({"spec": {"a": 1, "foo": 2, "list": [{"x": 1, "bar": 3}], "n": null}});
+        let kept = serde_json::json!({"spec": {"a": 1, "list": [{"x": 1}]}});
+        let mut out = Vec::new();
+        missing_paths(&given, &kept, "", &mut out);
+        assert_eq!(
+            out,
+            vec!["spec.foo".to_string(), "spec.list[0].bar".to_string()]
+        );
+    }
 
     #[test]
     fn names() {

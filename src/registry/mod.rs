@@ -169,6 +169,9 @@ pub trait Kind: Send + Sync {
     fn info(&self) -> &'static KindInfo;
     fn admit_create(&self, obj: Value) -> Result<Value, AdmitError>;
     fn admit_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
+    /// Paths in `obj` the kind's schema does not declare (`spec.foo`, `spec.ports[0].bar`):
+    /// what `fieldValidation=Strict` rejects and the default prunes.
+    fn unknown_fields(&self, obj: &Value) -> Vec<String>;
     /// A `/status` write: the caller already kept everything but status from `old`; this
     /// type-checks the result (and prunes unknown fields).
     fn admit_status_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
@@ -218,6 +221,18 @@ impl<S: Strategy> Kind for S {
             return Err(AdmitError::Invalid(errors));
         }
         encode(&typed)
+    }
+
+    fn unknown_fields(&self, obj: &Value) -> Vec<String> {
+        match S::Object::deserialize(obj).map(|typed| serde_json::to_value(&typed)) {
+            Ok(Ok(known)) => {
+                let mut out = Vec::new();
+                fields::missing_paths(obj, &known, "", &mut out);
+                out
+            }
+            // A body that does not decode is refused by admission with the decoder's error.
+            _ => Vec::new(),
+        }
     }
 
     fn admit_status_update(&self, new: Value, _old: &Value) -> Result<Value, AdmitError> {
