@@ -49,6 +49,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Backup(args) => cli::backup::run_backup(args).await,
             cli::Command::Restore(args) => cli::backup::run_restore(args).await,
             cli::Command::Chaos(command) => cli::chaos::run(command).await,
+            cli::Command::Kubeconfig(args) => cli::kubeconfig::run(args),
         }
     });
     match outcome {

@@ -12,6 +12,7 @@
 
 use serde_json::{Value, json};
 
+use super::authz::reviews::REVIEWS;
 use crate::registry::{self, KindInfo};
 
 const VERBS: &[&str] = &[
@@ -41,8 +42,19 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
+/// Group versions served: the registry's kinds, then the review-only groups.
+fn all_group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out = registry::group_versions();
+    for review in REVIEWS {
+        if !out.contains(&(review.group, review.version)) {
+            out.push((review.group, review.version));
+        }
+    }
+    out
+}
+
 fn group_json(group: &str) -> Value {
-    let versions: Vec<Value> = registry::group_versions()
+    let versions: Vec<Value> = all_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -58,7 +70,7 @@ fn group_json(group: &str) -> Value {
 /// `/apis`: APIGroupList of the named groups.
 pub fn groups() -> Value {
     let mut names: Vec<&str> = Vec::new();
-    for (g, _) in registry::group_versions() {
+    for (g, _) in all_group_versions() {
         if !g.is_empty() && !names.contains(&g) {
             names.push(g);
         }
@@ -136,6 +148,15 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             );
             out
         })
+        .chain(
+            REVIEWS
+                .iter()
+                .filter(|r| r.group == group && r.version == version)
+                .map(|r| {
+                    json!({"name": r.resource, "singularName": "", "namespaced": r.namespaced,
+                           "kind": r.kind, "verbs": ["create"]})
+                }),
+        )
         .collect();
     if list.is_empty() {
         return None;

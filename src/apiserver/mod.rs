@@ -7,6 +7,7 @@
 //! Per-kind rules live in `crate::registry`.
 
 pub mod auth;
+pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
@@ -29,7 +30,8 @@ use skiff_raft::RaftNode;
 /// The REST API routes for one member, ready to merge into the API port's Router.
 pub fn routes(node: RaftNode, server_address: String) -> Router {
     router::routes(router::ApiState {
-        objects: objects::Objects::new(store::ObjectStore::new(node)),
+        objects: objects::Objects::new(store::ObjectStore::new(node.clone())),
+        authorizer: authz::Authorizer::follow(node),
         server_address,
     })
 }

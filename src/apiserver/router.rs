@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tracing::Instrument;
 
+use super::authz::{Attributes, Authorizer, defaults::SUPERUSER_GROUP, reviews};
 use super::discovery;
 use super::handlers::{self, json_response};
 use super::objects::Objects;
@@ -22,6 +23,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub objects: Objects,
+    pub authorizer: Authorizer,
     /// `host:port` clients reach this member at (for /api's serverAddressByClientCIDRs).
     pub server_address: String,
 }
@@ -53,14 +55,93 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     .await
 }
 
+/// `Impersonate-User` / `Impersonate-Group` (kubectl `--as`, `--as-group`): the request acts as
+/// that user if the caller may `impersonate` it, as kube-apiserver's impersonation filter does.
+fn impersonate(
+    state: &ApiState,
+    caller: auth::UserInfo,
+    headers: &axum::http::HeaderMap,
+) -> Result<auth::UserInfo, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let users = values("impersonate-user");
+    let groups = values("impersonate-group");
+    let Some(name) = users.first() else {
+        if groups.is_empty() {
+            return Ok(caller);
+        }
+        return Err(ApiError::BadRequest(
+            "requested impersonation of groups without a user".into(),
+        ));
+    };
+    if !caller.in_group(SUPERUSER_GROUP) {
+        let check = |resource: &str, target: &str| {
+            state.authorizer.authorize(
+                &caller,
+                &Attributes {
+                    verb: "impersonate".into(),
+                    resource: resource.into(),
+                    name: target.into(),
+                    ..Attributes::default()
+                },
+            )
+        };
+        check("users", name)?;
+        for group in &groups {
+            check("groups", group)?;
+        }
+    }
+    Ok(auth::UserInfo::authenticated(name.clone(), groups))
+}
+
 async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError> {
-    auth::authenticate(&request)?;
+    let authenticated = auth::authenticate(&request)?;
+    let user = impersonate(state, authenticated, request.headers())?;
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let query = Query::parse(request.uri().query())?;
     let output = negotiate(request.headers());
+    let superuser = user.in_group(SUPERUSER_GROUP);
+    let authorize = |attrs: &Attributes| {
+        if superuser {
+            Ok(())
+        } else {
+            state.authorizer.authorize(&user, attrs)
+        }
+    };
+    if let Some(review) = reviews::lookup(&path) {
+        if method != Method::POST {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "{} only supports create",
+                review.resource
+            )));
+        }
+        authorize(&Attributes {
+            verb: "create".into(),
+            api_group: review.group.into(),
+            resource: review.resource.into(),
+            ..Attributes::default()
+        })?;
+        let headers = request.headers().clone();
+        let body = to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::TooLarge)?;
+        let body = super::request::decode_body(&headers, &body)?;
+        let answered = reviews::answer(review, &state.authorizer, &user, body)?;
+        return Ok(json_response(StatusCode::CREATED, &answered));
+    }
     if path == "/version" {
+        authorize(&Attributes::of_path(&path, &method))?;
         return Ok(json_response(StatusCode::OK, &discovery::version()));
+    }
+    if path.starts_with("/openapi") {
+        authorize(&Attributes::of_path(&path, &method))?;
     }
     if path == "/openapi/v2" {
         return Err(ApiError::NoRoute);
@@ -75,7 +156,14 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
         let doc = discovery::openapi_v3_document(doc).ok_or(ApiError::NoRoute)?;
         return Ok(json_response(StatusCode::OK, &doc));
     }
-    let target = match parse_path(&path)? {
+    let target = parse_path(&path)?;
+    match &target {
+        Target::Resource(resource) => {
+            authorize(&Attributes::of_resource(resource, &method, &query))?;
+        }
+        _ => authorize(&Attributes::of_path(&path, &method))?,
+    }
+    let target = match target {
         Target::Root { legacy: true } => {
             return Ok(json_response(
                 StatusCode::OK,

@@ -26,7 +26,16 @@ pub fn subresources_of(info: &KindInfo) -> Vec<&'static str> {
     let mut out = Vec::new();
     if !matches!(
         info.kind,
-        "ConfigMap" | "Secret" | "ServiceAccount" | "Event" | "Endpoints"
+        "ConfigMap"
+            | "Secret"
+            | "ServiceAccount"
+            | "Event"
+            | "Endpoints"
+            | "LimitRange"
+            | "IngressClass"
+            | "StorageClass"
+            | "EndpointSlice"
+            | "Lease"
     ) && !info.group.starts_with("rbac")
     {
         out.push("status");

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod chaos;
+pub mod kubeconfig;
 pub mod local_cluster;
 pub mod status;
 pub mod up;
@@ -41,6 +42,8 @@ pub enum Command {
     /// Fault injection with linearizability and watch checkers (see `skiff chaos list`).
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// Print a kubeconfig for a user (a client certificate from the cluster CA).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 #[derive(Subcommand, Debug)]

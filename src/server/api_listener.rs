@@ -16,10 +16,37 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, info_span};
 
-/// Attached to every request: whether the client showed a certificate signed by the cluster CA.
-#[derive(Clone, Debug)]
+/// Attached to every request: whether the client showed a certificate signed by the cluster CA
+/// (the handshake verified it), and who it names: Kubernetes reads the user from the subject's
+/// CommonName and the groups from its Organizations.
+#[derive(Clone, Debug, Default)]
 pub struct ClientCertificate {
     pub verified: bool,
+    pub common_name: String,
+    pub organizations: Vec<String>,
+}
+
+impl ClientCertificate {
+    fn from_peer(certs: Option<&[CertificateDer<'_>]>) -> Self {
+        let Some(first) = certs.and_then(|c| c.first()) else {
+            return ClientCertificate::default();
+        };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(first.as_ref()) else {
+            return ClientCertificate::default();
+        };
+        let subject = cert.subject();
+        let text = |attr: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+            attr.as_str().ok().map(str::to_string)
+        };
+        ClientCertificate {
+            verified: true,
+            common_name: subject
+                .iter_common_name()
+                .find_map(text)
+                .unwrap_or_default(),
+            organizations: subject.iter_organization().filter_map(text).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +116,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router)
                         return;
                     }
                 };
-                let identity = ClientCertificate {
-                    verified: tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .is_some_and(|c| !c.is_empty()),
-                };
+                let identity = ClientCertificate::from_peer(tls.get_ref().1.peer_certificates());
                 let service = hyper::service::service_fn(
                     move |mut request: hyper::Request<hyper::body::Incoming>| {
                         request.extensions_mut().insert(identity.clone());

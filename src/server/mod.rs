@@ -263,6 +263,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::apiserver::bootstrap::ensure_system_namespaces(
         node.clone(),
     ));
+    tokio::spawn(crate::apiserver::authz::defaults::ensure_default_policy(
+        node.clone(),
+    ));
     info!(
         node_id = identity.node_id,
         api = %addrs.api_listen, client = %addrs.client_listen, raft = %addrs.raft_listen,
