@@ -45,11 +45,27 @@ fn dry_run(query: &Query) -> bool {
     query.get("dryRun") == Some("All")
 }
 
-fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
+fn write_options(query: &Query, headers: &HeaderMap) -> Result<WriteOptions, ApiError> {
     Ok(WriteOptions {
         dry_run: dry_run(query),
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+        field_manager: Some(field_manager(query, headers)),
     })
+}
+
+/// The `fieldManager` parameter, else the client's User-Agent up to the first `/` (as
+/// kube-apiserver defaults it: `kubectl/v1.32 ...` manages as `kubectl`).
+pub fn field_manager(query: &Query, headers: &HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.to_string();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split(['/', ' ']).next())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// The list options a query asks for (selectors, paging, resourceVersion=0).
@@ -114,7 +130,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let object = decode_body(headers, body)?;
     let created = objects
-        .create_with(scope(target), object, &write_options(query)?)
+        .create_with(scope(target), object, &write_options(query, headers)?)
         .await?;
     Ok(ok(output, target.kind, StatusCode::CREATED, created, query))
 }
@@ -144,7 +160,7 @@ pub async fn update(
             name,
             part(target),
             &transform,
-            &write_options(query)?,
+            &write_options(query, headers)?,
         )
         .await?;
     Ok(ok(output, target.kind, StatusCode::OK, updated, query))
@@ -159,6 +175,9 @@ pub async fn patch(
     query: &Query,
     output: Output,
 ) -> Result<Response, ApiError> {
+    if is_apply(content_type(headers)) {
+        return server_side_apply(objects, target, name, headers, body, query, output).await;
+    }
     let kind = PatchType::from_content_type(content_type(headers))?;
     let transform = move |current: &Value| patch::apply(kind, current, body);
     let updated = objects
@@ -167,7 +186,7 @@ pub async fn patch(
             name,
             part(target),
             &transform,
-            &write_options(query)?,
+            &write_options(query, headers)?,
         )
         .await?;
     Ok(ok(output, target.kind, StatusCode::OK, updated, query))
@@ -227,4 +246,71 @@ pub async fn delete_collection(
         "items": items,
     });
     Ok(json_response(StatusCode::OK, &body))
+}
+
+fn is_apply(content_type: &str) -> bool {
+    matches!(
+        content_type.split(';').next().unwrap_or("").trim(),
+        "application/apply-patch+yaml" | "application/apply-patch+json"
+    )
+}
+
+/// `PATCH` with an apply configuration: creates the object if absent, else applies to it.
+async fn server_side_apply(
+    objects: &Objects,
+    target: &ResourceTarget,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    query: &Query,
+    output: Output,
+) -> Result<Response, ApiError> {
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?
+        .to_string();
+    let force = query.flag("force");
+    let config: Value = serde_yaml_ng::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+    let api_version = target.kind.info().api_version();
+    let options = WriteOptions {
+        field_manager: None,
+        ..write_options(query, headers)?
+    };
+    let scope = scope(target);
+    for _ in 0..2 {
+        match objects.get(scope, name, true).await {
+            Ok(_) => {
+                let transform = |current: &Value| {
+                    super::apply::apply(Some(current), &config, &manager, force, &api_version)
+                };
+                let updated = objects
+                    .update_with(scope, name, part(target), &transform, &options)
+                    .await?;
+                return Ok(ok(output, target.kind, StatusCode::OK, updated, query));
+            }
+            Err(ApiError::NotFound { .. }) if target.subresource.is_none() => {
+                let mut created =
+                    super::apply::apply(None, &config, &manager, force, &api_version)?;
+                if created.pointer("/metadata/name").is_none() {
+                    created["metadata"]["name"] = serde_json::json!(name);
+                }
+                match objects.create_with(scope, created, &options).await {
+                    Ok(created) => {
+                        return Ok(ok(output, target.kind, StatusCode::CREATED, created, query));
+                    }
+                    // Created meanwhile by someone else: apply to it instead.
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(
+        target.kind.info(),
+        name,
+        super::status::MODIFIED,
+    ))
 }

@@ -6,6 +6,7 @@
 //! store over raft (`store`), server-side printing (`table`), selectors and Status errors.
 //! Per-kind rules live in `crate::registry`.
 
+pub mod apply;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
@@ -27,10 +28,16 @@ pub mod watch;
 use axum::Router;
 use skiff_raft::RaftNode;
 
+/// The in-process API of one member. Built once and shared: the REST routes and the
+/// controllers then use the same Objects (one ServiceNetwork allocator, one store handle).
+pub fn objects(node: RaftNode) -> objects::Objects {
+    objects::Objects::new(store::ObjectStore::new(node))
+}
+
 /// The REST API routes for one member, ready to merge into the API port's Router.
-pub fn routes(node: RaftNode, server_address: String) -> Router {
+pub fn routes(node: RaftNode, objects: objects::Objects, server_address: String) -> Router {
     router::routes(router::ApiState {
-        objects: objects::Objects::new(store::ObjectStore::new(node.clone())),
+        objects,
         authorizer: authz::Authorizer::follow(node),
         server_address,
     })

@@ -106,10 +106,13 @@ impl FieldValidation {
 }
 
 /// Options of a create or update.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// Who makes the change, for `metadata.managedFields` (None: not tracked, e.g. a write
+    /// whose transform records ownership itself, as server-side apply does).
+    pub field_manager: Option<String>,
 }
 
 /// The 400 kube-apiserver's strict decoder gives for undeclared fields.
@@ -321,6 +324,9 @@ impl Objects {
             meta.remove("generation");
         }
         let name = name_of(&object).to_string();
+        if let Some(manager) = &options.field_manager {
+            super::apply::record_update(&mut object, None, manager, &info.api_version());
+        }
         let admitted = scope
             .kind
             .admit_create(object)
@@ -452,6 +458,9 @@ impl Objects {
                 };
             }
             meta.insert("resourceVersion".into(), json!(mod_revision.to_string()));
+            if let Some(manager) = &options.field_manager {
+                super::apply::record_update(&mut new, Some(&current), manager, &info.api_version());
+            }
             let admitted = match part {
                 Part::Main => scope.kind.admit_update(new, &current),
                 Part::Status | Part::Binding => scope.kind.admit_status_update(new, &current),

@@ -1,6 +1,7 @@
 //! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch
 //! (merge patch whose lists of objects merge by the keys Kubernetes declares for its built-in
-//! types, with `$patch` directives). Server-side apply is not handled here yet.
+//! types, with `$patch` directives). Server-side apply builds on the strategic merge; see
+//! `super::apply`.
 
 use serde_json::{Map, Value};
 
@@ -96,12 +97,17 @@ fn merge_key(field: &str, sample: &Map<String, Value>) -> Option<&'static str> {
     }
 }
 
+/// The merge key of list `field` whose items look like `sample`, if it merges by key.
+pub fn list_merge_key(field: &str, sample: &Map<String, Value>) -> Option<&'static str> {
+    merge_key(field, sample)
+}
+
 /// Primitive lists that merge as sets.
 fn merges_as_set(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 
-fn strategic_merge(target: Value, patch: &Value, _field: &str) -> Value {
+pub fn strategic_merge(target: Value, patch: &Value, _field: &str) -> Value {
     let Value::Object(patch) = patch else {
         return patch.clone();
     };

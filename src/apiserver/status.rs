@@ -33,6 +33,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Expired(String),
+    /// A server-side apply would change fields other managers own.
+    #[error("{0}")]
+    ApplyConflict(String),
     #[error("{kind} \"{name}\" is invalid: {}", summary(.errors))]
     Invalid {
         kind: String,
@@ -109,7 +112,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict(_) => StatusCode::CONFLICT,
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,7 +133,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict(_) => "Conflict",
             ApiError::Expired(_) => "Expired",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",

@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::handlers::json_response;
-use super::objects::{DeleteOptions, Objects, Part, Scope, name_of};
+use super::objects::{DeleteOptions, Objects, Part, Scope, WriteOptions, name_of};
 use super::patch::{self, PatchType};
 use super::request::{Query, ResourceTarget, decode_body};
 use super::status::ApiError;
@@ -36,6 +36,7 @@ pub fn subresources_of(info: &KindInfo) -> Vec<&'static str> {
             | "StorageClass"
             | "EndpointSlice"
             | "Lease"
+            | "ControllerRevision"
     ) && !info.group.starts_with("rbac")
     {
         out.push("status");
@@ -182,8 +183,13 @@ pub async fn update_scale(
         Ok(new)
     };
     let dry_run = query.get("dryRun") == Some("All");
+    let options = WriteOptions {
+        dry_run,
+        field_manager: Some(super::handlers::field_manager(query, headers)),
+        ..WriteOptions::default()
+    };
     let updated = objects
-        .update(scope(target), name, Part::Main, &transform, dry_run)
+        .update_with(scope(target), name, Part::Main, &transform, &options)
         .await?;
     Ok(json_response(StatusCode::OK, &scale_of(&updated)))
 }
