@@ -5,6 +5,7 @@ mod apiserver;
 mod backup;
 mod bench;
 mod cli;
+mod controllers;
 mod etcd;
 mod kubeconfig;
 mod pki;

@@ -5,69 +5,11 @@
 mod common;
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::kubectl::kubectl;
 use common::{Cluster, wait_for};
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-    server: Option<String>,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--request-timeout=20s");
-        if let Some(server) = &self.server {
-            cmd.arg("--server").arg(server);
-        }
-        cmd.args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(out.status.code(), Some(1), "kubectl {args:?} should fail");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn apply(&self, manifest: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("manifest.yaml");
-        std::fs::write(&file, manifest).expect("write manifest");
-        self.ok(&["apply", "-f", file.to_str().expect("path")])
-    }
-}
-
-fn kubectl(cluster: &Cluster, node: Option<usize>) -> Kubectl {
-    Kubectl {
-        kubeconfig: cluster.nodes[0].data.join("admin.kubeconfig"),
-        cache: tempfile::tempdir().expect("cache dir"),
-        server: node.map(|i| format!("https://{}", cluster.nodes[i].api())),
-    }
-}
 
 const NS_AND_CM: &str = "apiVersion: v1
 kind: Namespace

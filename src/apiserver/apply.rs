@@ -9,6 +9,7 @@
 //! - merges its configuration into the live object (lists by their merge keys);
 //! - removes the fields it applied last time and no longer applies, if nobody else owns them;
 //! - records its new field set as the manager's `Apply` entry.
+//!
 //! Ordinary updates take ownership of the fields they change from whoever held them.
 
 use std::collections::BTreeSet;

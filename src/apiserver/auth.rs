@@ -3,11 +3,11 @@
 //! - An x509 client certificate the TLS handshake verified against the cluster CA: user = the
 //!   subject's CommonName, groups = its Organizations (the admin kubeconfig's certificate is
 //!   `system:admin` in `system:masters`).
+//! - A bearer token: a ServiceAccount token (verified by `super::tokens`, and only while its
+//!   ServiceAccount exists with the uid it was issued for). A token that does not verify is a
+//!   401, never anonymous.
 //! - Otherwise the request is anonymous (`system:anonymous` in `system:unauthenticated`) and
 //!   RBAC decides; by default that allows only the public info endpoints (/version, /healthz).
-//!
-//! A bearer token that we cannot verify is a 401, never anonymous: a client that meant to
-//! authenticate must learn that it failed.
 
 use axum::http::{Request, header};
 
@@ -46,23 +46,48 @@ impl UserInfo {
     }
 }
 
-pub fn authenticate<B>(request: &Request<B>) -> Result<UserInfo, ApiError> {
+/// What a request presents: a user already known (certificate, or anonymous), or a bearer
+/// token still to verify (that needs the store; see `tokens`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credential {
+    User(UserInfo),
+    Bearer(String),
+}
+
+pub fn authenticate<B>(request: &Request<B>) -> Result<Credential, ApiError> {
     if let Some(cert) = request.extensions().get::<ClientCertificate>()
         && cert.verified
     {
         if cert.common_name.is_empty() {
             return Err(ApiError::Unauthorized);
         }
-        return Ok(UserInfo::authenticated(
+        return Ok(Credential::User(UserInfo::authenticated(
             cert.common_name.clone(),
             cert.organizations.clone(),
-        ));
+        )));
     }
-    if request.headers().contains_key(header::AUTHORIZATION) {
-        // No token authenticator accepts it (none is configured yet).
-        return Err(ApiError::Unauthorized);
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        return Ok(Credential::Bearer(token.to_string()));
     }
-    Ok(UserInfo::anonymous())
+    Ok(Credential::User(UserInfo::anonymous()))
+}
+
+/// The user of a verified ServiceAccount token, with the groups Kubernetes gives it.
+pub fn service_account_user(namespace: &str, name: &str) -> UserInfo {
+    UserInfo::authenticated(
+        format!("system:serviceaccount:{namespace}:{name}"),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -77,7 +102,9 @@ mod tests {
             common_name: "bob".into(),
             organizations: vec!["dev".into()],
         });
-        let user = authenticate(&request).expect("user");
+        let Credential::User(user) = authenticate(&request).expect("user") else {
+            panic!("a certificate names a user");
+        };
         assert_eq!(user.name, "bob");
         assert_eq!(
             user.groups,
@@ -86,17 +113,24 @@ mod tests {
     }
 
     #[test]
-    fn no_credentials_is_anonymous_and_a_bad_token_is_401() {
+    fn no_credentials_is_anonymous_and_tokens_are_presented() {
         let request = Request::new(());
-        assert_eq!(authenticate(&request).expect("anon"), UserInfo::anonymous());
-        let mut with_token = Request::new(());
-        with_token.headers_mut().insert(
-            header::AUTHORIZATION,
-            "Bearer nope".parse().expect("header"),
+        assert_eq!(
+            authenticate(&request).expect("anon"),
+            Credential::User(UserInfo::anonymous())
         );
-        assert!(matches!(
-            authenticate(&with_token),
-            Err(ApiError::Unauthorized)
-        ));
+        let mut with_token = Request::new(());
+        with_token
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Bearer abc".parse().expect("header"));
+        assert_eq!(
+            authenticate(&with_token).expect("token"),
+            Credential::Bearer("abc".into())
+        );
+        let mut basic = Request::new(());
+        basic
+            .headers_mut()
+            .insert(header::AUTHORIZATION, "Basic eDp5".parse().expect("header"));
+        assert!(matches!(authenticate(&basic), Err(ApiError::Unauthorized)));
     }
 }

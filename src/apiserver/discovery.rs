@@ -135,7 +135,7 @@ fn subresource_json(info: &KindInfo, sub: &str) -> Value {
 
 /// `/api/v1` or `/apis/<group>/<version>`: APIResourceList, or None when not served.
 pub fn resources(group: &str, version: &str) -> Option<Value> {
-    let list: Vec<Value> = registry::kinds()
+    let list: Vec<Value> = registry::all_kinds()
         .iter()
         .map(|k| k.info())
         .filter(|i| i.group == group && i.version == version)
@@ -208,7 +208,7 @@ pub fn openapi_v3_document(path: &str) -> Option<Value> {
         "schema": {"type": "string", "uniqueItems": true},
     });
     let mut paths = serde_json::Map::new();
-    for info in registry::kinds().iter().map(|k| k.info()) {
+    for info in registry::all_kinds().iter().map(|k| k.info()) {
         if info.group != group || info.version != version {
             continue;
         }

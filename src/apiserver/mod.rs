@@ -7,11 +7,14 @@
 //! Per-kind rules live in `crate::registry`.
 
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
+pub mod metrics;
+pub mod mirror;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
@@ -23,6 +26,7 @@ pub mod status;
 pub mod store;
 pub mod subresources;
 pub mod table;
+pub mod tokens;
 pub mod watch;
 
 use axum::Router;
@@ -34,11 +38,37 @@ pub fn objects(node: RaftNode) -> objects::Objects {
     objects::Objects::new(store::ObjectStore::new(node))
 }
 
+/// Where CustomResourceDefinitions live in the store.
+const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+
 /// The REST API routes for one member, ready to merge into the API port's Router.
-pub fn routes(node: RaftNode, objects: objects::Objects, server_address: String) -> Router {
+/// `audit_log`: where the audit log goes (None: no audit log).
+pub fn routes(
+    node: RaftNode,
+    objects: objects::Objects,
+    server_address: String,
+    audit_log: Option<std::path::PathBuf>,
+) -> Router {
+    // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
+    // runs for the life of the process).
+    mirror::Mirror::follow(node.clone(), CRD_PREFIX, |objects| {
+        let crds: Vec<serde_json::Value> = objects.values().cloned().collect();
+        crate::registry::custom::set_definitions(&crds);
+    });
+    let audit = audit_log.and_then(|path| match audit::AuditLog::open(path.clone()) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no audit log");
+            None
+        }
+    });
     router::routes(router::ApiState {
-        objects,
+        objects: objects.clone(),
         authorizer: authz::Authorizer::follow(node),
         server_address,
+        metrics: metrics::Metrics::default(),
+        audit,
+        in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
+        tokens: tokens::TokenIssuer::new(objects.store().clone()),
     })
 }

@@ -525,7 +525,7 @@ impl Objects {
         // the claims its Services held.
         let is_namespace = info.kind == "Namespace" && info.group.is_empty();
         let contents: Vec<String> = if is_namespace {
-            registry::kinds()
+            registry::all_kinds()
                 .iter()
                 .map(|k| k.info())
                 .filter(|i| i.namespaced)
@@ -541,6 +541,22 @@ impl Objects {
                 .await?
                 .ok_or_else(|| ApiError::not_found(info, name))?;
             check_preconditions(info, name, &stored.object, options)?;
+            // Deleting a CRD deletes its custom resources with it.
+            let mut contents = contents.clone();
+            if info.group == "apiextensions.k8s.io" && info.resource == "customresourcedefinitions"
+            {
+                let text = |p: &str| {
+                    stored
+                        .object
+                        .pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                };
+                let (group, plural) = (text("/spec/group"), text("/spec/names/plural"));
+                if !group.is_empty() && !plural.is_empty() {
+                    contents.push(format!("/registry/{group}/{plural}/"));
+                }
+            }
             let mut object = stored.object.clone();
             let policy_finalizer = match options.propagation_policy.as_deref() {
                 Some("Foreground") => Some(FOREGROUND_FINALIZER),
@@ -597,7 +613,7 @@ impl Objects {
     /// The claims every object in a namespace holds.
     async fn namespace_claims(&self, namespace: &str) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
-        for kind in registry::kinds().iter().filter(|k| k.info().namespaced) {
+        for kind in registry::all_kinds().iter().filter(|k| k.info().namespaced) {
             let probe = claims_of(kind.info(), &json!({"spec": {"clusterIP": "probe"}}));
             if probe.is_empty() {
                 continue;
@@ -640,8 +656,13 @@ pub fn is_deleting(object: &Value) -> bool {
 }
 
 pub fn finalizers(object: &Value) -> Vec<String> {
+    strings_at(object, "/metadata/finalizers")
+}
+
+/// The strings of the list at `pointer` (empty when absent).
+pub fn strings_at(object: &Value, pointer: &str) -> Vec<String> {
     object
-        .pointer("/metadata/finalizers")
+        .pointer(pointer)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()

@@ -1,24 +1,35 @@
 //! The REST routes on the API port, merged into the server's axum Router: discovery, OpenAPI
 //! and the resource paths, each request authenticated and traced in its own span.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use axum::Router;
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::audit::{self, AuditLog};
 use super::authz::{Attributes, Authorizer, defaults::SUPERUSER_GROUP, reviews};
 use super::discovery;
 use super::handlers::{self, json_response};
-use super::objects::Objects;
+use super::metrics::Metrics;
+use super::objects::{Objects, Scope};
 use super::request::{Query, Target, negotiate, parse_path};
 use super::status::ApiError;
+use super::tokens::TokenIssuer;
 use super::{auth, subresources, watch};
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Requests (other than watches) served at once before new ones get 429 + Retry-After, as
+/// kube-apiserver's --max-requests-inflight.
+pub const MAX_IN_FLIGHT: usize = 400;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -26,6 +37,18 @@ pub struct ApiState {
     pub authorizer: Authorizer,
     /// `host:port` clients reach this member at (for /api's serverAddressByClientCIDRs).
     pub server_address: String,
+    pub metrics: Metrics,
+    pub audit: Option<AuditLog>,
+    pub in_flight: Arc<Semaphore>,
+    pub tokens: TokenIssuer,
+}
+
+/// What a request turned out to be, filled in as `serve` learns it; read for metrics and the
+/// audit log once the response is ready.
+#[derive(Default)]
+struct RequestInfo {
+    user: Option<auth::UserInfo>,
+    attrs: Attributes,
 }
 
 pub fn routes(state: ApiState) -> Router {
@@ -38,21 +61,114 @@ pub fn routes(state: ApiState) -> Router {
         .route("/openapi/v2", get(dispatch))
         .route("/openapi/v3", get(dispatch))
         .route("/openapi/v3/{*rest}", get(dispatch))
+        .route("/metrics", get(dispatch))
         .with_state(state)
 }
 
 async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| path.clone());
     let span = tracing::info_span!("api", %method, %path);
     async move {
-        let result = serve(&state, request).await;
+        let started = Instant::now();
+        let mut info = RequestInfo::default();
+        let is_watch = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        // Watches are long-running and do not count against the in-flight limit.
+        let permit = if is_watch {
+            None
+        } else {
+            match state.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return ApiError::TooManyRequests.into_response();
+                }
+            }
+        };
+        let result = serve(&state, request, &mut info).await;
+        drop(permit);
         let response = result.unwrap_or_else(IntoResponse::into_response);
-        tracing::debug!(code = response.status().as_u16(), "served");
+        let code = response.status().as_u16();
+        tracing::debug!(code, "served");
+        record(&state, &info, &uri, code, started.elapsed());
         response
     }
     .instrument(span)
     .await
+}
+
+/// Metrics and the audit line of one finished request.
+fn record(state: &ApiState, info: &RequestInfo, uri: &str, code: u16, elapsed: Duration) {
+    let a = &info.attrs;
+    let resource = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
+    let verb = if a.verb.is_empty() {
+        "unknown"
+    } else {
+        a.verb.as_str()
+    };
+    state
+        .metrics
+        .observe(verb, &a.api_group, &resource, code, elapsed);
+    if let Some(audit) = &state.audit {
+        let anonymous = auth::UserInfo::anonymous();
+        let user = info.user.as_ref().unwrap_or(&anonymous);
+        audit.record(&audit::Record {
+            user: &user.name,
+            groups: &user.groups,
+            verb,
+            uri,
+            group: &a.api_group,
+            resource: &a.resource,
+            subresource: &a.subresource,
+            namespace: &a.namespace,
+            name: &a.name,
+            code,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+    }
+}
+
+/// The user a bearer token stands for: a ServiceAccount token whose account still exists with
+/// the uid it was issued to.
+async fn token_user(state: &ApiState, token: &str) -> Result<auth::UserInfo, ApiError> {
+    let subject = state
+        .tokens
+        .verify(token)
+        .await
+        .ok_or(ApiError::Unauthorized)?;
+    let kind =
+        crate::registry::lookup("", "v1", "serviceaccounts").ok_or(ApiError::Unauthorized)?;
+    let account = state
+        .objects
+        .get(
+            Scope::new(kind, Some(&subject.namespace)),
+            &subject.name,
+            false,
+        )
+        .await
+        .map_err(|_| ApiError::Unauthorized)?;
+    if account
+        .pointer("/metadata/uid")
+        .and_then(serde_json::Value::as_str)
+        != Some(&subject.uid)
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(auth::service_account_user(
+        &subject.namespace,
+        &subject.name,
+    ))
 }
 
 /// `Impersonate-User` / `Impersonate-Group` (kubectl `--as`, `--as-group`): the request acts as
@@ -100,9 +216,19 @@ fn impersonate(
     Ok(auth::UserInfo::authenticated(name.clone(), groups))
 }
 
-async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError> {
-    let authenticated = auth::authenticate(&request)?;
+async fn serve(
+    state: &ApiState,
+    request: Request,
+    info: &mut RequestInfo,
+) -> Result<Response, ApiError> {
+    info.attrs = Attributes::of_path(request.uri().path(), request.method());
+    let authenticated = match auth::authenticate(&request)? {
+        auth::Credential::User(user) => user,
+        auth::Credential::Bearer(token) => token_user(state, &token).await?,
+    };
+    info.user = Some(authenticated.clone());
     let user = impersonate(state, authenticated, request.headers())?;
+    info.user = Some(user.clone());
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let query = Query::parse(request.uri().query())?;
@@ -136,6 +262,19 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
         let answered = reviews::answer(review, &state.authorizer, &user, body)?;
         return Ok(json_response(StatusCode::CREATED, &answered));
     }
+    if path == "/metrics" {
+        authorize(&Attributes::of_path(&path, &method))?;
+        let text = state.metrics.render(state.objects.store().node());
+        return Ok((
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response());
+    }
     if path == "/version" {
         authorize(&Attributes::of_path(&path, &method))?;
         return Ok(json_response(StatusCode::OK, &discovery::version()));
@@ -159,7 +298,8 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
     let target = parse_path(&path)?;
     match &target {
         Target::Resource(resource) => {
-            authorize(&Attributes::of_resource(resource, &method, &query))?;
+            info.attrs = Attributes::of_resource(resource, &method, &query);
+            authorize(&info.attrs)?;
         }
         _ => authorize(&Attributes::of_path(&path, &method))?,
     }
@@ -224,12 +364,17 @@ async fn serve(state: &ApiState, request: Request) -> Result<Response, ApiError>
             ("eviction", &Method::POST) => {
                 subresources::evict(objects, &target, name, &headers, &body).await
             }
+            ("token", &Method::POST) => {
+                subresources::create_token(objects, &state.tokens, &target, name, &headers, &body)
+                    .await
+            }
             _ => Err(not_allowed()),
         };
     }
     match (&method, target.name.as_deref()) {
         (&Method::GET, None) if query.flag("watch") => {
-            watch::watch(objects, &target, &query, output).await
+            let guard = state.metrics.watch_started();
+            watch::watch(objects, &target, &query, output, guard).await
         }
         (&Method::GET, None) => handlers::list(objects, &target, &query, output).await,
         (&Method::GET, Some(name)) => handlers::get(objects, &target, name, &query, output).await,

@@ -7,10 +7,11 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::handlers::json_response;
-use super::objects::{DeleteOptions, Objects, Part, Scope, WriteOptions, name_of};
+use super::objects::{DeleteOptions, Objects, Part, Scope, WriteOptions, name_of, strings_at};
 use super::patch::{self, PatchType};
 use super::request::{Query, ResourceTarget, decode_body};
 use super::status::ApiError;
+use super::tokens::{TokenIssuer, TokenSubject};
 use crate::registry::KindInfo;
 
 /// Kinds with `spec.replicas` and a `/scale` subresource.
@@ -46,6 +47,9 @@ pub fn subresources_of(info: &KindInfo) -> Vec<&'static str> {
     }
     if info.group.is_empty() && info.resource == "pods" {
         out.extend(["binding", "eviction"]);
+    }
+    if info.group.is_empty() && info.resource == "serviceaccounts" {
+        out.push("token");
     }
     out
 }
@@ -262,6 +266,50 @@ pub async fn evict(
     };
     objects.delete(scope(target), name, &options).await?;
     Ok(json_response(StatusCode::CREATED, &success()))
+}
+
+/// `POST serviceaccounts/<name>/token` (kubectl create token): a TokenRequest answered with
+/// a signed token bound to the ServiceAccount's uid.
+pub async fn create_token(
+    objects: &Objects,
+    tokens: &TokenIssuer,
+    target: &ResourceTarget,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let account = objects.get(scope(target), name, true).await?;
+    let mut request = if body.is_empty() {
+        json!({})
+    } else {
+        decode_body(headers, body)?
+    };
+    let audiences = strings_at(&request, "/spec/audiences");
+    let ttl = request
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64);
+    let subject = TokenSubject {
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+        uid: account
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    };
+    let (token, expires) = tokens.issue(&subject, &audiences, ttl).await?;
+    request["apiVersion"] = json!("authentication.k8s.io/v1");
+    request["kind"] = json!("TokenRequest");
+    request["metadata"] = json!({
+        "name": name,
+        "namespace": subject.namespace,
+        "creationTimestamp": super::objects::now_rfc3339(),
+    });
+    request["status"] = json!({
+        "token": token,
+        "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    });
+    Ok(json_response(StatusCode::CREATED, &request))
 }
 
 #[cfg(test)]

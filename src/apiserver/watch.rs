@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use super::handlers::list_options;
+use super::metrics::WatchGuard;
 use super::objects::{ListOptions, Objects, Scope};
 use super::request::{Output, Query, ResourceTarget};
 use super::status::ApiError;
@@ -86,6 +87,7 @@ pub async fn watch(
     target: &ResourceTarget,
     query: &Query,
     output: Output,
+    guard: WatchGuard,
 ) -> Result<Response, ApiError> {
     let info = target.kind.info();
     let mut selectors = list_options(query)?;
@@ -136,6 +138,8 @@ pub async fn watch(
     let span = tracing::info_span!("watch", resource = info.resource, start);
     tokio::spawn(
         async move {
+            // Counts this watch as open until the task ends.
+            let _guard = guard;
             let mut watcher = match watcher {
                 Ok(w) => w,
                 Err(WatchError::Compacted { compacted }) => {

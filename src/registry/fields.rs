@@ -4,6 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
+use super::Column;
+
 /// One invalid field, as metav1.StatusCause: `metadata.name: Invalid value: "X": detail`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -99,6 +101,8 @@ pub enum NameRule {
     Subdomain,
     Label,
     Dns1035,
+    /// Any single URL path segment (RBAC names such as `system:controller:foo`).
+    PathSegment,
 }
 
 /// Checks metadata.name (and label keys/values) by the kind's rule.
@@ -111,6 +115,9 @@ pub fn validate_meta(meta: &ObjectMeta, rule: NameRule) -> FieldErrors {
                 NameRule::Subdomain => (is_dns1123_subdomain(name), SUBDOMAIN_MSG),
                 NameRule::Label => (is_dns1123_label(name), LABEL_MSG),
                 NameRule::Dns1035 => (is_dns1035_label(name), DNS1035_MSG),
+                NameRule::PathSegment => {
+                    path_segment_problem(name).map_or((true, ""), |m| (false, m))
+                }
             };
             if !ok {
                 errors.push(FieldError::invalid("metadata.name", name, msg));
@@ -136,6 +143,17 @@ pub fn validate_meta(meta: &ObjectMeta, rule: NameRule) -> FieldErrors {
     errors
 }
 
+/// Why `name` cannot be one URL path segment, if it cannot.
+fn path_segment_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        _ if name.contains('/') => Some("may not contain '/'"),
+        _ if name.contains('%') => Some("may not contain '%'"),
+        _ => None,
+    }
+}
+
 fn is_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -154,6 +172,31 @@ pub fn is_qualified_name(s: &str) -> bool {
 
 pub fn is_label_value(s: &str) -> bool {
     s.is_empty() || is_name_part(s)
+}
+
+/// `<field>: Invalid value: ...: field is immutable` when an update changed the value.
+pub fn immutable<T: PartialEq + serde::Serialize>(new: &T, old: &T, field: &str) -> FieldErrors {
+    let mut errors = FieldErrors::default();
+    if new != old {
+        let shown = serde_json::to_string(new).unwrap_or_default();
+        errors.push(FieldError::invalid(field, &shown, "field is immutable"));
+    }
+    errors
+}
+
+/// `<field>: Invalid value: "-1": must be greater than or equal to 0`.
+pub fn nonnegative(value: Option<impl Into<i64>>, field: &str) -> FieldErrors {
+    let mut errors = FieldErrors::default();
+    if let Some(v) = value.map(Into::into)
+        && v < 0
+    {
+        errors.push(FieldError::invalid(
+            field,
+            &v.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    errors
 }
 
 /// kubectl's AGE: `metadata.creationTimestamp` relative to now.
@@ -235,6 +278,23 @@ pub fn human_duration(seconds: i64) -> String {
         };
     }
     format!("{}y", hours / 24 / 365)
+}
+
+/// kube-apiserver's column for kinds without a printer of their own (roles, limit ranges).
+pub const CREATED_AT_COLUMN: Column = Column::new(
+    "Created At",
+    "date",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
+
+/// The `Created At` cell: the creation timestamp in RFC 3339, as the default table prints it.
+pub fn created_at(meta: &ObjectMeta) -> Value {
+    Value::String(
+        meta.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default(),
+    )
 }
 
 /// "<none>" for empty, as kubectl prints missing values.

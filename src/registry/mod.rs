@@ -9,16 +9,42 @@
 //! body into it is the type check (wrong types are a 400, as kube-apiserver's decoder does) and
 //! unknown fields are dropped on the way back to JSON (kube-apiserver prunes them too).
 
+pub mod clusterrole;
+pub mod clusterrolebinding;
 pub mod configmap;
+pub mod controllerrevision;
+pub mod crd;
+pub mod cronjob;
+pub mod custom;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod event;
 pub mod fields;
+pub mod horizontalpodautoscaler;
+pub mod ingress;
+pub mod ingressclass;
+pub mod job;
+pub mod lease;
+pub mod limitrange;
 pub mod namespace;
 pub mod node;
+pub mod persistentvolume;
+pub mod persistentvolumeclaim;
 pub mod pod;
+pub mod pod_template;
+pub mod poddisruptionbudget;
+pub mod quantity;
+pub mod replicaset;
+pub mod resourcequota;
+pub mod role;
+pub mod rolebinding;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod storageclass;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
@@ -152,6 +178,11 @@ pub trait Strategy: Send + Sync + 'static {
     fn age_column(&self) -> bool {
         true
     }
+
+    /// The NAME cell when a kind decorates it (StorageClass's ` (default)`); None = the name.
+    fn name_cell(&self, _obj: &Self::Object) -> Option<String> {
+        None
+    }
 }
 
 /// Why admission refused an object.
@@ -255,16 +286,16 @@ impl<S: Strategy> Kind for S {
     }
 
     fn table_cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-        let name = obj
-            .pointer("/metadata/name")
-            .cloned()
+        let typed = S::Object::deserialize(obj).ok();
+        let name = typed
+            .as_ref()
+            .and_then(|t| self.name_cell(t))
+            .map(Value::String)
+            .or_else(|| obj.pointer("/metadata/name").cloned())
             .unwrap_or(Value::String(String::new()));
         let mut cells = vec![name];
         let columns = self.columns();
-        let kind_cells = match S::Object::deserialize(obj) {
-            Ok(typed) => self.cells(&typed, now),
-            Err(_) => Vec::new(),
-        };
+        let kind_cells = typed.map(|t| self.cells(&t, now)).unwrap_or_default();
         let mut kind_cells = kind_cells.into_iter();
         let mut age_done = !self.age_column();
         for column in &columns {
@@ -291,7 +322,30 @@ static KINDS: &[&dyn Kind] = &[
     &serviceaccount::ServiceAccountStrategy,
     &node::NodeStrategy,
     &event::EventStrategy,
+    &endpoints::EndpointsStrategy,
+    &persistentvolume::PersistentVolumeStrategy,
+    &persistentvolumeclaim::PersistentVolumeClaimStrategy,
+    &resourcequota::ResourceQuotaStrategy,
+    &limitrange::LimitRangeStrategy,
     &deployment::DeploymentStrategy,
+    &replicaset::ReplicaSetStrategy,
+    &statefulset::StatefulSetStrategy,
+    &daemonset::DaemonSetStrategy,
+    &controllerrevision::ControllerRevisionStrategy,
+    &job::JobStrategy,
+    &cronjob::CronJobStrategy,
+    &horizontalpodautoscaler::HorizontalPodAutoscalerStrategy,
+    &poddisruptionbudget::PodDisruptionBudgetStrategy,
+    &role::RoleStrategy,
+    &rolebinding::RoleBindingStrategy,
+    &clusterrole::ClusterRoleStrategy,
+    &clusterrolebinding::ClusterRoleBindingStrategy,
+    &ingress::IngressStrategy,
+    &ingressclass::IngressClassStrategy,
+    &storageclass::StorageClassStrategy,
+    &endpointslice::EndpointSliceStrategy,
+    &lease::LeaseStrategy,
+    &crd::CustomResourceDefinitionStrategy,
 ];
 
 pub fn kinds() -> &'static [&'static dyn Kind] {
@@ -300,22 +354,49 @@ pub fn kinds() -> &'static [&'static dyn Kind] {
 
 /// The kind served at `<group>/<version>/<resource>`.
 pub fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static dyn Kind> {
-    KINDS.iter().copied().find(|k| {
+    let matches = |k: &&'static dyn Kind| {
         let info = k.info();
         info.group == group && info.version == version && info.resource == resource
-    })
+    };
+    KINDS
+        .iter()
+        .copied()
+        .find(matches)
+        .or_else(|| custom::active().into_iter().find(matches))
+}
+
+/// Built-in kinds, then the custom kinds CRDs define now.
+pub fn all_kinds() -> Vec<&'static dyn Kind> {
+    let mut out: Vec<&'static dyn Kind> = KINDS.to_vec();
+    out.extend(custom::active());
+    out
 }
 
 /// Group versions served, core ("") first, in a stable order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&'static str, &'static str)> = Vec::new();
-    for k in KINDS {
+    for k in all_kinds() {
         let info = k.info();
         if !out.contains(&(info.group, info.version)) {
             out.push((info.group, info.version));
         }
     }
     out
+}
+
+/// Test support: the field errors admission gives `obj` on create (panics if admitted).
+#[cfg(test)]
+pub fn create_errors(kind: &dyn Kind, obj: Value) -> FieldErrors {
+    match kind.admit_create(obj) {
+        Err(AdmitError::Invalid(errors)) => errors,
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}
+
+/// Test support: a kind's table column names, NAME and AGE included.
+#[cfg(test)]
+pub fn column_names(kind: &dyn Kind) -> Vec<&'static str> {
+    kind.table_columns().iter().map(|c| c.name).collect()
 }
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let ca_pem = pki.ca.cert_pem.clone();
     let ready_node = node.clone();
+    let objects = crate::apiserver::objects(node.clone());
     let router: Router = tonic::service::Routes::new(AdminServer::new(admin))
         .into_axum_router()
         .route("/cacerts", get(move || async move { ca_pem }))
@@ -233,7 +234,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .merge(crate::apiserver::routes(
             node.clone(),
+            objects.clone(),
             addrs.api_advertised.clone(),
+            Some(args.data.join("audit.log")),
         ));
     let acceptor =
         api_listener::tls_acceptor(&pki.ca.cert_pem, &pki.node.cert_pem, &pki.node.key_pem)?;
@@ -263,6 +266,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::apiserver::bootstrap::ensure_system_namespaces(
         node.clone(),
     ));
+    // Controllers run on whichever member leads; this task starts and stops them.
+    let controllers = crate::controllers::spawn(objects, node.clone());
     tokio::spawn(crate::apiserver::authz::defaults::ensure_default_policy(
         node.clone(),
     ));
@@ -279,6 +284,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         r = api_task => Err(anyhow!("API server stopped: {r:?}")),
     };
     info!("shutting down");
+    controllers.abort();
     node.shutdown().await;
     outcome
 }

@@ -1,8 +1,7 @@
 //! Authorization: RBAC over the Roles, ClusterRoles and their bindings in the store.
 //!
-//! Every member keeps the RBAC objects of its own replica in memory (listed once, then followed
-//! by a watch, relisted if the watch falls behind compaction), so deciding a request costs no
-//! store read. A binding written on any member takes effect everywhere within one replication
+//! Every member keeps the RBAC objects of its own replica in memory (a `Mirror`), so deciding
+//! a request costs no store read. A binding written on any member takes effect everywhere within one replication
 //! round trip, as with kube-apiserver's informer-fed authorizer.
 
 pub mod defaults;
@@ -10,15 +9,13 @@ pub mod reviews;
 pub mod rules;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::http::Method;
 use serde_json::Value;
 use skiff_raft::RaftNode;
-use skiff_storage::{EventKind, KeyRange, RangeRequest, WatchMessage, WatchRequest};
 
 use super::auth::UserInfo;
+use super::mirror::Mirror;
 use super::request::{Query, ResourceTarget};
 use super::status::ApiError;
 
@@ -117,83 +114,22 @@ impl Attributes {
 /// The RBAC objects of this member's replica, by store key.
 #[derive(Clone, Default)]
 pub struct Authorizer {
-    objects: Arc<RwLock<BTreeMap<String, Value>>>,
+    objects: Mirror,
 }
 
 impl Authorizer {
     /// An authorizer following `node`'s replica from now on.
     pub fn follow(node: RaftNode) -> Self {
-        let authorizer = Authorizer::default();
-        let cache = authorizer.clone();
-        tokio::spawn(async move { cache.sync(node).await });
-        authorizer
+        Authorizer {
+            objects: Mirror::follow(node, RBAC_PREFIX, |_| {}),
+        }
     }
 
     /// Whether `user` may do `attrs`; the reason is for logs and access reviews.
     pub fn allows(&self, user: &UserInfo, attrs: &Attributes) -> (bool, String) {
-        let Ok(objects) = self.objects.read() else {
-            return (false, "authorizer state is poisoned".into());
-        };
-        let role_rules = |kind: &str, namespace: &str, name: &str| -> Vec<Value> {
-            let key = match kind {
-                "ClusterRole" => format!("{RBAC_PREFIX}clusterroles/{name}"),
-                "Role" if !namespace.is_empty() => format!("{RBAC_PREFIX}roles/{namespace}/{name}"),
-                _ => return Vec::new(),
-            };
-            objects
-                .get(&key)
-                .and_then(|r| r.get("rules"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
-        for (key, binding) in objects.iter() {
-            let cluster_wide = key.starts_with(&format!("{RBAC_PREFIX}clusterrolebindings/"));
-            let namespaced = key.starts_with(&format!("{RBAC_PREFIX}rolebindings/"));
-            if !cluster_wide && !namespaced {
-                continue;
-            }
-            let binding_ns = binding
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            // A RoleBinding grants only inside its namespace (and never cluster-scoped or
-            // non-resource requests).
-            if namespaced && (attrs.path.is_some() || attrs.namespace != binding_ns) {
-                continue;
-            }
-            if !rules::binding_applies(binding, user) {
-                continue;
-            }
-            let kind = binding
-                .pointer("/roleRef/kind")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let name = binding
-                .pointer("/roleRef/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if role_rules(kind, binding_ns, name)
-                .iter()
-                .any(|rule| rules::rule_allows(rule, attrs))
-            {
-                let binding_name = binding
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let how = if cluster_wide {
-                    format!(
-                        "RBAC: allowed by ClusterRoleBinding {binding_name:?} of {kind} {name:?}"
-                    )
-                } else {
-                    format!(
-                        "RBAC: allowed by RoleBinding \"{binding_name}/{binding_ns}\" of {kind} {name:?}"
-                    )
-                };
-                return (true, how);
-            }
-        }
-        (false, String::new())
+        self.objects
+            .with(|objects| decide(objects, user, attrs))
+            .unwrap_or((false, "authorizer state is poisoned".into()))
     }
 
     /// 403 unless allowed.
@@ -207,114 +143,116 @@ impl Authorizer {
     /// The rules `user` has in `namespace` (SelfSubjectRulesReview): resource rules and
     /// non-resource rules, unmerged.
     pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> Vec<Value> {
-        let Ok(objects) = self.objects.read() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (key, binding) in objects.iter() {
-            let cluster_wide = key.starts_with(&format!("{RBAC_PREFIX}clusterrolebindings/"));
-            let binding_ns = binding
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let applies_here = cluster_wide
-                || (key.starts_with(&format!("{RBAC_PREFIX}rolebindings/"))
-                    && binding_ns == namespace);
-            if !applies_here || !rules::binding_applies(binding, user) {
-                continue;
-            }
-            let kind = binding
-                .pointer("/roleRef/kind")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let name = binding
-                .pointer("/roleRef/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let key = match kind {
-                "ClusterRole" => format!("{RBAC_PREFIX}clusterroles/{name}"),
-                _ => format!("{RBAC_PREFIX}roles/{binding_ns}/{name}"),
-            };
-            if let Some(rules) = objects
-                .get(&key)
-                .and_then(|r| r.get("rules"))
-                .and_then(Value::as_array)
-            {
-                out.extend(rules.iter().cloned());
-            }
-        }
-        out
-    }
-
-    /// Keeps the cache equal to the replica: list, then watch; relist when the watch ends.
-    async fn sync(&self, node: RaftNode) {
-        loop {
-            match self.list_and_watch(&node).await {
-                Ok(()) => tracing::debug!("RBAC watch ended; relisting"),
-                Err(e) => tracing::warn!(error = %e, "RBAC cache sync failed; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn list_and_watch(&self, node: &RaftNode) -> Result<(), ApiError> {
-        let request = RangeRequest {
-            range: KeyRange::prefix(RBAC_PREFIX),
-            ..Default::default()
-        };
-        // This member's own replica: the cache follows it, like every read of a follower.
-        let listed = node.range(&request, true).await?;
-        let mut fresh = BTreeMap::new();
-        for kv in &listed.kvs {
-            if let Ok(value) = serde_json::from_slice::<Value>(&kv.value) {
-                fresh.insert(String::from_utf8_lossy(&kv.key).into_owned(), value);
-            }
-        }
-        if let Ok(mut objects) = self.objects.write() {
-            *objects = fresh;
-        }
-        let mut watcher = node
-            .watch_hub()
-            .watch(WatchRequest {
-                range: KeyRange::prefix(RBAC_PREFIX),
-                start_revision: listed.revision + 1,
-                prev_kv: false,
-                progress_notify: false,
-            })
-            .map_err(|e| ApiError::Internal(format!("RBAC watch: {e}")))?;
-        while let Some(message) = watcher.next().await {
-            let WatchMessage::Events { events, .. } = message else {
-                if let WatchMessage::Closed(_) = message {
-                    return Ok(());
-                }
-                continue;
-            };
-            let Ok(mut objects) = self.objects.write() else {
-                return Err(ApiError::Internal("authorizer state is poisoned".into()));
-            };
-            for event in events {
-                let key = String::from_utf8_lossy(&event.kv.key).into_owned();
-                match event.kind {
-                    EventKind::Put => {
-                        if let Ok(value) = serde_json::from_slice::<Value>(&event.kv.value) {
-                            objects.insert(key, value);
-                        }
-                    }
-                    EventKind::Delete => {
-                        objects.remove(&key);
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.objects
+            .with(|objects| rules_in(objects, user, namespace))
+            .unwrap_or_default()
     }
 
     #[cfg(test)]
     pub fn with_objects(objects: Vec<(String, Value)>) -> Self {
         Authorizer {
-            objects: Arc::new(RwLock::new(objects.into_iter().collect())),
+            objects: Mirror::with_objects(objects),
         }
     }
+}
+
+/// One binding that names a user, with the rules of the role it refers to.
+struct Grant<'a> {
+    /// A ClusterRoleBinding (else a RoleBinding, which grants only in its namespace).
+    cluster_wide: bool,
+    namespace: &'a str,
+    binding: &'a str,
+    role_kind: &'a str,
+    role: &'a str,
+    rules: Vec<Value>,
+}
+
+impl Grant<'_> {
+    /// Whether this grant reaches a request in `namespace` (None: cluster scope or a
+    /// non-resource URL, which only ClusterRoleBindings reach).
+    fn reaches(&self, namespace: Option<&str>) -> bool {
+        self.cluster_wide || namespace == Some(self.namespace)
+    }
+
+    fn describe(&self) -> String {
+        let (kind, name) = (self.role_kind, self.role);
+        if self.cluster_wide {
+            format!(
+                "RBAC: allowed by ClusterRoleBinding {:?} of {kind} {name:?}",
+                self.binding
+            )
+        } else {
+            format!(
+                "RBAC: allowed by RoleBinding \"{}/{}\" of {kind} {name:?}",
+                self.binding, self.namespace
+            )
+        }
+    }
+}
+
+/// Every binding in `objects` that names `user`, with its role's rules.
+fn grants<'a>(objects: &'a BTreeMap<String, Value>, user: &UserInfo) -> Vec<Grant<'a>> {
+    let text = |v: &'a Value, p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("");
+    let mut out = Vec::new();
+    for (key, binding) in objects {
+        let cluster_wide = key.starts_with(&format!("{RBAC_PREFIX}clusterrolebindings/"));
+        if !cluster_wide && !key.starts_with(&format!("{RBAC_PREFIX}rolebindings/")) {
+            continue;
+        }
+        if !rules::binding_applies(binding, user) {
+            continue;
+        }
+        let namespace = text(binding, "/metadata/namespace");
+        let (role_kind, role) = (
+            text(binding, "/roleRef/kind"),
+            text(binding, "/roleRef/name"),
+        );
+        let role_key = match role_kind {
+            "ClusterRole" => format!("{RBAC_PREFIX}clusterroles/{role}"),
+            "Role" if !cluster_wide => format!("{RBAC_PREFIX}roles/{namespace}/{role}"),
+            _ => continue,
+        };
+        let rules = objects
+            .get(&role_key)
+            .and_then(|r| r.get("rules"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        out.push(Grant {
+            cluster_wide,
+            namespace,
+            binding: text(binding, "/metadata/name"),
+            role_kind,
+            role,
+            rules,
+        });
+    }
+    out
+}
+
+/// The RBAC decision over a snapshot of the RBAC objects.
+fn decide(
+    objects: &BTreeMap<String, Value>,
+    user: &UserInfo,
+    attrs: &Attributes,
+) -> (bool, String) {
+    let scope =
+        (attrs.path.is_none() && !attrs.namespace.is_empty()).then_some(attrs.namespace.as_str());
+    grants(objects, user)
+        .into_iter()
+        .filter(|g| g.reaches(scope))
+        .find(|g| g.rules.iter().any(|rule| rules::rule_allows(rule, attrs)))
+        .map(|g| (true, g.describe()))
+        .unwrap_or((false, String::new()))
+}
+
+/// Every rule bound to `user` that applies in `namespace`.
+fn rules_in(objects: &BTreeMap<String, Value>, user: &UserInfo, namespace: &str) -> Vec<Value> {
+    grants(objects, user)
+        .into_iter()
+        .filter(|g| g.reaches(Some(namespace)))
+        .flat_map(|g| g.rules)
+        .collect()
 }
 
 #[cfg(test)]

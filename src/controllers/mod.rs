@@ -1,0 +1,226 @@
+//! The control loops (ReplicaSet, Deployment, garbage collector), run in-process on the raft
+//! leader only.
+//!
+//! What lives here: `spawn` (the leadership loop: start everything when this member becomes
+//! leader, stop it all when it stops being one, so exactly one member writes as the
+//! controllers), the `Reconcile` trait and the worker loop that drives a controller from its
+//! queue. Shared machinery: `informer` (list + watch + cache per kind), `queue` (de-duplicating,
+//! rate-limited work queue), `ownership` (ownerReferences and selectors), `expectations`
+//! (writes a controller made but its cache has not seen yet). One controller per file.
+//!
+//! Controllers write through `Objects`, the same admission, validation and optimistic
+//! concurrency path as kubectl; a lost race is an error, retried with backoff.
+
+pub mod deployment;
+pub mod deployment_status;
+pub mod expectations;
+pub mod gc;
+pub mod informer;
+pub mod ownership;
+pub mod queue;
+pub mod replicaset;
+pub mod rollout;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_raft::RaftNode;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::apiserver::objects::{Objects, Part, Scope};
+use crate::apiserver::status::ApiError;
+use crate::registry::{self, Kind};
+use informer::{Informers, RESYNC_PERIOD};
+use queue::WorkQueue;
+
+/// What a reconcile asks for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until the next event for this key.
+    Done,
+    /// Look again after this long even without an event (e.g. waiting for minReadySeconds).
+    RequeueAfter(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("watch: {0}")]
+    Watch(#[from] skiff_storage::WatchError),
+}
+
+/// A controller: brings the world in line with one object, named by its queue key.
+/// Idempotent: called again for the same key it must converge, not repeat itself.
+pub trait Reconcile: Send + Sync + 'static {
+    /// For logs and spans.
+    fn name(&self) -> &'static str;
+
+    fn reconcile(&self, key: &str) -> impl Future<Output = Result<Action, Error>> + Send;
+}
+
+/// Changes one object through the guaranteed-update loop: `change` is applied to the current
+/// stored object (re-read on a lost race), so it must be a function of that object, not of a
+/// cached copy. Returns the written object, or None when it no longer exists (its deletion is
+/// news the controller hears of anyway).
+pub async fn modify(
+    objects: &Objects,
+    kind: &'static dyn Kind,
+    namespace: Option<&str>,
+    name: &str,
+    part: Part,
+    change: impl Fn(&mut serde_json::Value) + Send + Sync,
+) -> Result<Option<serde_json::Value>, Error> {
+    let transform = |current: &serde_json::Value| {
+        let mut next = current.clone();
+        change(&mut next);
+        Ok(next)
+    };
+    match objects
+        .update(Scope::new(kind, namespace), name, part, &transform, false)
+        .await
+    {
+        Ok(written) => Ok(Some(written)),
+        Err(ApiError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Workers per controller: a few keys reconcile in parallel, never one key twice at once.
+const WORKERS: usize = 2;
+
+/// Runs `workers` loops taking keys from `queue` until the task is dropped.
+pub async fn run_workers<R: Reconcile>(controller: Arc<R>, queue: Arc<WorkQueue>, workers: usize) {
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let controller = controller.clone();
+        let queue = queue.clone();
+        tasks.spawn(async move {
+            loop {
+                let key = queue.get().await;
+                let span = tracing::info_span!("reconcile", controller = controller.name(), %key);
+                let result = controller.reconcile(&key).instrument(span.clone()).await;
+                let _entered = span.enter();
+                match result {
+                    Ok(Action::Done) => queue.forget(&key),
+                    Ok(Action::RequeueAfter(delay)) => {
+                        queue.forget(&key);
+                        queue.add_after(key.clone(), delay);
+                    }
+                    // Lost races are routine with several writers; the retry fixes them.
+                    Err(Error::Api(ApiError::Conflict { .. } | ApiError::AlreadyExists { .. })) => {
+                        tracing::debug!("lost a race; retrying");
+                        queue.add_rate_limited(key.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, failures = queue.failures(&key), "reconcile failed");
+                        queue.add_rate_limited(key.clone());
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Starts the leadership loop: the controllers run while this member leads.
+pub fn spawn(objects: Objects, node: RaftNode) -> JoinHandle<()> {
+    tokio::spawn(lead(objects, node).instrument(tracing::info_span!("controllers")))
+}
+
+/// The leadership loop:
+/// 1. wait until this member is leader;
+/// 2. start every informer and controller in one task set;
+/// 3. when leadership goes (or the raft node shuts down), abort the set and wait for it to
+///    finish, so no write is issued by a former leader after it noticed;
+/// 4. repeat.
+async fn lead(objects: Objects, node: RaftNode) {
+    let mut metrics = node.raft().metrics();
+    loop {
+        while !node.is_leader() {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        let term = node.current_term();
+        tracing::info!(term, "became leader; starting controllers");
+        let mut tasks = JoinSet::new();
+        start_all(&objects, &mut tasks);
+        let mut shutting_down = false;
+        while node.is_leader() && node.current_term() == term {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        shutting_down = true;
+                        break;
+                    }
+                }
+                Some(ended) = tasks.join_next() => {
+                    if let Err(e) = ended && e.is_panic() {
+                        tracing::error!(error = %e, "a controller task panicked");
+                    }
+                }
+            }
+        }
+        tasks.shutdown().await;
+        tracing::info!(term, "no longer leader; controllers stopped");
+        if shutting_down {
+            return;
+        }
+    }
+}
+
+/// Builds the informers and controllers of one leadership term into `tasks`.
+fn start_all(objects: &Objects, tasks: &mut JoinSet<()>) {
+    let informers = Arc::new(Informers::new(objects.clone(), RESYNC_PERIOD));
+    let workloads = (
+        registry::lookup("", "v1", "pods"),
+        registry::lookup("apps", "v1", "replicasets"),
+        registry::lookup("apps", "v1", "deployments"),
+    );
+    match workloads {
+        (Some(pods), Some(replicasets), Some(deployments)) => {
+            let (rs, rs_queue) = replicaset::ReplicaSetController::new(
+                objects.clone(),
+                &informers,
+                replicasets,
+                pods,
+            );
+            tasks.spawn(start_when_synced(rs, rs_queue, informers.clone()));
+            let (deploy, deploy_queue) = deployment::DeploymentController::new(
+                objects.clone(),
+                &informers,
+                deployments,
+                replicasets,
+                pods,
+            );
+            tasks.spawn(start_when_synced(deploy, deploy_queue, informers.clone()));
+        }
+        _ => tracing::warn!(
+            "pods, replicasets or deployments are not served; workload controllers disabled"
+        ),
+    }
+    let (gc, gc_queue) = gc::GarbageCollector::new(objects.clone(), &informers);
+    tasks.spawn(start_when_synced(gc, gc_queue, informers.clone()));
+    informers.start(tasks);
+}
+
+/// Runs a controller's workers once every informer has listed: a controller acting on a
+/// half-filled cache would create what already exists.
+async fn start_when_synced<R: Reconcile>(
+    controller: Arc<R>,
+    queue: Arc<WorkQueue>,
+    informers: Arc<Informers>,
+) {
+    for informer in informers.all() {
+        informer.wait_synced().await;
+    }
+    tracing::info!(
+        controller = controller.name(),
+        "caches synced; starting workers"
+    );
+    run_workers(controller, queue, WORKERS).await;
+}
