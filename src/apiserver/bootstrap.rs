@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::json;
 use skiff_raft::RaftNode;
 
@@ -45,15 +46,12 @@ pub async fn ensure_system_namespaces(node: RaftNode) {
 /// API servers' 6443 (its endpoints are the endpoints controller's business).
 async fn ensure_kubernetes_service(node: RaftNode) {
     let objects = Objects::new(ObjectStore::new(node.clone()));
-    let Some(kind) = registry::lookup("", "v1", "services") else {
-        return;
-    };
     let ip = objects
         .service_network()
         .address(KUBERNETES_SERVICE_OFFSET)
         .to_string();
     let service = json!({
-        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {
             "type": "ClusterIP",
             "clusterIP": ip,
@@ -61,17 +59,53 @@ async fn ensure_kubernetes_service(node: RaftNode) {
             "sessionAffinity": "None",
         },
     });
-    let scope = Scope::new(kind, Some("default"));
+    ensure_object(&node, &objects, "services", service).await;
+}
+
+/// `kube-public/cluster-info`: a kubeconfig with the cluster CA and an API server address, no
+/// credentials (kubeadm publishes the same); the root-CA controller reads the CA from it.
+pub async fn ensure_cluster_info(node: RaftNode, ca_pem: String, server: String) {
+    let objects = Objects::new(ObjectStore::new(node.clone()));
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {ca}\n    server: {server}\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n"
+    );
+    let info = json!({
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": kubeconfig},
+    });
+    ensure_object(&node, &objects, "configmaps", info).await;
+}
+
+/// Creates a core/v1 object (named and namespaced by its metadata) while this member leads,
+/// until it exists in this member's replica.
+async fn ensure_object(
+    node: &RaftNode,
+    objects: &Objects,
+    resource: &str,
+    object: serde_json::Value,
+) {
+    let Some(kind) = registry::lookup("", "v1", resource) else {
+        return;
+    };
+    let text = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (namespace, name) = (text("/metadata/namespace"), text("/metadata/name"));
+    let scope = Scope::new(kind, Some(namespace.as_str()).filter(|n| !n.is_empty()));
     loop {
-        let exists = objects.get(scope, "kubernetes", false).await.is_ok();
-        if exists {
+        if objects.get(scope, &name, false).await.is_ok() {
             return;
         }
         if node.is_leader() {
-            match objects.create(scope, service.clone(), false).await {
-                Ok(_) => tracing::info!("created the kubernetes Service"),
+            match objects.create(scope, object.clone(), false).await {
+                Ok(_) => tracing::info!(resource, name, "created"),
                 Err(ApiError::AlreadyExists { .. }) => return,
-                Err(e) => tracing::warn!(error = %e, "cannot create the kubernetes Service yet"),
+                Err(e) => tracing::warn!(resource, name, error = %e, "cannot create yet"),
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

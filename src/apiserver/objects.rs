@@ -54,6 +54,9 @@ pub enum Part {
     /// `pods/binding`: the transform sets spec.nodeName, which a pod update may not change;
     /// type-checked only, like a status write.
     Binding,
+    /// `namespaces/finalize`: the namespace controller drops spec.finalizers, which a namespace
+    /// update may not change; type-checked only.
+    Finalize,
 }
 
 /// A list request: selectors and paging.
@@ -327,6 +330,7 @@ impl Objects {
         if let Some(manager) = &options.field_manager {
             super::apply::record_update(&mut object, None, manager, &info.api_version());
         }
+        self.check_namespace_active(scope, &name).await?;
         let admitted = scope
             .kind
             .admit_create(object)
@@ -463,7 +467,9 @@ impl Objects {
             }
             let admitted = match part {
                 Part::Main => scope.kind.admit_update(new, &current),
-                Part::Status | Part::Binding => scope.kind.admit_status_update(new, &current),
+                Part::Status | Part::Binding | Part::Finalize => {
+                    scope.kind.admit_status_update(new, &current)
+                }
             };
             let mut new = admitted.map_err(|e| admit_error(info, name, e))?;
             self.network
@@ -480,7 +486,10 @@ impl Objects {
             if new == current || dry_run {
                 return Ok(new);
             }
-            let finished = is_deleting(&new) && finalizers(&new).is_empty();
+            // A namespace is also held by spec.finalizers until the namespace controller is done.
+            let finished = is_deleting(&new)
+                && finalizers(&new).is_empty()
+                && (info.kind != "Namespace" || strings_at(&new, "/spec/finalizers").is_empty());
             let written = if finished {
                 let release = claims_of(info, &current);
                 match self.store.delete(&key, mod_revision, &[], &release).await? {
@@ -569,7 +578,10 @@ impl Objects {
             {
                 holding.push(f.to_string());
             }
-            if holding.is_empty() {
+            // A namespace with spec.finalizers ("kubernetes") terminates first: the namespace
+            // controller empties it, drops the finalizer, and deletes it again.
+            let terminating = is_namespace && !strings_at(&object, "/spec/finalizers").is_empty();
+            if holding.is_empty() && !terminating {
                 if options.dry_run {
                     return Ok(Deleted::Gone(object));
                 }
@@ -588,8 +600,15 @@ impl Objects {
                 }
                 continue;
             }
+            if terminating {
+                object["status"]["phase"] = json!("Terminating");
+            }
             let meta = meta_mut(&mut object)?;
-            meta.insert("finalizers".into(), json!(holding));
+            if holding.is_empty() {
+                meta.remove("finalizers");
+            } else {
+                meta.insert("finalizers".into(), json!(holding));
+            }
             if !meta.contains_key("deletionTimestamp") {
                 meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
                 meta.insert("deletionGracePeriodSeconds".into(), json!(0));
@@ -608,6 +627,28 @@ impl Objects {
             }
         }
         Err(ApiError::conflict(info, name, MODIFIED))
+    }
+
+    /// NamespaceLifecycle admission: nothing new goes into a terminating namespace.
+    async fn check_namespace_active(&self, scope: Scope<'_>, name: &str) -> Result<(), ApiError> {
+        let Some(namespace) = scope.namespace else {
+            return Ok(());
+        };
+        let Some(ns) = self
+            .store
+            .get(&super::store::namespace_key(namespace), false)
+            .await?
+        else {
+            // A missing namespace is refused by the create transaction itself.
+            return Ok(());
+        };
+        if is_deleting(&ns.object) {
+            return Err(ApiError::Forbidden(format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                scope.kind.info().qualified_resource(),
+            )));
+        }
+        Ok(())
     }
 
     /// The claims every object in a namespace holds.

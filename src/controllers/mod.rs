@@ -5,21 +5,31 @@
 //! leader, stop it all when it stops being one, so exactly one member writes as the
 //! controllers), the `Reconcile` trait and the worker loop that drives a controller from its
 //! queue. Shared machinery: `informer` (list + watch + cache per kind), `queue` (de-duplicating,
-//! rate-limited work queue), `ownership` (ownerReferences and selectors), `expectations`
-//! (writes a controller made but its cache has not seen yet). One controller per file.
+//! rate-limited work queue), `ownership` (ownerReferences, selectors, the handlers mapping a
+//! dependent to its controller's key), `expectations` (writes a controller made but its cache
+//! has not seen yet), `modify` (one guarded write). One controller per file: `replicaset`,
+//! `deployment` (with its pure parts in `rollout` and `deployment_status`), `gc`.
+//!
+//! Not yet: ReplicationController, proportional scaling of a Deployment scaled mid-rollout
+//! (the rolling update converges to the new size instead), Events, custom resources in the
+//! garbage collector (it covers the kinds of `registry::kinds()`).
 //!
 //! Controllers write through `Objects`, the same admission, validation and optimistic
 //! concurrency path as kubectl; a lost race is an error, retried with backoff.
 
 pub mod deployment;
 pub mod deployment_status;
+pub mod endpoints;
+pub mod event_ttl;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod namespace;
 pub mod ownership;
 pub mod queue;
 pub mod replicaset;
 pub mod rollout;
+pub mod serviceaccounts;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -205,7 +215,54 @@ fn start_all(objects: &Objects, tasks: &mut JoinSet<()>) {
     }
     let (gc, gc_queue) = gc::GarbageCollector::new(objects.clone(), &informers);
     tasks.spawn(start_when_synced(gc, gc_queue, informers.clone()));
+    start_cluster_controllers(objects, &informers, tasks);
     informers.start(tasks);
+}
+
+/// The namespace, service-account, endpoints and event-expiry controllers.
+fn start_cluster_controllers(
+    objects: &Objects,
+    informers: &Arc<Informers>,
+    tasks: &mut JoinSet<()>,
+) {
+    let core = |resource: &str| registry::lookup("", "v1", resource);
+    let (Some(namespaces), Some(service_accounts), Some(config_maps)) = (
+        core("namespaces"),
+        core("serviceaccounts"),
+        core("configmaps"),
+    ) else {
+        tracing::warn!("core kinds missing; namespace controllers disabled");
+        return;
+    };
+    let (ns, ns_queue) =
+        namespace::NamespaceController::new(objects.clone(), informers, namespaces);
+    tasks.spawn(start_when_synced(ns, ns_queue, informers.clone()));
+    let kinds = serviceaccounts::Kinds {
+        namespaces,
+        service_accounts,
+        config_maps,
+    };
+    let (sa, sa_queue) =
+        serviceaccounts::ServiceAccountController::new(objects.clone(), informers, kinds);
+    tasks.spawn(start_when_synced(sa, sa_queue, informers.clone()));
+    if let (Some(services), Some(pods), Some(endpoints), Some(slices)) = (
+        core("services"),
+        core("pods"),
+        core("endpoints"),
+        registry::lookup("discovery.k8s.io", "v1", "endpointslices"),
+    ) {
+        let kinds = endpoints::Kinds {
+            services,
+            pods,
+            endpoints,
+            slices,
+        };
+        let (ep, ep_queue) = endpoints::EndpointsController::new(objects.clone(), informers, kinds);
+        tasks.spawn(start_when_synced(ep, ep_queue, informers.clone()));
+    }
+    if let Some(events) = core("events") {
+        tasks.spawn(event_ttl::run(objects.clone(), events));
+    }
 }
 
 /// Runs a controller's workers once every informer has listed: a controller acting on a

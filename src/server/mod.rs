@@ -271,6 +271,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::apiserver::authz::defaults::ensure_default_policy(
         node.clone(),
     ));
+    tokio::spawn(crate::apiserver::bootstrap::ensure_cluster_info(
+        node.clone(),
+        pki.ca.cert_pem.clone(),
+        format!("https://{}", addrs.api_advertised),
+    ));
     info!(
         node_id = identity.node_id,
         api = %addrs.api_listen, client = %addrs.client_listen, raft = %addrs.raft_listen,
