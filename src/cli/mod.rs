@@ -50,6 +50,9 @@ pub enum Command {
 pub enum BenchCommand {
     /// 3-member skiff vs 3-member etcd 3.4 over the etcd v3 protocol.
     Store(crate::bench::store::StoreBenchArgs),
+    /// The Kubernetes REST API of a 3-member cluster: create/get/list latency, max create
+    /// rate, watch fan-out, member RSS.
+    Api(crate::bench::api::ApiBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
