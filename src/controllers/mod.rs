@@ -25,6 +25,7 @@ pub mod expectations;
 pub mod gc;
 pub mod informer;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod ownership;
 pub mod queue;
 pub mod replicaset;
@@ -262,6 +263,16 @@ fn start_cluster_controllers(
     }
     if let Some(events) = core("events") {
         tasks.spawn(event_ttl::run(objects.clone(), events));
+    }
+    if let (Some(nodes), Some(pods), Some(leases)) = (
+        core("nodes"),
+        core("pods"),
+        registry::lookup("coordination.k8s.io", "v1", "leases"),
+    ) {
+        let kinds = nodelifecycle::Kinds { nodes, pods };
+        let (nl, nl_queue) =
+            nodelifecycle::NodeLifecycleController::new(objects.clone(), informers, kinds, leases);
+        tasks.spawn(start_when_synced(nl, nl_queue, informers.clone()));
     }
 }
 

@@ -1,7 +1,7 @@
 //! core/v1 Pod: spec defaults as kube-apiserver applies them, status owned by the kubelet
 //! (phase Pending on create), spec immutable apart from images.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Toleration};
 use serde_json::Value;
 
 use super::fields::{FieldError, NameRule, or_none, validate_meta};
@@ -69,6 +69,39 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     }
 }
 
+/// How long a pod stays on a not-ready or unreachable node before eviction, unless it says
+/// otherwise (kube-apiserver's DefaultTolerationSeconds admission: 300 s).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+
+/// DefaultTolerationSeconds: a new pod tolerates the not-ready and unreachable NoExecute taints
+/// for 300 s unless it already tolerates them.
+fn add_default_tolerations(spec: &mut PodSpec) {
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in [NOT_READY_TAINT, UNREACHABLE_TAINT] {
+        let covered = tolerations.iter().any(|t| {
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == "NoExecute");
+            let key_ok = t.key.as_deref() == Some(key)
+                || (t.key.as_deref().is_none_or(str::is_empty)
+                    && t.operator.as_deref() == Some("Exists"));
+            effect_ok && key_ok
+        });
+        if !covered {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(DEFAULT_TOLERATION_SECONDS),
+                value: None,
+            });
+        }
+    }
+}
+
 pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> FieldErrors {
     let mut errors = FieldErrors::default();
     if spec.containers.is_empty() {
@@ -118,6 +151,9 @@ impl Strategy for PodStrategy {
 
     fn prepare_for_create(&self, pod: &mut Pod) {
         pod.status = None;
+        if let Some(spec) = pod.spec.as_mut() {
+            add_default_tolerations(spec);
+        }
     }
 
     fn prepare_for_update(&self, new: &mut Pod, old: &Pod) {
