@@ -161,6 +161,77 @@ fn kubectl_drives_the_api_semantics() {
             .contains("NotFound")
     );
 
+    // Bad input: each gets the right Status, nothing is stored.
+    let manifest = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("path").to_string()
+    };
+    let wrong_type = manifest(
+        "wrong-type.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: wt, namespace: team}\nspec: {ports: [{port: eighty}]}\n",
+    );
+    let err = k.fails(&["create", "-f", &wrong_type, "--validate=false"]);
+    assert!(
+        err.contains("BadRequest") || err.contains("cannot be handled as a Service"),
+        "{err}"
+    );
+    let nameless = manifest(
+        "nameless.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {namespace: team}\ndata: {a: b}\n",
+    );
+    let err = k.fails(&["create", "-f", &nameless]);
+    assert!(err.contains("name"), "{err}");
+    let invalid_yaml = manifest(
+        "invalid.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [\n",
+    );
+    k.fails(&["apply", "-f", &invalid_yaml]);
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, vec![b'x'; 1_100_000]).expect("write");
+    let err = k.fails(&[
+        "create",
+        "configmap",
+        "too-big",
+        "-n",
+        "team",
+        &format!("--from-file={}", big.display()),
+    ]);
+    assert!(
+        err.contains("Too long: must have at most 1048576 bytes"),
+        "{err}"
+    );
+    let huge = dir.path().join("huge.txt");
+    std::fs::write(&huge, vec![b'x'; 4_000_000]).expect("write");
+    let err = k.fails(&[
+        "create",
+        "configmap",
+        "huge",
+        "-n",
+        "team",
+        &format!("--from-file={}", huge.display()),
+    ]);
+    assert!(err.contains("Request entity too large"), "{err}");
+    let bad_patch = k.fails(&[
+        "patch",
+        "svc",
+        "front",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"explode","path":"/spec"}]"#,
+    ]);
+    assert!(!bad_patch.is_empty());
+    for missing in ["wt", "too-big", "huge"] {
+        assert!(
+            k.run(&["get", "svc,cm", missing, "-n", "team"])
+                .stdout
+                .is_empty(),
+            "{missing} stored"
+        );
+    }
+
     // Server-side apply: create, re-apply with a change (a dropped label goes), conflict with
     // the scaler's ownership of replicas, then force.
     let ssa = dir.path().join("ssa.yaml");

@@ -15,7 +15,8 @@ use super::status::ApiError;
 use super::store::{CreateOutcome, ObjectStore, namespace_key};
 use crate::registry;
 
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Runs until the namespaces exist in this member's replica: creates them while this member
 /// leads, otherwise waits for the leader's to replicate.

@@ -186,7 +186,7 @@ fn openapi_path(group: &str, version: &str) -> String {
 /// `/openapi/v3`: the index of per-group-version documents.
 pub fn openapi_v3_index() -> Value {
     let mut paths = serde_json::Map::new();
-    for (g, v) in registry::group_versions() {
+    for (g, v) in all_group_versions() {
         let path = openapi_path(g, v);
         paths.insert(
             path.clone(),
@@ -198,7 +198,7 @@ pub fn openapi_v3_index() -> Value {
 
 /// `/openapi/v3/<path>`: object paths of one group version, schema-less.
 pub fn openapi_v3_document(path: &str) -> Option<Value> {
-    let (group, version) = registry::group_versions()
+    let (group, version) = all_group_versions()
         .into_iter()
         .find(|(g, v)| openapi_path(g, v) == path)?;
     let field_validation = json!({
@@ -231,6 +231,24 @@ pub fn openapi_v3_document(path: &str) -> Option<Value> {
         paths.insert(
             object_path,
             json!({"patch": operation("patch"), "put": operation("put")}),
+        );
+    }
+    // The create-only reviews: kubectl's validation looks their kinds up here too.
+    for review in REVIEWS
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let gvk = json!({"group": review.group, "version": review.version, "kind": review.kind});
+        let operation = json!({
+            "operationId": format!("create{}", review.kind),
+            "parameters": [field_validation.clone()],
+            "responses": {"201": {"description": "Created"}},
+            "x-kubernetes-action": "post",
+            "x-kubernetes-group-version-kind": gvk,
+        });
+        paths.insert(
+            format!("/{}/{}", openapi_path(group, version), review.resource),
+            json!({"post": operation.clone(), "patch": operation}),
         );
     }
     Some(json!({

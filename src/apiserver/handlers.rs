@@ -282,8 +282,19 @@ async fn server_side_apply(
     for _ in 0..2 {
         match objects.get(scope, name, true).await {
             Ok(_) => {
+                // The precondition is the configuration's resourceVersion, if it has one, not the
+                // live object's: an apply racing a controller's status write just retries.
+                let wanted_rv = config.pointer("/metadata/resourceVersion").cloned();
                 let transform = |current: &Value| {
-                    super::apply::apply(Some(current), &config, &manager, force, &api_version)
+                    let mut merged =
+                        super::apply::apply(Some(current), &config, &manager, force, &api_version)?;
+                    if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
+                        match &wanted_rv {
+                            Some(rv) => meta.insert("resourceVersion".into(), rv.clone()),
+                            None => meta.remove("resourceVersion"),
+                        };
+                    }
+                    Ok(merged)
                 };
                 let updated = objects
                     .update_with(scope, name, part(target), &transform, &options)

@@ -22,6 +22,7 @@ pub mod request;
 pub mod router;
 pub mod selector;
 pub mod service_network;
+pub mod static_tokens;
 pub mod status;
 pub mod store;
 pub mod subresources;
@@ -42,13 +43,22 @@ pub fn objects(node: RaftNode) -> objects::Objects {
 const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 
 /// The REST API routes for one member, ready to merge into the API port's Router.
-/// `audit_log`: where the audit log goes (None: no audit log).
-pub fn routes(
-    node: RaftNode,
-    objects: objects::Objects,
-    server_address: String,
-    audit_log: Option<std::path::PathBuf>,
-) -> Router {
+/// How one member's API is set up.
+pub struct ApiOptions {
+    /// `host:port` clients reach this member at.
+    pub server_address: String,
+    /// Where the audit log goes (None: no audit log).
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Bearer tokens from `--token-auth-file`.
+    pub static_tokens: static_tokens::StaticTokens,
+}
+
+pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) -> Router {
+    let ApiOptions {
+        server_address,
+        audit_log,
+        static_tokens,
+    } = options;
     // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
     // runs for the life of the process).
     mirror::Mirror::follow(node.clone(), CRD_PREFIX, |objects| {
@@ -70,5 +80,6 @@ pub fn routes(
         audit,
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
         tokens: tokens::TokenIssuer::new(objects.store().clone()),
+        static_tokens: std::sync::Arc::new(static_tokens),
     })
 }

@@ -20,6 +20,7 @@ use super::handlers::{self, json_response};
 use super::metrics::Metrics;
 use super::objects::{Objects, Scope};
 use super::request::{Query, Target, negotiate, parse_path};
+use super::static_tokens::StaticTokens;
 use super::status::ApiError;
 use super::tokens::TokenIssuer;
 use super::{auth, subresources, watch};
@@ -41,6 +42,7 @@ pub struct ApiState {
     pub audit: Option<AuditLog>,
     pub in_flight: Arc<Semaphore>,
     pub tokens: TokenIssuer,
+    pub static_tokens: Arc<StaticTokens>,
 }
 
 /// What a request turned out to be, filled in as `serve` learns it; read for metrics and the
@@ -139,9 +141,12 @@ fn record(state: &ApiState, info: &RequestInfo, uri: &str, code: u16, elapsed: D
     }
 }
 
-/// The user a bearer token stands for: a ServiceAccount token whose account still exists with
-/// the uid it was issued to.
+/// The user a bearer token stands for: a static token, or a ServiceAccount token whose account
+/// still exists with the uid it was issued to.
 async fn token_user(state: &ApiState, token: &str) -> Result<auth::UserInfo, ApiError> {
+    if let Some(user) = state.static_tokens.user(token) {
+        return Ok(user.clone());
+    }
     let subject = state
         .tokens
         .verify(token)
@@ -258,7 +263,23 @@ async fn serve(
         let body = to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
             .map_err(|_| ApiError::TooLarge)?;
-        let body = super::request::decode_body(&headers, &body)?;
+        let mut body = super::request::decode_body(&headers, &body)?;
+        if review.resource == "tokenreviews" {
+            // Answered here: verifying a token needs the store (ServiceAccounts).
+            let token = body
+                .pointer("/spec/token")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let status = match token_user(state, token).await {
+                Ok(u) => {
+                    serde_json::json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}})
+                }
+                Err(_) => {
+                    serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+                }
+            };
+            body["status"] = status;
+        }
         let answered = reviews::answer(review, &state.authorizer, &user, body)?;
         return Ok(json_response(StatusCode::CREATED, &answered));
     }

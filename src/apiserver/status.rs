@@ -47,7 +47,7 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("the request body is too large")]
+    #[error("Request entity too large: limit is 3145728")]
     TooLarge,
     #[error("{0}")]
     Unavailable(String),

@@ -90,6 +90,10 @@ pub struct ServerArgs {
     /// Largest accepted client request, as etcd's --max-request-bytes.
     #[arg(long, default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
+    /// Bearer tokens for the Kubernetes API: a CSV of `token,user,uid,"group1,group2"`
+    /// (kube-apiserver's --token-auth-file).
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
     /// Build a raft snapshot after this many log entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_after_logs: u64,

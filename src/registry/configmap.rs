@@ -21,6 +21,24 @@ static INFO: KindInfo = KindInfo {
 };
 
 /// ConfigMap and Secret keys: `[-._a-zA-Z0-9]+`.
+/// The most a ConfigMap's or Secret's data may hold (kube's MaxSecretSize, 1 MiB).
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// Errors when the values of `maps` add up to more than MAX_DATA_BYTES.
+pub fn validate_data_size<'a, V: 'a>(
+    maps: impl Iterator<Item = &'a std::collections::BTreeMap<String, V>>,
+    size: impl Fn(&V) -> usize,
+    errors: &mut FieldErrors,
+) {
+    let total: usize = maps
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + size(v))
+        .sum();
+    if total > MAX_DATA_BYTES {
+        errors.push(FieldError::too_long("data", MAX_DATA_BYTES));
+    }
+}
+
 pub fn validate_data_keys<'a>(
     field: &str,
     keys: impl Iterator<Item = &'a String>,
@@ -52,6 +70,7 @@ impl Strategy for ConfigMapStrategy {
     fn validate(&self, cm: &ConfigMap) -> FieldErrors {
         let mut errors = validate_meta(&cm.metadata, NameRule::Subdomain);
         validate_data_keys("data", cm.data.iter().flat_map(|d| d.keys()), &mut errors);
+        validate_data_size(cm.data.iter(), String::len, &mut errors);
         validate_data_keys(
             "binaryData",
             cm.binary_data.iter().flat_map(|d| d.keys()),

@@ -32,6 +32,15 @@ impl FieldError {
         }
     }
 
+    /// `Too long: must have at most N bytes`.
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        FieldError {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: must have at most {max} bytes"),
+        }
+    }
+
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         FieldError {
             reason: "FieldValueForbidden",

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
-use super::configmap::validate_data_keys;
+use super::configmap::{validate_data_keys, validate_data_size};
 use super::fields::{FieldError, NameRule, validate_meta};
 use super::{Column, FieldErrors, KindInfo, Strategy};
 
@@ -49,6 +49,7 @@ impl Strategy for SecretStrategy {
             secret.data.iter().flat_map(|d| d.keys()),
             &mut errors,
         );
+        validate_data_size(secret.data.iter(), |v| v.0.len(), &mut errors);
         errors
     }
 

@@ -235,8 +235,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .merge(crate::apiserver::routes(
             node.clone(),
             objects.clone(),
-            addrs.api_advertised.clone(),
-            Some(args.data.join("audit.log")),
+            crate::apiserver::ApiOptions {
+                server_address: addrs.api_advertised.clone(),
+                audit_log: Some(args.data.join("audit.log")),
+                static_tokens: match &args.token_auth_file {
+                    Some(path) => crate::apiserver::static_tokens::StaticTokens::load(path)?,
+                    None => Default::default(),
+                },
+            },
         ));
     let acceptor =
         api_listener::tls_acceptor(&pki.ca.cert_pem, &pki.node.cert_pem, &pki.node.key_pem)?;
