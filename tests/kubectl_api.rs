@@ -161,6 +161,13 @@ fn kubectl_drives_the_api_semantics() {
             .contains("NotFound")
     );
 
+    // OpenAPI v3 schemas: kubectl explain.
+    let explained = k.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(
+        explained.contains("rollingUpdate") && explained.contains("<DeploymentStrategy>"),
+        "{explained}"
+    );
+
     // Bad input: each gets the right Status, nothing is stored.
     let manifest = |name: &str, text: &str| {
         let path = dir.path().join(name);

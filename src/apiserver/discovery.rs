@@ -255,8 +255,46 @@ pub fn openapi_v3_document(path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0-skiff"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(group, version)},
     }))
+}
+
+/// The schemas of a group version's kinds and everything they refer to, each kind's marked with
+/// `x-kubernetes-group-version-kind` (how `kubectl explain` finds it).
+fn schemas(group: &str, version: &str) -> Value {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut roots = Vec::new();
+    for kind in registry::all_kinds() {
+        let info = kind.info();
+        if info.group != group || info.version != version {
+            continue;
+        }
+        let schema = kind.openapi_schema(&mut generator);
+        roots.push((info, schema));
+    }
+    let mut definitions: serde_json::Map<String, Value> =
+        generator.take_definitions(true).into_iter().collect();
+    for (info, schema) in roots {
+        let gvk = json!([{"group": info.group, "version": info.version, "kind": info.kind}]);
+        let name = match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => reference
+                .rsplit('/')
+                .next()
+                .unwrap_or(info.kind)
+                .to_string(),
+            None => {
+                // Custom resources: an inline schema, named as kube-apiserver names them.
+                let reversed: Vec<&str> = info.group.split('.').rev().collect();
+                let name = format!("{}.{}.{}", reversed.join("."), info.version, info.kind);
+                definitions.insert(name.clone(), schema);
+                name
+            }
+        };
+        if let Some(Value::Object(definition)) = definitions.get_mut(&name) {
+            definition.insert("x-kubernetes-group-version-kind".into(), gvk);
+        }
+    }
+    Value::Object(definitions)
 }
 
 #[cfg(test)]
@@ -279,5 +317,11 @@ mod tests {
         let doc = openapi_v3_document("apis/apps/v1").expect("doc");
         let path = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"];
         assert_eq!(path["patch"]["parameters"][0]["name"], "fieldValidation");
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"].is_object());
     }
 }

@@ -414,6 +414,12 @@ impl Kind for CustomResourceKind {
         Ok(obj)
     }
 
+    fn openapi_schema(&self, _generator: &mut schemars::SchemaGenerator) -> Value {
+        self.schema.clone().unwrap_or_else(
+            || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        )
+    }
+
     fn table_columns(&self) -> Vec<Column> {
         let mut columns = vec![NAME_COLUMN];
         for c in self.columns.iter().filter(|c| c.priority == 0) {

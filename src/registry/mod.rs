@@ -143,7 +143,7 @@ pub const AGE_COLUMN: Column = Column::new(
 
 /// Per-kind behaviour, typed. Every hook has a default that does what most kinds want.
 pub trait Strategy: Send + Sync + 'static {
-    type Object: Serialize + DeserializeOwned;
+    type Object: Serialize + DeserializeOwned + schemars::JsonSchema;
 
     fn info(&self) -> &'static KindInfo;
 
@@ -206,6 +206,9 @@ pub trait Kind: Send + Sync {
     /// A `/status` write: the caller already kept everything but status from `old`; this
     /// type-checks the result (and prunes unknown fields).
     fn admit_status_update(&self, new: Value, old: &Value) -> Result<Value, AdmitError>;
+    /// The kind's OpenAPI v3 schema (a `$ref` into the generator's definitions for built-in
+    /// kinds), for /openapi/v3 and so `kubectl explain`.
+    fn openapi_schema(&self, generator: &mut schemars::SchemaGenerator) -> Value;
     /// All columns (NAME first, AGE where the kind puts it).
     fn table_columns(&self) -> Vec<Column>;
     /// One row's cells, matching `table_columns`.
@@ -269,6 +272,10 @@ impl<S: Strategy> Kind for S {
     fn admit_status_update(&self, new: Value, _old: &Value) -> Result<Value, AdmitError> {
         let typed: S::Object = decode(self.info(), &new)?;
         encode(&typed)
+    }
+
+    fn openapi_schema(&self, generator: &mut schemars::SchemaGenerator) -> Value {
+        generator.subschema_for::<S::Object>().to_value()
     }
 
     fn table_columns(&self) -> Vec<Column> {
