@@ -1,6 +1,7 @@
 //! skiff: one binary for every role of a Raft-native Kubernetes distribution.
 //! This file only sets up logging and TLS, parses the command line and hands over.
 
+mod apiclient;
 mod apiserver;
 mod backup;
 mod bench;

@@ -17,4 +17,5 @@ pub mod inspect;
 pub mod restore;
 pub mod save;
 pub mod schedule;
+pub mod selective;
 pub mod stream;

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::bench::http::ApiClient;
+use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
 use crate::progress::Progress;
 

@@ -2,7 +2,6 @@
 //! Absolute figures on a noisy 2-core VM mean little; the ratio to the peer is the result.
 
 pub mod api;
-pub mod http;
 pub mod load;
 pub mod peers;
 pub mod store;

@@ -52,12 +52,19 @@ pub struct RestoreArgs {
     /// The backup file to restore.
     #[arg(long)]
     pub from: PathBuf,
-    /// Data directory of the new cluster's first member (must not hold a member).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// The IP the restored member is reached at.
-    #[arg(long)]
-    pub advertise: String,
+    /// Data directory of the new cluster's first member (must not hold a member); with
+    /// --only, a running member's data dir whose admin credentials and API to use.
+    #[arg(long, required_unless_present = "kubeconfig")]
+    pub data: Option<PathBuf>,
+    /// The IP the restored member is reached at (a full restore).
+    #[arg(long, required_unless_present = "only")]
+    pub advertise: Option<String>,
+    /// Restore only this into a running cluster, as ordinary creates: `namespace=NAME`.
+    #[arg(long, value_name = "namespace=NAME")]
+    pub only: Option<String>,
+    /// With --only: the running cluster's kubeconfig (instead of --data).
+    #[arg(long, requires = "only")]
+    pub kubeconfig: Option<PathBuf>,
     /// Member name (default: node-<advertise>).
     #[arg(long)]
     pub name: Option<String>,
@@ -130,10 +137,27 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
+    if let Some(only) = &args.only {
+        let namespace = only
+            .strip_prefix("namespace=")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--only takes namespace=NAME (got {only:?})"))?;
+        let kubeconfig = match (&args.kubeconfig, &args.data) {
+            (Some(k), _) => k.clone(),
+            (None, Some(data)) => data.join("admin.kubeconfig"),
+            (None, None) => anyhow::bail!("--only needs --kubeconfig or --data"),
+        };
+        let target = crate::backup::selective::Target::from_kubeconfig(&kubeconfig)?;
+        return crate::backup::selective::run(&args.from, args.skip_hash_check, namespace, &target)
+            .await;
+    }
+    let (Some(data), Some(advertise)) = (args.data, args.advertise) else {
+        anyhow::bail!("a full restore needs --data and --advertise");
+    };
     restore::run(restore::RestoreRequest {
         from: args.from,
-        data: args.data,
-        advertise: args.advertise,
+        data,
+        advertise,
         name: args.name,
         skip_hash_check: args.skip_hash_check,
         pki_from: args.pki_from,

@@ -29,7 +29,8 @@ pub use error::{KvError, StorageError};
 pub use log_store::LogStore;
 pub use model::*;
 pub use snapshot::{
-    SnapshotHeader, SnapshotStats, read_header, scan_snapshot, verify_snapshot, write_snapshot,
+    SnapshotHeader, SnapshotStats, read_header, scan_snapshot, scan_snapshot_kvs, verify_snapshot,
+    write_snapshot,
 };
 pub use state_machine::{KvView, SnapshotBuilder, StateMachineStore};
 pub use store::{Store, StoreOptions};

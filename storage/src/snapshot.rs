@@ -160,6 +160,22 @@ pub fn scan_snapshot(
     })
 }
 
+/// Reads a whole snapshot like `scan_snapshot`, calling `on_kv` with every key-value pair as
+/// the store held it at the snapshot's revision (for selective restores of single objects).
+pub fn scan_snapshot_kvs(
+    input: &mut impl Read,
+    check_digest: bool,
+    on_kv: &mut dyn FnMut(crate::model::KeyValue),
+) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
+    read_snapshot_checked(input, None, check_digest, &mut |record: &Record| {
+        if let Record::Kv { key, value } = record {
+            let stored: StoredKv = codec::decode("kv record", value)?;
+            on_kv(stored.to_key_value(key));
+        }
+        Ok(())
+    })
+}
+
 /// Reads only the header (to describe a snapshot file without reading it all).
 pub fn read_header(input: &mut impl Read) -> Result<SnapshotHeader, StorageError> {
     let mut r = HashingReader::new(TeeReader {

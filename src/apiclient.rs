@@ -1,5 +1,6 @@
-//! A minimal Kubernetes REST client for benchmarks: one HTTP/2 connection per API server over
-//! mutual TLS with the admin certificate, requests multiplexed on it (as client-go does).
+//! A minimal Kubernetes REST client for skiff's own commands (benchmarks, selective restore):
+//! one HTTP/2 connection to an API server over mutual TLS with a client certificate, requests
+//! multiplexed on it (as client-go does).
 
 use std::sync::Arc;
 
