@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::error::BackupError;
 use super::files::write_atomically;
-use crate::pki::PkiPaths;
+use crate::pki::{CertKey, PkiPaths};
 use crate::progress::Progress;
 use crate::server::bootstrap::admin_client;
 use crate::server::identity::NodeIdentity;
@@ -23,13 +23,24 @@ pub struct SaveRequest {
     pub out: PathBuf,
     pub data: PathBuf,
     pub server: Option<String>,
+    /// Credentials and server from an admin kubeconfig instead of the data dir.
+    pub kubeconfig: Option<PathBuf>,
 }
 
-#[tracing::instrument(skip_all, fields(out = %req.out.display()))]
-pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
+/// The API address and the admin credentials to ask with.
+fn credentials(req: &SaveRequest) -> anyhow::Result<(String, String, CertKey)> {
+    if let Some(path) = &req.kubeconfig {
+        let target = super::selective::Target::from_kubeconfig(path)?;
+        let server = req
+            .server
+            .as_deref()
+            .map(|s| s.trim_start_matches("https://").to_string())
+            .unwrap_or(target.server);
+        return Ok((server, target.ca_pem, target.client));
+    }
     let identity = NodeIdentity::load(&req.data)?.ok_or_else(|| {
         anyhow!(
-            "{} holds no member (use --data with a member's data dir for its admin credentials)",
+            "{} holds no member (use --data with a member's data dir, or --kubeconfig)",
             req.data.display()
         )
     })?;
@@ -41,8 +52,14 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| s.trim_start_matches("https://").to_string())
         .unwrap_or(identity.api_addr.clone());
+    Ok((server, pki.ca.cert_pem, pki.admin))
+}
+
+#[tracing::instrument(skip_all, fields(out = %req.out.display()))]
+pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
+    let (server, ca_pem, admin) = credentials(&req)?;
     let started = Instant::now();
-    let mut client = admin_client(&server, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+    let mut client = admin_client(&server, &ca_pem, Some(&admin)).await?;
     let mut stream = client
         .backup(BackupRequest {})
         .await

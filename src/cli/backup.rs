@@ -24,6 +24,9 @@ pub struct BackupArgs {
     /// Take the snapshot from this API address instead (ADDR:6443 or https://ADDR:6443).
     #[arg(long)]
     pub server: Option<String>,
+    /// Use this admin kubeconfig's credentials and server instead of --data.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -130,6 +133,7 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
                 out,
                 data: args.data,
                 server: args.server,
+                kubeconfig: args.kubeconfig,
             })
             .await
         }
