@@ -1,5 +1,5 @@
 //! Backup and restore at the Kubernetes level (issue 8): objects created with kubectl survive a
-//! backup, a selective restore brings one deleted namespace back into the running cluster
+//! compressed, encrypted backup (unreadable without the cluster token), a selective restore brings one deleted namespace back into the running cluster
 //! intact (controllers recreate what they own), and a full restore into a new member serves
 //! them to kubectl.
 
@@ -102,9 +102,25 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
         .arg(&cluster.nodes[0].data)
         .arg("--out")
         .arg(&file)
+        .args(["--compress", "--encrypt"])
         .output()
         .expect("skiff backup");
     assert_ok(&out, "skiff backup");
+    // Encrypted with the cluster token: unreadable without it.
+    let out = Command::new(SKIFF)
+        .args(["backup", "verify"])
+        .arg(&file)
+        .output()
+        .expect("skiff backup verify");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encrypted"));
+    let token = std::fs::read_to_string(cluster.nodes[0].data.join("token")).expect("token");
+    let out = Command::new(SKIFF)
+        .args(["backup", "verify", "--token", token.trim()])
+        .arg(&file)
+        .output()
+        .expect("skiff backup verify");
+    assert_ok(&out, "skiff backup verify --token");
 
     // Lose the namespace, then bring it back from the backup into the running cluster.
     k.ok(&["delete", "namespace", "shop"]);
@@ -188,7 +204,14 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
         .arg(&file)
         .arg("--data")
         .arg(&restored.nodes[0].data)
-        .args(["--advertise", "127.0.36.1", "--name", "node1"])
+        .args([
+            "--advertise",
+            "127.0.36.1",
+            "--name",
+            "node1",
+            "--token",
+            token.trim(),
+        ])
         .output()
         .expect("skiff restore");
     assert_ok(&out, "skiff restore");

@@ -1,8 +1,6 @@
 //! `skiff backup verify FILE`, `skiff backup ls --dir DIR`, `skiff backup prune --dir DIR`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Context;
@@ -13,15 +11,13 @@ use super::files;
 
 /// Reads the whole file, checking structure and hash, and prints what it holds.
 #[tracing::instrument(skip_all, fields(file = %path.display()))]
-pub fn verify(path: &Path) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+pub fn verify(path: &Path, token: Option<&str>) -> anyhow::Result<()> {
+    let mut input = super::envelope::open(path, token)
+        .with_context(|| format!("opening {}", path.display()))?;
     let mut by_prefix: BTreeMap<String, u64> = BTreeMap::new();
-    let (header, stats) = scan_snapshot(
-        &mut BufReader::with_capacity(1 << 20, file),
-        None,
-        true,
-        &mut |key| *by_prefix.entry(resource_prefix(key)).or_default() += 1,
-    )
+    let (header, stats) = scan_snapshot(&mut input, None, true, &mut |key| {
+        *by_prefix.entry(resource_prefix(key)).or_default() += 1
+    })
     .with_context(|| format!("{} is not a valid skiff backup", path.display()))?;
     println!("file:        {}", path.display());
     println!("status:      ok (structure and SHA-256 verified)");

@@ -11,6 +11,7 @@
 //! - `cron`: the schedule expression parser.
 
 pub mod cron;
+pub mod envelope;
 pub mod error;
 pub mod files;
 pub mod inspect;

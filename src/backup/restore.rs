@@ -16,8 +16,6 @@
 //! in no log entry), and only then removes the marker. Every step is idempotent, so a crash in
 //! between is repaired by the next start.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,6 +39,8 @@ pub struct RestoreRequest {
     pub name: Option<String>,
     pub skip_hash_check: bool,
     pub pki_from: Option<PathBuf>,
+    /// The cluster token an encrypted backup was sealed with.
+    pub token: Option<String>,
 }
 
 /// DATA/restored.json: present from a restore until its first start has sealed the state.
@@ -119,15 +119,12 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
         .len();
     let created_db = !db.exists();
     let db_dir = db.clone();
+    let backup_token = req.token.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = File::open(&from).with_context(|| format!("opening {}", from.display()))?;
-        Store::restore_backup_checked(
-            &db,
-            &opts,
-            &mut BufReader::with_capacity(1 << 20, file),
-            check_digest,
-        )
-        .with_context(|| format!("{} cannot be restored", from.display()))
+        let mut input = super::envelope::open(&from, backup_token.as_deref())
+            .with_context(|| format!("opening {}", from.display()))?;
+        Store::restore_backup_checked(&db, &opts, &mut input, check_digest)
+            .with_context(|| format!("{} cannot be restored", from.display()))
     })
     .await
     .map_err(|e| anyhow!("restore thread: {e}"))?;

@@ -25,6 +25,9 @@ pub struct SaveRequest {
     pub server: Option<String>,
     /// Credentials and server from an admin kubeconfig instead of the data dir.
     pub kubeconfig: Option<PathBuf>,
+    pub compress: bool,
+    /// Encrypt with this cluster token.
+    pub encrypt_with: Option<String>,
 }
 
 /// The API address and the admin credentials to ask with.
@@ -69,14 +72,25 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
     // The receiving thread validates and writes; this task feeds it and shows progress.
     let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
     let out = req.out.clone();
+    let (compress, encrypt_with) = (req.compress, req.encrypt_with.clone());
     let writer = tokio::task::spawn_blocking(move || {
         let mut input = ChannelReader {
             rx,
             current: Vec::new(),
             pos: 0,
         };
+        let wrapping = super::envelope::Wrapping {
+            compress,
+            token: encrypt_with.as_deref(),
+        };
         write_atomically(&out, |w| -> Result<_, BackupError> {
-            Ok(scan_snapshot(&mut input, Some(w), true, &mut |_| {})?)
+            let scanned = super::envelope::write_wrapped(w, wrapping, |inner| {
+                scan_snapshot(&mut input, Some(inner), true, &mut |_| {}).map_err(io::Error::other)
+            });
+            scanned.map_err(|e| match e.downcast::<skiff_storage::StorageError>() {
+                Ok(storage) => BackupError::from(storage),
+                Err(e) => BackupError::io("writing", &out, e),
+            })
         })
     });
     let progress = Progress::transfer(&format!("backup from {server}"));

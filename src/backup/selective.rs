@@ -9,8 +9,6 @@
 //! Server-assigned fields (uid, resourceVersion, cluster IPs) are assigned anew.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
@@ -151,30 +149,28 @@ fn rank(kind: &str) -> u8 {
 /// Reads the backup and plans the creates for `namespace`.
 fn plan(
     file: &Path,
+    token: Option<&str>,
     skip_hash_check: bool,
     namespace: &str,
 ) -> anyhow::Result<(Option<Value>, Vec<Planned>)> {
-    let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut input = super::envelope::open(file, token)
+        .with_context(|| format!("opening {}", file.display()))?;
     let mut namespace_object = None;
     let mut found: Vec<(String, Value)> = Vec::new();
-    scan_snapshot_kvs(
-        &mut BufReader::with_capacity(1 << 20, input),
-        !skip_hash_check,
-        &mut |kv| {
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            if !key.starts_with("/registry/") {
-                return;
-            }
-            let Ok(object) = serde_json::from_slice::<Value>(&kv.value) else {
-                return;
-            };
-            if key == format!("/registry/namespaces/{namespace}") {
-                namespace_object = Some(object);
-            } else if text(&object, "/metadata/namespace") == namespace {
-                found.push((key, object));
-            }
-        },
-    )
+    scan_snapshot_kvs(&mut input, !skip_hash_check, &mut |kv| {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        if !key.starts_with("/registry/") {
+            return;
+        }
+        let Ok(object) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
+        if key == format!("/registry/namespaces/{namespace}") {
+            namespace_object = Some(object);
+        } else if text(&object, "/metadata/namespace") == namespace {
+            found.push((key, object));
+        }
+    })
     .with_context(|| format!("{} is not a valid skiff backup", file.display()))?;
     let selector_services: Vec<String> = found
         .iter()
@@ -203,11 +199,12 @@ fn plan(
 /// Restores `namespace` from `file` into the cluster `target` serves.
 pub async fn run(
     file: &Path,
+    token: Option<&str>,
     skip_hash_check: bool,
     namespace: &str,
     target: &Target,
 ) -> anyhow::Result<()> {
-    let (namespace_object, planned) = plan(file, skip_hash_check, namespace)?;
+    let (namespace_object, planned) = plan(file, token, skip_hash_check, namespace)?;
     let Some(namespace_object) = namespace_object else {
         bail!("the backup has no namespace {namespace:?}");
     };

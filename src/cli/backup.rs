@@ -27,6 +27,15 @@ pub struct BackupArgs {
     /// Use this admin kubeconfig's credentials and server instead of --data.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Compress the backup with zstd.
+    #[arg(long)]
+    pub compress: bool,
+    /// Encrypt the backup (AES-256-GCM) with the cluster token: --token, or DATA/token.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// The cluster token (for --encrypt without a data dir).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -35,6 +44,9 @@ pub enum BackupCommand {
     Verify {
         /// The backup file.
         file: PathBuf,
+        /// The cluster token, for an encrypted backup.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// List the snapshots in a directory, oldest first.
     Ls {
@@ -68,6 +80,10 @@ pub struct RestoreArgs {
     /// With --only: the running cluster's kubeconfig (instead of --data).
     #[arg(long, requires = "only")]
     pub kubeconfig: Option<PathBuf>,
+    /// The cluster token an encrypted backup was sealed with (with --only, DATA/token is used
+    /// when not given).
+    #[arg(long)]
+    pub token: Option<String>,
     /// Member name (default: node-<advertise>).
     #[arg(long)]
     pub name: Option<String>,
@@ -122,18 +138,25 @@ impl SnapshotScheduleArgs {
 
 pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(BackupCommand::Verify { file }) => inspect::verify(&file),
+        Some(BackupCommand::Verify { file, token }) => inspect::verify(&file, token.as_deref()),
         Some(BackupCommand::Ls { dir }) => inspect::list(&dir),
         Some(BackupCommand::Prune { dir, retention }) => inspect::prune(&dir, retention),
         None => {
             let Some(out) = args.out else {
                 bail!("skiff backup needs --out FILE (or a subcommand: verify, ls, prune)");
             };
+            let encrypt_with = if args.encrypt {
+                Some(token_of(args.token.as_deref(), Some(&args.data))?)
+            } else {
+                None
+            };
             save::run(save::SaveRequest {
                 out,
                 data: args.data,
                 server: args.server,
                 kubeconfig: args.kubeconfig,
+                compress: args.compress,
+                encrypt_with,
             })
             .await
         }
@@ -152,8 +175,21 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("--only needs --kubeconfig or --data"),
         };
         let target = crate::backup::selective::Target::from_kubeconfig(&kubeconfig)?;
-        return crate::backup::selective::run(&args.from, args.skip_hash_check, namespace, &target)
-            .await;
+        let token = match &args.token {
+            Some(t) => Some(t.clone()),
+            None => args
+                .data
+                .as_deref()
+                .and_then(|d| token_of(None, Some(d)).ok()),
+        };
+        return crate::backup::selective::run(
+            &args.from,
+            token.as_deref(),
+            args.skip_hash_check,
+            namespace,
+            &target,
+        )
+        .await;
     }
     let (Some(data), Some(advertise)) = (args.data, args.advertise) else {
         anyhow::bail!("a full restore needs --data and --advertise");
@@ -165,6 +201,21 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         name: args.name,
         skip_hash_check: args.skip_hash_check,
         pki_from: args.pki_from,
+        token: args.token,
     })
     .await
+}
+
+/// The cluster token: given, or read from DATA/token.
+fn token_of(given: Option<&str>, data: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(token) = given {
+        return Ok(token.trim().to_string());
+    }
+    let path = data
+        .map(crate::server::bootstrap::token_path)
+        .ok_or_else(|| anyhow::anyhow!("no token: pass --token or --data"))?;
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the cluster token from {}", path.display()))?
+        .trim()
+        .to_string())
 }
