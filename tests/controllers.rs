@@ -158,16 +158,23 @@ fn roll_out(k: &Kubectl, max_pods: usize, min_ready: usize) {
 fn roll_out_checking(k: &Kubectl, name: &str, check: impl Fn(&[Value])) {
     let target = format!("deployment/{name}");
     let selector = format!("app={name}");
-    let mut status: Child = k
+    let child = k
         .command(&["rollout", "status", &target, "--timeout=90s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("rollout status");
+    let mut status = Reaper(Some(child));
     let deadline = Instant::now() + Duration::from_secs(100);
     loop {
-        if let Some(exit) = status.try_wait().expect("wait") {
-            let out = status.wait_with_output().expect("output");
+        let exited = status.0.as_mut().map(|c| c.try_wait().expect("wait"));
+        if let Some(Some(exit)) = exited {
+            let out = status
+                .0
+                .take()
+                .expect("child")
+                .wait_with_output()
+                .expect("output");
             assert!(
                 exit.success(),
                 "rollout status failed: {}{}",
@@ -184,6 +191,37 @@ fn roll_out_checking(k: &Kubectl, name: &str, check: impl Fn(&[Value])) {
         mark_ready(k, &pods);
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Kills a child process left running when a check fails.
+struct Reaper(Option<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// Members whose log says their controllers run: started after they last stopped (a member
+/// that loses leadership logs the stop).
+fn running_controllers(cluster: &Cluster) -> Vec<usize> {
+    (0..cluster.nodes.len())
+        .filter(|i| {
+            let log = std::fs::read_to_string(cluster.nodes[*i].log_path()).unwrap_or_default();
+            log.rfind("starting controllers") > log.rfind("controllers stopped")
+        })
+        .collect()
 }
 
 #[test]
@@ -232,10 +270,13 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
     roll_out(&k, 2, 0);
     let table = k.ok(&["get", "deployment", "web"]);
     assert!(table.contains("2/2"), "{table}");
+    k.ok(&["scale", "deployment/web", "--replicas=3"]);
+    roll_out(&k, 3, 0);
 
-    // A new image: a second ReplicaSet, at most 3 pods (surge 1), at least 1 ready.
+    // A new image: a second ReplicaSet, never more than 4 pods (surge 1) nor fewer than 2
+    // ready (maxUnavailable 1).
     k.ok(&["set", "image", "deployment/web", "nginx=nginx:1.28"]);
-    roll_out(&k, 3, 1);
+    roll_out(&k, 4, 2);
     let sets = items(&k, "rs", "app=web");
     assert_eq!(sets.len(), 2, "{sets:?}");
     let second = sets
@@ -247,7 +288,7 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert_eq!(rs_replicas(&second), 2);
+    assert_eq!(rs_replicas(&second), 3);
     assert_eq!(
         annotation(&second, "deployment.kubernetes.io/revision"),
         "2"
@@ -262,14 +303,14 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
     // Undo: the first ReplicaSet comes back as revision 3; no third one appears.
     let out = k.ok(&["rollout", "undo", "deployment/web"]);
     assert!(out.contains("rolled back"), "{out}");
-    roll_out(&k, 3, 1);
+    roll_out(&k, 4, 2);
     let sets = items(&k, "rs", "app=web");
     assert_eq!(sets.len(), 2, "{sets:?}");
     let back = sets
         .iter()
         .find(|rs| rs["metadata"]["name"] == first_name.as_str())
         .expect("first replica set");
-    assert_eq!(rs_replicas(back), 2);
+    assert_eq!(rs_replicas(back), 3);
     assert_eq!(annotation(back, "deployment.kubernetes.io/revision"), "3");
     assert_eq!(
         annotation(back, "deployment.kubernetes.io/revision-history"),
@@ -298,12 +339,12 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
         "no rollout while paused"
     );
     k.ok(&["rollout", "resume", "deployment/web"]);
-    roll_out(&k, 3, 1);
+    roll_out(&k, 4, 2);
     assert_eq!(items(&k, "rs", "app=web").len(), 3);
 
     // `rollout restart` changes a template annotation: one more ReplicaSet.
     k.ok(&["rollout", "restart", "deployment/web"]);
-    roll_out(&k, 3, 1);
+    roll_out(&k, 4, 2);
     assert_eq!(items(&k, "rs", "app=web").len(), 4);
 
     // revisionHistoryLimit 1: only the newest old ReplicaSet is kept.
@@ -319,6 +360,36 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
         "old replica sets cleaned up",
         || items(&k, "rs", "app=web").len() == 2,
     );
+
+    // Resized mid-rollout: every active ReplicaSet grows in proportion. With no pod made
+    // ready the rollout stalls at old 2 + new 2 (3 wanted, surge 1, unavailable 1); at 6
+    // replicas (7 allowed) the 3 more split as 1 old + 2 new (ties go to the newer set).
+    k.ok(&["set", "image", "deployment/web", "nginx=nginx:1.30"]);
+    let sizes = |k: &Kubectl| {
+        let sets = items(k, "rs", "app=web");
+        let image = |rs: &Value| rs["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+        let new = sets
+            .iter()
+            .find(|rs| image(rs) == "nginx:1.30")
+            .map(rs_replicas);
+        let old = sets
+            .iter()
+            .filter(|rs| image(rs) != "nginx:1.30")
+            .map(rs_replicas)
+            .sum::<i64>();
+        (old, new.unwrap_or(-1))
+    };
+    wait_for(Duration::from_secs(30), "a stalled rollout", || {
+        sizes(&k) == (2, 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sizes(&k), (2, 2));
+    k.ok(&["scale", "deployment/web", "--replicas=6"]);
+    wait_for(Duration::from_secs(30), "proportional scaling", || {
+        sizes(&k) == (3, 4)
+    });
+    roll_out(&k, 7, 0);
+    assert_eq!(sizes(&k), (0, 6));
 
     // A bare ReplicaSet: orphaned pods stay, and are adopted by a new one with that selector.
     k.apply(REPLICASET);
@@ -368,8 +439,45 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
     k.ok(&["delete", "deployment", "batch"]);
     wait_pods(&k, "app=batch", 0);
 
-    // The leader dies: the next one runs the controllers, without duplicating pods.
+    // Only the leader runs the controllers.
     let leader = cluster.leader();
+    assert_eq!(running_controllers(&cluster), vec![leader]);
+
+    // A leader frozen (SIGSTOP) loses leadership; the new leader's controllers take over, and
+    // the old one, resumed, stops its own.
+    let pid = cluster.nodes[leader]
+        .child
+        .as_ref()
+        .expect("leader process")
+        .id();
+    signal(pid, "-STOP");
+    // (`skiff status` would wait on the frozen member; the logs say who took over.)
+    let mut next = None;
+    wait_for(
+        Duration::from_secs(30),
+        "another member starting controllers",
+        || {
+            next = running_controllers(&cluster)
+                .into_iter()
+                .find(|i| *i != leader);
+            next.is_some()
+        },
+    );
+    let next = next.expect("new leader");
+    let k = kubectl(&cluster, Some(next));
+    k.ok(&["scale", "deployment/web", "--replicas=5"]);
+    wait_pods(&k, "app=web", 5);
+    signal(pid, "-CONT");
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader stopping its controllers",
+        || running_controllers(&cluster) == vec![next],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(items(&k, "pods", "app=web").len(), 5, "duplicate pods");
+
+    // The leader dies: the next one runs the controllers, without duplicating pods.
+    let leader = next;
     cluster.kill(leader);
     let survivor = (0..3).find(|i| *i != leader).expect("a survivor");
     let k = kubectl(&cluster, Some(survivor));

@@ -2,6 +2,7 @@
 //! Absolute figures on a noisy 2-core VM mean little; the ratio to the peer is the result.
 
 pub mod api;
+pub mod backup;
 pub mod load;
 pub mod peers;
 pub mod store;

@@ -53,6 +53,8 @@ pub enum BenchCommand {
     /// The Kubernetes REST API of a 3-member cluster: create/get/list latency, max create
     /// rate, watch fan-out, member RSS.
     Api(crate::bench::api::ApiBenchArgs),
+    /// Backup and restore throughput beside etcdctl snapshot save/restore on the same data.
+    Backup(crate::bench::backup::BackupBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

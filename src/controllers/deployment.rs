@@ -27,8 +27,9 @@ use super::ownership::{
 use super::queue::WorkQueue;
 use super::replicaset::is_active;
 use super::rollout::{
-    Counts, TEMPLATE_HASH_LABEL, counts_of, desired_replicas, equal_ignoring_hash, max_unavailable,
-    new_rs_replicas, replicas_of, rolling_fenceposts, scale_down_old, template_hash,
+    Counts, Share, TEMPLATE_HASH_LABEL, counts_of, desired_replicas, equal_ignoring_hash,
+    max_unavailable, new_rs_replicas, proportional_sizes, replicas_of, rolling_fenceposts,
+    scale_down_old, template_hash,
 };
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, name_of};
@@ -98,6 +99,43 @@ impl DeploymentController {
         (controller, queue)
     }
 
+    /// Changes the Deployment `d` as stored now (see `modify`).
+    async fn modify_deployment(
+        &self,
+        d: &Value,
+        part: Part,
+        change: impl Fn(&mut Value) + Send + Sync,
+    ) -> Result<Option<Value>, Error> {
+        let namespace = Some(namespace_of(d));
+        modify(
+            &self.objects,
+            self.deploy_kind,
+            namespace,
+            name_of(d),
+            part,
+            change,
+        )
+        .await
+    }
+
+    /// Changes the ReplicaSet `rs` as stored now (see `modify`).
+    async fn modify_replicaset(
+        &self,
+        rs: &Value,
+        change: impl Fn(&mut Value) + Send + Sync,
+    ) -> Result<Option<Value>, Error> {
+        let namespace = Some(namespace_of(rs));
+        modify(
+            &self.objects,
+            self.rs_kind,
+            namespace,
+            name_of(rs),
+            Part::Main,
+            change,
+        )
+        .await
+    }
+
     /// Step 1: the ReplicaSets this Deployment controls.
     async fn claim_replicasets(&self, d: &Value, namespace: &str) -> Result<Vec<Value>, Error> {
         let d_uid = uid_of(d);
@@ -134,26 +172,16 @@ impl DeploymentController {
         Ok(owned)
     }
 
-    /// Step 2 for an existing new ReplicaSet: the next revision and the Deployment's
-    /// annotations; then the Deployment's own revision annotation.
+    /// Step 2 for an existing new ReplicaSet: the next revision, the Deployment's annotations
+    /// and minReadySeconds; then the Deployment's own revision annotation.
     async fn sync_revision(&self, d: &Value, new: Value, old: &[Value]) -> Result<Value, Error> {
         let next_revision = old.iter().map(revision).max().unwrap_or(0) + 1;
         let mut updated = new.clone();
-        let new = if set_new_rs_annotations(d, &mut updated, next_revision) {
+        let new = if sync_new_rs(d, &mut updated, next_revision) {
             let change = |rs: &mut Value| {
-                set_new_rs_annotations(d, rs, next_revision);
+                sync_new_rs(d, rs, next_revision);
             };
-            let namespace = Some(namespace_of(d));
-            modify(
-                &self.objects,
-                self.rs_kind,
-                namespace,
-                name_of(&new),
-                Part::Main,
-                change,
-            )
-            .await?
-            .unwrap_or(new)
+            self.modify_replicaset(&new, change).await?.unwrap_or(new)
         } else {
             new
         };
@@ -167,16 +195,7 @@ impl DeploymentController {
             return Ok(());
         }
         let change = |d: &mut Value| set_annotation(d, REVISION, &text);
-        let namespace = Some(namespace_of(d));
-        modify(
-            &self.objects,
-            self.deploy_kind,
-            namespace,
-            name_of(d),
-            Part::Main,
-            change,
-        )
-        .await?;
+        self.modify_deployment(d, Part::Main, change).await?;
         Ok(())
     }
 
@@ -254,22 +273,17 @@ impl DeploymentController {
                 .unwrap_or(0);
             d["status"]["collisionCount"] = json!(count + 1);
         };
-        let namespace = Some(namespace_of(d));
-        modify(
-            &self.objects,
-            self.deploy_kind,
-            namespace,
-            name_of(d),
-            Part::Status,
-            change,
-        )
-        .await?;
+        self.modify_deployment(d, Part::Status, change).await?;
         Ok(())
     }
 
     /// Sets a ReplicaSet's size (and the replica annotations), if it differs.
     async fn scale(&self, d: &Value, rs: &Value, replicas: i64) -> Result<(), Error> {
-        if replicas_of(rs) == replicas {
+        let mut annotated = rs.clone();
+        set_replicas_annotations(d, &mut annotated);
+        // The annotations record the size this set was scaled for: a resize shows as a
+        // mismatch (`is_scaling_event`) until every active set carries the new one.
+        if replicas_of(rs) == replicas && annotated == *rs {
             return Ok(());
         }
         tracing::info!(
@@ -282,16 +296,7 @@ impl DeploymentController {
             rs["spec"]["replicas"] = json!(replicas);
             set_replicas_annotations(d, rs);
         };
-        let namespace = Some(namespace_of(d));
-        modify(
-            &self.objects,
-            self.rs_kind,
-            namespace,
-            name_of(rs),
-            Part::Main,
-            change,
-        )
-        .await?;
+        self.modify_replicaset(rs, change).await?;
         Ok(())
     }
 
@@ -371,8 +376,10 @@ impl DeploymentController {
         }
     }
 
-    /// Step 3, paused: no new ReplicaSet; a lone active set follows spec.replicas.
-    async fn scale_paused(
+    /// Step 3 without a rollout (paused, or resized mid-rollout), after Kubernetes' `scale`:
+    /// a lone active set (or, with none, the newest) takes spec.replicas; a saturated new set
+    /// leaves the old ones nothing; otherwise every active set changes in proportion.
+    async fn scale_only(
         &self,
         d: &Value,
         new: Option<Value>,
@@ -382,16 +389,48 @@ impl DeploymentController {
             Some(rs) => Some(self.sync_revision(d, rs, old).await?),
             None => None,
         };
+        let desired = desired_replicas(d);
         let active: Vec<&Value> = new
             .iter()
             .chain(old.iter())
             .filter(|rs| replicas_of(rs) > 0)
             .collect();
-        let desired = desired_replicas(d);
-        match (active.as_slice(), &new) {
-            ([only], _) => self.scale(d, only, desired).await?,
-            ([], Some(rs)) => self.scale(d, rs, desired).await?,
-            _ => {}
+        if active.len() <= 1 {
+            let newest_old = old.iter().max_by_key(|rs| created_at(rs));
+            if let Some(rs) = active.first().copied().or(new.as_ref()).or(newest_old) {
+                self.scale(d, rs, desired).await?;
+            }
+            return Ok(new);
+        }
+        if let Some(rs) = &new
+            && replicas_of(rs) == desired
+            && annotation(rs, DESIRED_REPLICAS) == Some(desired.to_string().as_str())
+            && counts_of(rs).available == desired
+        {
+            for old_rs in old.iter().filter(|rs| replicas_of(rs) > 0) {
+                self.scale(d, old_rs, 0).await?;
+            }
+            return Ok(new);
+        }
+        if is_recreate(d) {
+            return Ok(new);
+        }
+        let shares: Vec<Share> = active
+            .iter()
+            .map(|rs| Share {
+                replicas: replicas_of(rs),
+                max_replicas: annotation(rs, MAX_REPLICAS).and_then(|v| v.parse().ok()),
+                created: created_at(rs),
+            })
+            .collect();
+        let status_replicas = d
+            .pointer("/status/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let (surge, _) = rolling_fenceposts(d);
+        let sizes = proportional_sizes(&shares, desired, surge, status_replicas);
+        for (rs, size) in active.iter().zip(sizes) {
+            self.scale(d, rs, size).await?;
         }
         Ok(new)
     }
@@ -454,16 +493,7 @@ impl DeploymentController {
         let status = next_status(d, new, old, step, jiff::Timestamp::now());
         if d.get("status") != Some(&status) {
             let change = |d: &mut Value| d["status"] = status.clone();
-            let namespace = Some(namespace_of(d));
-            modify(
-                &self.objects,
-                self.deploy_kind,
-                namespace,
-                name_of(d),
-                Part::Status,
-                change,
-            )
-            .await?;
+            self.modify_deployment(d, Part::Status, change).await?;
         }
         Ok(status)
     }
@@ -507,9 +537,9 @@ impl Reconcile for DeploymentController {
         let mut old = all;
         let new = position.map(|i| old.remove(i));
         let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-        let (new, step) = if paused {
-            (self.scale_paused(&d, new, &old).await?, Step::Nothing)
-        } else if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
+        let (new, step) = if paused || is_scaling_event(&d, new.as_ref(), &old) {
+            (self.scale_only(&d, new, &old).await?, Step::Nothing)
+        } else if is_recreate(&d) {
             self.recreate(&d, new, &old).await?
         } else {
             self.rolling(&d, new, &old).await?
@@ -528,6 +558,21 @@ impl Reconcile for DeploymentController {
             deadline.clamp(1, 600) + 1,
         )))
     }
+}
+
+fn is_recreate(d: &Value) -> bool {
+    d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate")
+}
+
+/// spec.replicas changed since an active ReplicaSet was last scaled (its desired-replicas
+/// annotation says another size).
+fn is_scaling_event(d: &Value, new: Option<&Value>, old: &[Value]) -> bool {
+    let desired = desired_replicas(d).to_string();
+    new.into_iter()
+        .chain(old.iter())
+        .filter(|rs| replicas_of(rs) > 0)
+        .filter_map(|rs| annotation(rs, DESIRED_REPLICAS))
+        .any(|annotated| annotated != desired)
 }
 
 fn namespace_of(object: &Value) -> &str {
@@ -579,6 +624,21 @@ fn created_at(object: &Value) -> String {
         .to_string()
 }
 
+/// What the new ReplicaSet takes from its Deployment besides the template: annotations and
+/// revision (below) and minReadySeconds. True when something changed.
+fn sync_new_rs(d: &Value, rs: &mut Value, next_revision: i64) -> bool {
+    let mut changed = set_new_rs_annotations(d, rs, next_revision);
+    let min_ready = d
+        .pointer("/spec/minReadySeconds")
+        .cloned()
+        .unwrap_or(json!(0));
+    if rs.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+        rs["spec"]["minReadySeconds"] = min_ready;
+        changed = true;
+    }
+    changed
+}
+
 /// Copies the Deployment's annotations to its new ReplicaSet and raises the ReplicaSet's
 /// revision to `next_revision`, keeping its earlier revision in revision-history. True when
 /// something changed.
@@ -618,7 +678,7 @@ fn set_replicas_annotations(d: &Value, rs: &mut Value) {
     let desired = desired_replicas(d);
     set_annotation(rs, DESIRED_REPLICAS, &desired.to_string());
     let (surge, _) = rolling_fenceposts(d);
-    let max = if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
+    let max = if is_recreate(d) {
         desired
     } else {
         desired + surge

@@ -10,9 +10,8 @@
 //! has not seen yet), `modify` (one guarded write). One controller per file: `replicaset`,
 //! `deployment` (with its pure parts in `rollout` and `deployment_status`), `gc`.
 //!
-//! Not yet: ReplicationController, proportional scaling of a Deployment scaled mid-rollout
-//! (the rolling update converges to the new size instead), Events, custom resources in the
-//! garbage collector (it covers the kinds of `registry::kinds()`).
+//! Not yet: ReplicationController, custom resources in the garbage collector (it covers the
+//! kinds of `registry::kinds()`).
 //!
 //! Controllers write through `Objects`, the same admission, validation and optimistic
 //! concurrency path as kubectl; a lost race is an error, retried with backoff.
@@ -31,6 +30,16 @@ pub mod queue;
 pub mod replicaset;
 pub mod rollout;
 pub mod serviceaccounts;
+// The scheduler and the batch, stateful and daemon workloads, started by `workloads::start`.
+pub mod cronjob;
+pub mod daemonset;
+pub mod fit;
+pub mod job;
+pub mod recorder;
+pub mod scheduler;
+pub mod statefulset;
+pub mod templates;
+pub mod workloads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -217,6 +226,7 @@ fn start_all(objects: &Objects, tasks: &mut JoinSet<()>) {
     let (gc, gc_queue) = gc::GarbageCollector::new(objects.clone(), &informers);
     tasks.spawn(start_when_synced(gc, gc_queue, informers.clone()));
     start_cluster_controllers(objects, &informers, tasks);
+    workloads::start(objects, &informers, tasks);
     informers.start(tasks);
 }
 

@@ -1,7 +1,7 @@
 //! ownerReferences and label selectors as the controllers use them: who controls an object,
 //! adopting an orphan that matches a controller's selector and releasing one that stopped
-//! matching (Kubernetes' ControllerRefManager), and the reference a controller puts on what it
-//! creates.
+//! matching (Kubernetes' ControllerRefManager), the reference a controller puts on what it
+//! creates, and the informer handlers that turn a changed dependent into its owner's key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -169,6 +169,86 @@ pub fn scale_down_old(
         .collect()
 }
 
+/// One active ReplicaSet as proportional scaling sees it.
+#[derive(Clone, Debug)]
+pub struct Share {
+    /// spec.replicas
+    pub replicas: i64,
+    /// The deployment.kubernetes.io/max-replicas annotation: the Deployment's size + surge
+    /// when this set was last scaled.
+    pub max_replicas: Option<i64>,
+    /// creationTimestamp, to break ties.
+    pub created: String,
+}
+
+/// New sizes (same order as `sets`) when a Deployment is resized in the middle of a rolling
+/// update, after Kubernetes' proportional scaling: every active set grows or shrinks by its
+/// share of the change, larger sets first (newer first when growing, older first when
+/// shrinking) and the largest takes the rounding leftover. `status_replicas` stands in for a
+/// missing max-replicas annotation.
+pub fn proportional_sizes(
+    sets: &[Share],
+    desired: i64,
+    max_surge: i64,
+    status_replicas: i64,
+) -> Vec<i64> {
+    let mut sizes: Vec<i64> = sets.iter().map(|s| s.replicas).collect();
+    let allowed = if desired > 0 { desired + max_surge } else { 0 };
+    let to_add = allowed - sizes.iter().sum::<i64>();
+    if to_add == 0 || sets.is_empty() {
+        return sizes;
+    }
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by(|&a, &b| {
+        let by_size = sets[b].replicas.cmp(&sets[a].replicas);
+        let by_age = if to_add > 0 {
+            sets[b].created.cmp(&sets[a].created)
+        } else {
+            sets[a].created.cmp(&sets[b].created)
+        };
+        by_size.then(by_age)
+    });
+    let mut added = 0;
+    for &i in &order {
+        let share = proportion(&sets[i], desired, max_surge, status_replicas, to_add, added);
+        sizes[i] += share;
+        added += share;
+    }
+    let largest = order[0];
+    sizes[largest] = (sizes[largest] + to_add - added).max(0);
+    sizes
+}
+
+/// One set's part of `to_add` (Kubernetes' GetProportion), never past what is left to add.
+fn proportion(
+    set: &Share,
+    desired: i64,
+    max_surge: i64,
+    status_replicas: i64,
+    to_add: i64,
+    added: i64,
+) -> i64 {
+    if set.replicas == 0 || to_add == added {
+        return 0;
+    }
+    let fraction = if desired == 0 {
+        -set.replicas
+    } else {
+        let annotated = set.max_replicas.unwrap_or(status_replicas);
+        if annotated <= 0 {
+            return 0;
+        }
+        let scaled = (set.replicas * (desired + max_surge)) as f64 / annotated as f64;
+        scaled.round() as i64 - set.replicas
+    };
+    let left = to_add - added;
+    if to_add > 0 {
+        fraction.min(left)
+    } else {
+        fraction.max(left)
+    }
+}
+
 // Reading a Deployment or ReplicaSet given as JSON, with the API defaults for absent fields.
 
 pub fn replicas_of(rs: &Value) -> i64 {
@@ -238,11 +318,10 @@ mod tests {
         assert_ne!(template_hash(&changed, None), h);
         assert!(!equal_ignoring_hash(&changed, &t));
         assert_ne!(template_hash(&t, Some(1)), h);
-        // Pinned: the same template must name the same ReplicaSet in every build.
-        assert_eq!(
-            template_hash(&json!({}), None),
-            template_hash(&json!({}), None)
-        );
+        // Pinned: the same template must name the same ReplicaSet in every build and member
+        // (FNV-1a 32 of the sorted JSON, digits through the safe alphabet).
+        let pinned = json!({"metadata": {"labels": {"app": "web"}}});
+        assert_eq!(template_hash(&pinned, None), "65f44fcd74");
     }
 
     #[test]
@@ -301,6 +380,27 @@ mod tests {
         let mut d = deployment_json(2);
         d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = json!(5);
         assert_eq!(max_unavailable(&d), 2);
+    }
+
+    #[test]
+    fn resizing_mid_rollout_scales_every_active_set_proportionally() {
+        let share = |replicas, max: Option<i64>, created: &str| Share {
+            replicas,
+            max_replicas: max,
+            created: created.into(),
+        };
+        // 10 replicas, surge 3, mid-rollout: old 8 + new 5 = 13; scaled to 15 (18 allowed).
+        let sets = [
+            share(8, Some(13), "2026-01-01T00:00:00Z"),
+            share(5, Some(13), "2026-01-02T00:00:00Z"),
+        ];
+        assert_eq!(proportional_sizes(&sets, 15, 3, 13), vec![11, 7]);
+        // Down to 5 (8 allowed): 5 fewer.
+        assert_eq!(proportional_sizes(&sets, 5, 3, 13), vec![5, 3]);
+        // To zero: everything goes.
+        assert_eq!(proportional_sizes(&sets, 0, 3, 13), vec![0, 0]);
+        // Nothing to change.
+        assert_eq!(proportional_sizes(&sets, 10, 3, 13), vec![8, 5]);
     }
 
     fn deployment_json(replicas: i64) -> Value {

@@ -1,0 +1,492 @@
+//! The default scheduler: assigns pods with an empty `spec.nodeName` and schedulerName
+//! `default-scheduler` to a node through `pods/binding` (`Part::Binding`), after
+//! kube-scheduler's filter-then-score cycle, one pod at a time. The filters and scores
+//! themselves are in `fit`.
+//!
+//! One reconcile of a pod:
+//! 1. build a snapshot of every node: what the pods on it (bound, or bound by us and not yet
+//!    in the cache: "assumed") request, their host ports and owners;
+//! 2. filter, in kube's plugin order, stopping at a node's first failing plugin:
+//!    NodeUnschedulable, NodeName, TaintToleration (a not-Ready node counts as tainted
+//!    `node.kubernetes.io/not-ready`, as the node lifecycle controller would taint it),
+//!    NodeAffinity (nodeSelector and required affinity), NodePorts, NodeResourcesFit;
+//! 3. score the feasible nodes: least requested (cpu and memory, with kube's non-zero defaults
+//!    for pods that request nothing), spreading the pods of one controller across nodes, and
+//!    preferred node affinity; the best score wins, ties go to the first name;
+//! 4. assume the pod on the chosen node and bind it in a task of its own (kube's asynchronous
+//!    binding cycle: the next pod is placed while the write commits); or, when no node fits, set PodScheduled=False (reason Unschedulable) with kube's
+//!    "0/N nodes are available: ..." message, record a FailedScheduling event when the message
+//!    changed, and retry after a backoff or as soon as a node or a pod changes.
+//!
+//! The pods of one scheduler are placed by a single worker: two placements at once could both
+//! take the last free cpu of a node. Not yet: pod (anti-)affinity, topologySpreadConstraints,
+//! volume node affinity, preemption.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use serde_json::{Value, json};
+
+use super::fit::{NodeInfo, PodUsage, Usage, select_node, unschedulable_message};
+use super::informer::{Handler, Informer, Informers, object_key};
+use super::ownership::is_deleting;
+use super::queue::WorkQueue;
+use super::recorder::{EventType, Recorder};
+use super::replicaset::is_active;
+use super::{Action, Error, Reconcile, modify, run_workers};
+use crate::apiserver::objects::{Objects, Part, Scope, name_of};
+use crate::apiserver::status::ApiError;
+use crate::registry::Kind;
+
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+/// Retry delays for an unschedulable pod (kube's podInitialBackoff .. podMaxBackoff).
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+pub fn is_ours_and_pending(pod: &Value) -> bool {
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let scheduler = pod
+        .pointer("/spec/schedulerName")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_SCHEDULER);
+    node.is_empty() && scheduler == DEFAULT_SCHEDULER && !is_deleting(pod) && is_active(pod)
+}
+
+/// State the informer handlers share with the reconciler.
+#[derive(Default)]
+struct Placement {
+    /// Pods bound by us that the pod cache still shows unbound: pod key -> node.
+    assumed: HashMap<String, String>,
+    /// Pods that did not fit, with their failed attempts.
+    unschedulable: HashMap<String, u32>,
+    /// Every pod counted on a node (bound, or assumed): pod key -> (node, what it takes).
+    placed: HashMap<String, (String, PodUsage)>,
+    /// The sum of `placed` per node.
+    usage: HashMap<String, Usage>,
+}
+
+impl Placement {
+    fn place(&mut self, key: &str, node: &str, pod: PodUsage) {
+        self.unplace(key);
+        self.usage.entry(node.to_string()).or_default().add(&pod);
+        self.placed.insert(key.to_string(), (node.to_string(), pod));
+    }
+
+    fn unplace(&mut self, key: &str) {
+        if let Some((node, pod)) = self.placed.remove(key)
+            && let Some(usage) = self.usage.get_mut(&node)
+        {
+            usage.remove(&pod);
+            if usage.pods == 0 {
+                self.usage.remove(&node);
+            }
+        }
+    }
+
+    /// Counts a pod the cache shows: on its node while bound and not finished.
+    fn observe(&mut self, key: &str, pod: Option<&Value>) {
+        let node = pod
+            .and_then(|p| p.pointer("/spec/nodeName"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        match (pod, node) {
+            (Some(p), Some(node)) => {
+                self.assumed.remove(key);
+                if occupies(p) {
+                    self.place(key, node, PodUsage::of(p));
+                } else {
+                    self.unplace(key);
+                }
+            }
+            // Unbound: still counted where we bound it until the cache catches up.
+            (Some(_), None) if self.assumed.contains_key(key) => {}
+            _ => {
+                self.assumed.remove(key);
+                self.unplace(key);
+            }
+        }
+        if pod.is_none() {
+            self.unschedulable.remove(key);
+        }
+    }
+}
+
+/// Whether a bound pod still takes room on its node (finished pods do not).
+fn occupies(pod: &Value) -> bool {
+    !matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+pub struct Scheduler {
+    objects: Objects,
+    pod_kind: &'static dyn Kind,
+    pods: Arc<Informer>,
+    nodes: Arc<Informer>,
+    placement: Arc<Mutex<Placement>>,
+    recorder: Recorder,
+    queue: Arc<WorkQueue>,
+    /// Binds under way; dropped (aborted) with the scheduler at the end of a leadership term.
+    binds: Mutex<JoinSet<()>>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Binds under way at most: enough to keep raft's batches full, few enough that a failing
+/// store is not flooded.
+const MAX_IN_FLIGHT_BINDS: usize = 64;
+
+/// The binding cycle of one pod, run beside the scheduling of the next ones (kube-scheduler's
+/// asynchronous binding): the pod is already assumed on its node, so the next pods see the
+/// room it takes; a failed bind forgets the assumption and queues the pod again.
+#[derive(Clone)]
+struct Binder {
+    objects: Objects,
+    pod_kind: &'static dyn Kind,
+    placement: Arc<Mutex<Placement>>,
+    queue: Arc<WorkQueue>,
+    recorder: Recorder,
+}
+
+impl Binder {
+    async fn bind(self, pod: Arc<Value>, node: String) {
+        let key = object_key(&pod);
+        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+        let info = self.pod_kind.info();
+        let target = node.clone();
+        let transform = move |current: &Value| {
+            if !is_ours_and_pending(current) {
+                return Err(ApiError::conflict(
+                    info,
+                    name_of(current),
+                    "pod is no longer waiting to be scheduled".to_string(),
+                ));
+            }
+            let mut next = current.clone();
+            next["spec"]["nodeName"] = json!(target);
+            Ok(next)
+        };
+        let scope = Scope::new(self.pod_kind, namespace);
+        let result = self
+            .objects
+            .update(scope, name_of(&pod), Part::Binding, &transform, false)
+            .await;
+        if let Err(e) = result {
+            {
+                let mut placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+                // Unless the cache has meanwhile shown where the pod really is.
+                if placement.assumed.remove(&key).is_some() {
+                    placement.unplace(&key);
+                }
+            }
+            match e {
+                // Deleted, or bound by someone else meanwhile: nothing left to do.
+                ApiError::NotFound { .. } | ApiError::Conflict { .. } => {}
+                e => {
+                    tracing::warn!(error = %e, "binding failed; retrying");
+                    self.queue.add_rate_limited(key);
+                }
+            }
+            return;
+        }
+        let message = format!(
+            "Successfully assigned {}/{} to {node}",
+            namespace.unwrap_or(""),
+            name_of(&pod)
+        );
+        self.recorder
+            .record(&pod, EventType::Normal, "Scheduled", &message)
+            .await;
+    }
+}
+
+impl Scheduler {
+    pub fn new(
+        objects: Objects,
+        informers: &Informers,
+        pod_kind: &'static dyn Kind,
+        node_kind: &'static dyn Kind,
+    ) -> (Arc<Self>, Arc<WorkQueue>) {
+        let queue = Arc::new(WorkQueue::default());
+        let pods = informers.of(pod_kind);
+        let nodes = informers.of(node_kind);
+        let placement = Arc::new(Mutex::new(Placement::default()));
+        pods.add_handler(pod_handler(queue.clone(), placement.clone()));
+        let (q, p) = (queue.clone(), placement.clone());
+        nodes.add_handler(Arc::new(move |_, _| retry_unschedulable(&q, &p)));
+        let scheduler = Arc::new(Scheduler {
+            recorder: Recorder::new(objects.clone(), DEFAULT_SCHEDULER),
+            objects,
+            pod_kind,
+            pods,
+            nodes,
+            placement,
+            queue: queue.clone(),
+            binds: Mutex::new(JoinSet::new()),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BINDS)),
+        });
+        (scheduler, queue)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Placement> {
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Step 1: every node with what the pods placed on it take.
+    fn snapshot(&self) -> Vec<NodeInfo> {
+        let mut nodes = self.nodes.list();
+        nodes.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        let placement = self.lock();
+        nodes
+            .into_iter()
+            .map(|node| {
+                let usage = placement.usage.get(name_of(&node)).cloned();
+                NodeInfo::new(node, usage.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Step 4: counts the pod on `node` before the bind is written.
+    fn assume(&self, key: &str, pod: &Value, node: &str) {
+        let mut placement = self.lock();
+        placement.assumed.insert(key.to_string(), node.to_string());
+        placement.place(key, node, PodUsage::of(pod));
+        placement.unschedulable.remove(key);
+    }
+
+    /// Step 4, no fit: the PodScheduled condition, an event when the reason is new, a retry.
+    async fn unschedulable(&self, key: &str, pod: &Value, message: &str) -> Result<Action, Error> {
+        let current = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("type") == Some(&json!("PodScheduled")))
+            })
+            .and_then(|c| c.get("message"))
+            .and_then(Value::as_str);
+        if current != Some(message) {
+            tracing::info!(message, "pod does not fit any node");
+            self.recorder
+                .record(pod, EventType::Warning, "FailedScheduling", message)
+                .await;
+            let condition = json!({
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+                "lastProbeTime": null,
+                "lastTransitionTime": crate::apiserver::objects::now_rfc3339(),
+            });
+            let change = |p: &mut Value| set_condition(p, condition.clone());
+            let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+            modify(
+                &self.objects,
+                self.pod_kind,
+                namespace,
+                name_of(pod),
+                Part::Status,
+                change,
+            )
+            .await?;
+        }
+        let attempts = {
+            let mut placement = self.lock();
+            let n = placement.unschedulable.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        Ok(Action::RequeueAfter(retry_delay(attempts)))
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... up to 10 s.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(10));
+    (INITIAL_BACKOFF * factor).min(MAX_BACKOFF)
+}
+
+/// Replaces (or adds) the condition of the same type in status.conditions.
+pub fn set_condition(object: &mut Value, condition: Value) {
+    let kind = condition.get("type").cloned();
+    if !object.get("status").is_some_and(Value::is_object) {
+        object["status"] = json!({});
+    }
+    let conditions = &mut object["status"]["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    if let Some(list) = conditions.as_array_mut() {
+        match list.iter_mut().find(|c| c.get("type") == kind.as_ref()) {
+            Some(existing) => *existing = condition,
+            None => list.push(condition),
+        }
+    }
+}
+
+/// Queues every pod that did not fit: something that might make room changed.
+fn retry_unschedulable(queue: &WorkQueue, placement: &Mutex<Placement>) {
+    let keys: Vec<String> = placement
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unschedulable
+        .keys()
+        .cloned()
+        .collect();
+    for key in keys {
+        queue.add(key);
+    }
+}
+
+/// Queues new pending pods; forgets assumptions the cache caught up with; a pod leaving a node
+/// (deleted or finished) may make room for the unschedulable ones.
+fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handler {
+    Arc::new(move |old, new| {
+        let Some(pod) = new.or(old) else {
+            return;
+        };
+        let key = object_key(pod);
+        let freed = match (old, new) {
+            (Some(_), None) => true,
+            (Some(o), Some(n)) => occupies(o) && !occupies(n),
+            _ => false,
+        };
+        placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&key, new);
+        if let Some(n) = new
+            && is_ours_and_pending(n)
+        {
+            // Our own condition writes change only status: no need to look again for those.
+            let spec_changed = old.is_none_or(|o| {
+                o.get("spec") != n.get("spec")
+                    || o.pointer("/metadata/labels") != n.pointer("/metadata/labels")
+                    || o.pointer("/metadata/resourceVersion")
+                        == n.pointer("/metadata/resourceVersion")
+            });
+            if spec_changed {
+                queue.add(key.clone());
+            }
+        }
+        if freed {
+            retry_unschedulable(&queue, &placement);
+        }
+    })
+}
+
+impl Reconcile for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    async fn reconcile(&self, key: &str) -> Result<Action, Error> {
+        let Some(pod) = self.pods.get(key) else {
+            self.lock().unschedulable.remove(key);
+            return Ok(Action::Done);
+        };
+        if !is_ours_and_pending(&pod) || self.lock().assumed.contains_key(key) {
+            self.lock().unschedulable.remove(key);
+            return Ok(Action::Done);
+        }
+        let infos = self.snapshot();
+        match select_node(&pod, &infos) {
+            Ok(i) => {
+                let node = name_of(&infos[i].node).to_string();
+                tracing::debug!(node, "binding");
+                self.assume(key, &pod, &node);
+                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                    return Ok(Action::Done);
+                };
+                let binder = Binder {
+                    objects: self.objects.clone(),
+                    pod_kind: self.pod_kind,
+                    placement: self.placement.clone(),
+                    queue: self.queue.clone(),
+                    recorder: self.recorder.clone(),
+                };
+                let span = tracing::Span::current();
+                let mut binds = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+                while binds.try_join_next().is_some() {}
+                binds.spawn(
+                    async move {
+                        binder.bind(pod, node).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+                Ok(Action::Done)
+            }
+            Err(reasons) => {
+                let message = unschedulable_message(infos.len(), &reasons);
+                self.unschedulable(key, &pod, &message).await
+            }
+        }
+    }
+}
+
+/// Runs the scheduler once pods and nodes are listed, with one worker (see the module docs).
+pub async fn run(scheduler: Arc<Scheduler>, queue: Arc<WorkQueue>) {
+    scheduler.pods.wait_synced().await;
+    scheduler.nodes.wait_synced().await;
+    tracing::info!("caches synced; scheduling");
+    run_workers(scheduler, queue, 1).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(cpu: &str) -> Value {
+        json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}})
+    }
+
+    #[test]
+    fn node_usage_follows_pod_events_and_assumptions() {
+        let mut p = Placement::default();
+        let mut a = pod("1");
+        a["spec"]["nodeName"] = json!("n1");
+        p.observe("default/a", Some(&a));
+        p.observe("default/a", Some(&a));
+        assert_eq!(p.usage["n1"].pods, 1, "an update is not counted twice");
+        assert!((p.usage["n1"].requested.cpu - 1.0).abs() < 1e-9);
+        a["status"] = json!({"phase": "Succeeded"});
+        p.observe("default/a", Some(&a));
+        assert!(!p.usage.contains_key("n1"), "finished pods free their node");
+        p.assumed.insert("default/b".into(), "n2".into());
+        p.place("default/b", "n2", PodUsage::of(&pod("2")));
+        p.observe("default/b", Some(&pod("2")));
+        assert_eq!(
+            p.usage["n2"].pods, 1,
+            "assumed until the cache shows the binding"
+        );
+        p.observe("default/b", None);
+        assert!(!p.usage.contains_key("n2"));
+        assert!(p.assumed.is_empty());
+    }
+
+    #[test]
+    fn only_our_pending_pods_are_scheduled_and_retries_back_off() {
+        let mut p = pod("1");
+        assert!(is_ours_and_pending(&p));
+        p["spec"]["schedulerName"] = json!("other");
+        assert!(!is_ours_and_pending(&p));
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(3), Duration::from_secs(4));
+        assert_eq!(retry_delay(50), MAX_BACKOFF);
+        let mut q = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "True"}]}});
+        set_condition(&mut q, json!({"type": "PodScheduled", "status": "False"}));
+        assert_eq!(q["status"]["conditions"].as_array().map(Vec::len), Some(1));
+        assert_eq!(q["status"]["conditions"][0]["status"], "False");
+    }
+}
