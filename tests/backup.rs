@@ -115,6 +115,9 @@ fn flip_byte(src: &Path, dst: &Path, at_from_end: usize) {
     std::fs::write(dst, bytes).expect("write corrupt copy");
 }
 
+/// Objects loaded before the backup (the acceptance: 10,000 over many kinds).
+const LOADED: usize = 10_000;
+
 #[test]
 fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
     let source = Cluster::start(
@@ -129,7 +132,7 @@ fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
     );
     let rt = runtime();
     let mut client = rt.block_on(etcd_client(&source, 0));
-    rt.block_on(load(&client, 2000));
+    rt.block_on(load(&client, LOADED));
 
     // Writes continue (new events, updates of loaded pods) while the backup runs.
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,8 +147,8 @@ fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
                 } else {
                     format!(
                         "/registry/pods/ns-{}/obj-{}",
-                        (n * 5 % 2000) % 7,
-                        n * 5 % 2000
+                        (n * 5 % LOADED as u64) % 7,
+                        n * 5 % LOADED as u64
                     )
                 };
                 put(&mut c, key, format!("later-{n}").into_bytes()).await;
@@ -188,7 +191,7 @@ fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
     let at_backup = rt.block_on(content_hashes(&mut client, revision));
     let now = rt.block_on(content_hashes(&mut client, 0));
     assert!(
-        at_backup.len() >= 2000,
+        at_backup.len() >= LOADED,
         "{} keys at the backup",
         at_backup.len()
     );
