@@ -7,6 +7,7 @@ mod backup;
 mod bench;
 mod cli;
 mod controllers;
+mod dns_feed;
 mod etcd;
 mod kubeconfig;
 mod pki;
@@ -19,11 +20,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    let mut filter = EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    // hickory-server logs every DNS query at info (an access log): off unless named in SKIFF_LOG.
+    if !std::env::var("SKIFF_LOG").is_ok_and(|v| v.contains("hickory"))
+        && let Ok(quiet) = "hickory_server=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     if rustls::crypto::ring::default_provider()

@@ -113,6 +113,17 @@ pub struct ServerArgs {
     pub compaction_interval_secs: u64,
     #[command(flatten)]
     pub snapshots: backup::SnapshotScheduleArgs,
+    /// Where cluster DNS listens (UDP and TCP), or "off". Default: <advertise>:53, skipped with
+    /// a warning when that cannot be bound (not root).
+    #[arg(long, value_name = "ADDR|off")]
+    pub cluster_dns_listen: Option<String>,
+    /// The cluster domain DNS answers for.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// A DNS server (IP or IP:port) non-cluster names are forwarded to; repeatable. Without one
+    /// they are refused.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_upstream: Vec<String>,
 }
 
 impl ServerArgs {

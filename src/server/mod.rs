@@ -133,6 +133,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_listener = bind("API", addrs.api_listen).await?;
     let client_listener = bind("etcd client", addrs.client_listen).await?;
     let raft_listener = bind("raft peer", addrs.raft_listen).await?;
+    let cluster_dns = crate::dns_feed::bind(&args).await?;
 
     let membership = bootstrap::become_member(
         &args.data,
@@ -274,6 +275,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     ));
     // Controllers run on whichever member leads; this task starts and stops them.
     let controllers = crate::controllers::spawn(objects, node.clone());
+    if let Some((dns, server)) = cluster_dns {
+        crate::dns_feed::spawn(&node, dns, server);
+    }
     tokio::spawn(crate::apiserver::authz::defaults::ensure_default_policy(
         node.clone(),
     ));
