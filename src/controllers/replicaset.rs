@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 use super::expectations::Expectations;
 use super::informer::{Informer, Informers, split_key, uid_of};
 use super::ownership::{
-    adopt, controller_reference, controller_uid, enqueue_controller, enqueue_self, is_deleting,
-    labels, release, selector_matches, string_map,
+    adopt, controller_uid, enqueue_controller, enqueue_self, is_deleting, labels, release,
+    selector_matches, string_map,
 };
 use super::queue::WorkQueue;
+use super::templates;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, name_of};
 use crate::apiserver::status::ApiError;
@@ -130,7 +131,9 @@ impl ReplicaSetController {
                 let mut failure = None;
                 for result in results {
                     match result {
-                        Ok(created) => self.expectations.created(key, revision_of(&created)),
+                        Ok(created) => self
+                            .expectations
+                            .created(key, templates::written_revision(&created)),
                         Err(e) => failure = Some(e),
                     }
                 }
@@ -272,30 +275,9 @@ impl Reconcile for ReplicaSetController {
 /// A new pod for `rs`: the template's metadata and spec, named `<rs>-<random>`, controlled by it.
 fn pod_from_template(rs: &Value, rs_info: &crate::registry::KindInfo) -> Result<Value, Error> {
     let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-    let mut meta = json!({
-        "generateName": format!("{}-", name_of(rs)),
-        "ownerReferences": [controller_reference(rs, rs_info)],
-    });
-    for field in ["labels", "annotations", "finalizers"] {
-        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
-            meta[field] = v.clone();
-        }
-    }
-    let spec = template.get("spec").cloned().ok_or_else(|| {
-        Error::Api(ApiError::BadRequest(format!(
-            "replicaset {} has no pod template spec",
-            name_of(rs)
-        )))
-    })?;
-    Ok(json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}))
-}
-
-fn revision_of(object: &Value) -> i64 {
-    object
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
+    let mut pod = templates::pod_from_template(rs, rs_info, &template)?;
+    pod["metadata"]["generateName"] = json!(format!("{}-", name_of(rs)));
+    Ok(pod)
 }
 
 fn phase(pod: &Value) -> &str {
