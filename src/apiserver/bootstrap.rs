@@ -18,29 +18,56 @@ use crate::registry;
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Runs until the namespaces exist in this member's replica: creates them while this member
-/// leads, otherwise waits for the leader's to replicate.
+/// Runs until the namespaces exist in this member's replica, then the `kubernetes` Service.
 pub async fn ensure_system_namespaces(node: RaftNode) {
+    let mut namespaces = Vec::new();
+    for name in SYSTEM_NAMESPACES {
+        match namespace_object(name) {
+            Ok(object) => namespaces.push((namespace_key(name), object)),
+            Err(e) => tracing::error!(namespace = name, error = %e, "no system namespace"),
+        }
+    }
+    ensure_stored(&node, "system namespace", namespaces).await;
+    ensure_kubernetes_service(node).await;
+}
+
+/// Creates each (key, object) that is missing, while this member leads; returns once all of
+/// them exist in this member's replica (created here or replicated from the leader). Creates
+/// are create-if-absent, so any number of members or restarts running this at once is harmless.
+pub async fn ensure_stored(node: &RaftNode, what: &str, wanted: Vec<(String, serde_json::Value)>) {
     let store = ObjectStore::new(node.clone());
     loop {
-        match missing(&store).await {
-            Ok(missing) if missing.is_empty() => break,
+        match missing(&store, &wanted).await {
+            Ok(missing) if missing.is_empty() => return,
             Ok(missing) if node.is_leader() => {
-                for name in missing {
-                    match create(&store, name).await {
-                        Ok(()) => tracing::info!(namespace = name, "created namespace"),
-                        Err(e) => {
-                            tracing::warn!(namespace = name, error = %e, "cannot create namespace yet")
-                        }
+                for (key, object) in missing {
+                    match store.create(key, object, None).await {
+                        Ok(CreateOutcome::Created(_)) => tracing::info!(key, "created {what}"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(key, error = %e, "cannot create {what} yet"),
                     }
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "namespace bootstrap waiting"),
+            Err(e) => tracing::debug!(error = %e, "waiting to create {what}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    ensure_kubernetes_service(node).await;
+}
+
+/// The entries of `wanted` absent from this member's replica (a local read: a stale "missing"
+/// only costs a no-op create).
+async fn missing<'a>(
+    store: &ObjectStore,
+    wanted: &'a [(String, serde_json::Value)],
+) -> Result<Vec<(&'a str, &'a serde_json::Value)>, ApiError> {
+    let mut out = Vec::new();
+    for (key, object) in wanted {
+        if store.get(key, false).await?.is_none() {
+            out.push((key.as_str(), object));
+        }
+    }
+    Ok(out)
 }
 
 /// The `default/kubernetes` Service at the first address of the service range, port 443 to the
@@ -113,18 +140,8 @@ async fn ensure_object(
     }
 }
 
-async fn missing(store: &ObjectStore) -> Result<Vec<&'static str>, ApiError> {
-    let mut out = Vec::new();
-    for name in SYSTEM_NAMESPACES {
-        // Local (serializable) read: a stale "missing" only costs a no-op create.
-        if store.get(&namespace_key(name), false).await?.is_none() {
-            out.push(*name);
-        }
-    }
-    Ok(out)
-}
-
-async fn create(store: &ObjectStore, name: &str) -> Result<(), ApiError> {
+/// A system namespace as admission makes it.
+fn namespace_object(name: &str) -> Result<serde_json::Value, ApiError> {
     let kind = registry::lookup("", "v1", "namespaces")
         .ok_or_else(|| ApiError::Internal("namespaces are not registered".into()))?;
     let object = json!({
@@ -136,11 +153,6 @@ async fn create(store: &ObjectStore, name: &str) -> Result<(), ApiError> {
             "creationTimestamp": super::objects::now_rfc3339(),
         },
     });
-    let object = kind
-        .admit_create(object)
-        .map_err(|e| ApiError::Internal(format!("system namespace {name}: {e}")))?;
-    match store.create(&namespace_key(name), &object, None).await? {
-        CreateOutcome::Created(_) | CreateOutcome::AlreadyExists => Ok(()),
-        CreateOutcome::NamespaceMissing | CreateOutcome::ClaimTaken(_) => Ok(()),
-    }
+    kind.admit_create(object)
+        .map_err(|e| ApiError::Internal(format!("system namespace {name}: {e}")))
 }

@@ -154,12 +154,25 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let object = decode_body(headers, body)?;
     let transform = move |_: &Value| Ok(object.clone());
+    update_and_respond(objects, target, name, &transform, headers, query, output).await
+}
+
+/// PUT and PATCH: one guaranteed update of the target's part, differing only in `transform`.
+async fn update_and_respond(
+    objects: &Objects,
+    target: &ResourceTarget,
+    name: &str,
+    transform: &super::objects::Transform<'_>,
+    headers: &HeaderMap,
+    query: &Query,
+    output: Output,
+) -> Result<Response, ApiError> {
     let updated = objects
         .update_with(
             scope(target),
             name,
             part(target),
-            &transform,
+            transform,
             &write_options(query, headers)?,
         )
         .await?;
@@ -180,19 +193,10 @@ pub async fn patch(
     }
     let kind = PatchType::from_content_type(content_type(headers))?;
     let transform = move |current: &Value| patch::apply(kind, current, body);
-    let updated = objects
-        .update_with(
-            scope(target),
-            name,
-            part(target),
-            &transform,
-            &write_options(query, headers)?,
-        )
-        .await?;
-    Ok(ok(output, target.kind, StatusCode::OK, updated, query))
+    update_and_respond(objects, target, name, &transform, headers, query, output).await
 }
 
-fn content_type(headers: &HeaderMap) -> &str {
+pub fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

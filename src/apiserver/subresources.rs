@@ -2,7 +2,7 @@
 //! replicated workloads, and the pod verbs the scheduler and `kubectl drain` use,
 //! `pods/binding` and `pods/eviction`.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -148,11 +148,9 @@ pub async fn update_scale(
         return Err(not_scalable(target));
     }
     let patch_type = if is_patch {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        Some(PatchType::from_content_type(content_type)?)
+        Some(PatchType::from_content_type(
+            super::handlers::content_type(headers),
+        )?)
     } else {
         None
     };

@@ -3,16 +3,12 @@
 //! user gets, and the roles of nodes and the scheduler. Created by the leader if absent; a user
 //! may change them afterwards (as `rbac.authorization.kubernetes.io/autoupdate` allows).
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use skiff_raft::RaftNode;
 
 use super::RBAC_PREFIX;
 use crate::apiserver::auth::{AUTHENTICATED, UNAUTHENTICATED};
 use crate::apiserver::objects::{new_uid, now_rfc3339};
-use crate::apiserver::status::ApiError;
-use crate::apiserver::store::{CreateOutcome, ObjectStore};
 
 /// Members of this group may do anything, whatever RBAC holds (kube-apiserver's superuser
 /// group); the admin kubeconfig's certificate is in it.
@@ -178,36 +174,6 @@ pub fn default_objects() -> Vec<(String, Value)> {
 /// Creates the defaults that are missing, while this member leads; returns once all exist in
 /// this member's replica.
 pub async fn ensure_default_policy(node: RaftNode) {
-    let store = ObjectStore::new(node.clone());
-    loop {
-        match missing(&store).await {
-            Ok(missing) if missing.is_empty() => return,
-            Ok(missing) if node.is_leader() => {
-                for (key, object) in missing {
-                    match store.create(&key, &object, None).await {
-                        Ok(CreateOutcome::Created(_)) => {
-                            tracing::info!(key, "created default RBAC object")
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(key, error = %e, "cannot create default RBAC object yet")
-                        }
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "RBAC bootstrap waiting"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn missing(store: &ObjectStore) -> Result<Vec<(String, Value)>, ApiError> {
-    let mut out = Vec::new();
-    for (key, object) in default_objects() {
-        if store.get(&key, false).await?.is_none() {
-            out.push((key, object));
-        }
-    }
-    Ok(out)
+    crate::apiserver::bootstrap::ensure_stored(&node, "default RBAC object", default_objects())
+        .await;
 }
