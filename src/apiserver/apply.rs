@@ -292,12 +292,13 @@ fn now() -> String {
 /// fields it changed, and nobody else does any more. `old` is None on create.
 pub fn record_update(new: &mut Value, old: Option<&Value>, manager: &str, api_version: &str) {
     let mut list = old.map(entries).unwrap_or_default();
-    let changed: BTreeSet<FieldPath> = leaves(new)
-        .into_iter()
-        .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p)))
-        .collect();
     // Fields that vanished are owned by nobody.
     let present = leaves(new);
+    let changed: BTreeSet<FieldPath> = present
+        .iter()
+        .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p)))
+        .cloned()
+        .collect();
     for entry in &mut list {
         entry
             .fields
