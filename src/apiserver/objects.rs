@@ -654,11 +654,10 @@ impl Objects {
     /// The claims every object in a namespace holds.
     async fn namespace_claims(&self, namespace: &str) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
-        for kind in registry::all_kinds().iter().filter(|k| k.info().namespaced) {
-            let probe = claims_of(kind.info(), &json!({"spec": {"clusterIP": "probe"}}));
-            if probe.is_empty() {
-                continue;
-            }
+        for kind in registry::all_kinds()
+            .iter()
+            .filter(|k| service_network::holds_claims(k.info()))
+        {
             let scope = Scope::new(*kind, Some(namespace));
             for item in self.list(scope, &ListOptions::default()).await?.items {
                 out.extend(claims_of(kind.info(), &item));

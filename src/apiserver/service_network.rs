@@ -50,7 +50,8 @@ fn port_claim(port: i64) -> String {
     format!("{PORT_CLAIMS}{port}")
 }
 
-fn is_service(info: &KindInfo) -> bool {
+/// Whether objects of this kind hold claims (only Services do).
+pub fn holds_claims(info: &KindInfo) -> bool {
     info.group.is_empty() && info.resource == "services"
 }
 
@@ -70,7 +71,7 @@ fn cluster_ip(object: &Value) -> Option<&str> {
 
 /// The claims a stored object holds (none for kinds other than Service).
 pub fn claims_of(info: &KindInfo, object: &Value) -> Vec<String> {
-    if !is_service(info) {
+    if !holds_claims(info) {
         return Vec::new();
     }
     let mut out = Vec::new();
@@ -139,7 +140,7 @@ impl ServiceNetwork {
         object: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
-        if !is_service(info) {
+        if !holds_claims(info) {
             return Ok(());
         }
         let name = object
