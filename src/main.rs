@@ -1,6 +1,7 @@
 //! skiff: one binary for every role of a Raft-native Kubernetes distribution.
 //! This file only sets up logging and TLS, parses the command line and hands over.
 
+mod agent;
 mod apiclient;
 mod apiserver;
 mod backup;
@@ -10,8 +11,10 @@ mod controllers;
 mod dns_feed;
 mod etcd;
 mod kubeconfig;
+mod nodeapi;
 mod pki;
 mod progress;
+mod proxy;
 mod registry;
 mod server;
 
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Restore(args) => cli::backup::run_restore(args).await,
             cli::Command::Chaos(command) => cli::chaos::run(command).await,
             cli::Command::Kubeconfig(args) => cli::kubeconfig::run(args),
+            cli::Command::Agent(args) => agent::run(*args).await,
         }
     });
     match outcome {

@@ -209,6 +209,9 @@ fn delete_options(body: &[u8], query: &Query) -> Result<DeleteOptions, ApiError>
         options.propagation_policy = Some(policy.to_string());
     }
     options.dry_run |= dry_run(query);
+    if let Some(grace) = query.int("gracePeriodSeconds")? {
+        options.grace_period_seconds = Some(grace);
+    }
     Ok(options)
 }
 

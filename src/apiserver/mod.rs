@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod objects;
 pub mod patch;
+pub mod pod_streams;
 pub mod protobuf;
 pub mod request;
 pub mod router;
@@ -51,6 +52,8 @@ pub struct ApiOptions {
     pub audit_log: Option<std::path::PathBuf>,
     /// Bearer tokens from `--token-auth-file`.
     pub static_tokens: static_tokens::StaticTokens,
+    /// How this member reaches the nodes' Kubelet APIs (logs, exec).
+    pub kubelets: pod_streams::Kubelets,
 }
 
 pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) -> Router {
@@ -58,6 +61,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         server_address,
         audit_log,
         static_tokens,
+        kubelets,
     } = options;
     // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
     // runs for the life of the process).
@@ -81,5 +85,6 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
         tokens: tokens::TokenIssuer::new(objects.store().clone()),
         static_tokens: std::sync::Arc::new(static_tokens),
+        kubelets,
     })
 }

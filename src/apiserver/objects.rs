@@ -152,6 +152,9 @@ pub struct DeleteOptions {
     /// "Foreground", "Background" or "Orphan".
     pub propagation_policy: Option<String>,
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: for pods a kubelet runs, how long their containers get to stop
+    /// (None: the pod's terminationGracePeriodSeconds; 0: at once).
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl DeleteOptions {
@@ -183,6 +186,7 @@ impl DeleteOptions {
             resource_version: text("/preconditions/resourceVersion"),
             propagation_policy: policy,
             dry_run,
+            grace_period_seconds: v.get("gracePeriodSeconds").and_then(Value::as_i64),
         })
     }
 }
@@ -581,6 +585,37 @@ impl Objects {
             // A namespace with spec.finalizers ("kubernetes") terminates first: the namespace
             // controller empties it, drops the finalizer, and deletes it again.
             let terminating = is_namespace && !strings_at(&object, "/spec/finalizers").is_empty();
+            if let Some(grace) = pod_grace_period(info, &object, options) {
+                // A kubelet runs it: mark it, the kubelet stops its containers and then
+                // deletes it for good (grace 0). A second delete may only shorten the wait.
+                let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                let deadline = deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+                let meta = meta_mut(&mut object)?;
+                let earlier = match meta.get("deletionTimestamp").and_then(Value::as_str) {
+                    Some(current) => deadline.as_str() < current,
+                    None => true,
+                };
+                if earlier {
+                    meta.insert("deletionTimestamp".into(), json!(deadline));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                if !holding.is_empty() {
+                    meta.insert("finalizers".into(), json!(holding));
+                }
+                meta.remove("resourceVersion");
+                if object == stored.object || options.dry_run {
+                    return Ok(Deleted::Pending(object));
+                }
+                if let Some(revision) = self
+                    .store
+                    .update(&key, &object, stored.mod_revision)
+                    .await?
+                {
+                    super::store::set_resource_version(&mut object, revision);
+                    return Ok(Deleted::Pending(object));
+                }
+                continue;
+            }
             if holding.is_empty() && !terminating {
                 if options.dry_run {
                     return Ok(Deleted::Gone(object));
@@ -690,6 +725,29 @@ impl Objects {
 
 /// An update's function from the current object to the desired one.
 pub type Transform<'a> = dyn Fn(&Value) -> Result<Value, ApiError> + Send + Sync + 'a;
+
+/// How long a deleted pod's containers get to stop, or None when the pod goes at once: it is
+/// not bound, already finished, no kubelet has taken it (no status.hostIP: nobody would finish
+/// the deletion), or the caller asked for grace 0.
+fn pod_grace_period(info: &KindInfo, pod: &Value, options: &DeleteOptions) -> Option<i64> {
+    if info.kind != "Pod" || !info.group.is_empty() || options.grace_period_seconds == Some(0) {
+        return None;
+    }
+    let text = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or("");
+    if text("/spec/nodeName").is_empty()
+        || text("/status/hostIP").is_empty()
+        || matches!(text("/status/phase"), "Succeeded" | "Failed")
+    {
+        return None;
+    }
+    let grace = options.grace_period_seconds.unwrap_or_else(|| {
+        pod.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30)
+    });
+    // Kubernetes turns a negative grace into 1 second.
+    Some(grace.max(1))
+}
 
 pub fn is_deleting(object: &Value) -> bool {
     object.pointer("/metadata/deletionTimestamp").is_some()

@@ -112,6 +112,18 @@ impl Query {
         Ok(Query(map))
     }
 
+    /// Every value of a repeated parameter (`command=a&command=b`), in order.
+    pub fn repeated(raw: Option<&str>, key: &str) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if decode_component(k)? == key {
+                out.push(decode_component(v)?);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)

@@ -43,6 +43,7 @@ pub struct ApiState {
     pub in_flight: Arc<Semaphore>,
     pub tokens: TokenIssuer,
     pub static_tokens: Arc<StaticTokens>,
+    pub kubelets: super::pod_streams::Kubelets,
 }
 
 /// What a request turned out to be, filled in as `serve` learns it; read for metrics and the
@@ -347,6 +348,25 @@ async fn serve(
     let info = target.kind.info();
     if info.namespaced && target.name.is_some() && target.namespace.is_none() {
         return Err(ApiError::NoRoute);
+    }
+    // Streams relayed to the pod's node keep the request (exec upgrades the connection).
+    if let (Some(sub @ ("log" | "exec")), Some(name)) =
+        (target.subresource.as_deref(), target.name.as_deref())
+        && info.group.is_empty()
+        && info.resource == "pods"
+    {
+        let kubelets = &state.kubelets;
+        return match (sub, &method) {
+            ("log", &Method::GET) => {
+                super::pod_streams::logs(kubelets, &state.objects, &target, name, &query).await
+            }
+            ("exec", &Method::GET | &Method::POST) => {
+                super::pod_streams::exec(kubelets, &state.objects, &target, name, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            ))),
+        };
     }
     let headers = request.headers().clone();
     let body = to_bytes(request.into_body(), MAX_BODY_BYTES)

@@ -82,6 +82,170 @@ impl Encoder {
     }
 }
 
+/// One thing a watcher learns, before any wire encoding (the REST watch writes JSON lines, the
+/// agents' gRPC watch protobuf messages).
+#[derive(Debug)]
+pub enum Change {
+    /// ADDED, MODIFIED or DELETED.
+    Event(&'static str, Value),
+    /// The initial list (when one was asked for) is complete at this revision.
+    Synced(i64),
+    /// Nothing changed up to this revision.
+    Progress(i64),
+    /// The requested revision is compacted away; the stream ends after this.
+    Expired { requested: i64, compacted: i64 },
+}
+
+/// What to watch.
+pub struct WatchSpec<'a> {
+    pub kind: &'static dyn Kind,
+    pub namespace: Option<&'a str>,
+    pub selectors: ListOptions,
+    /// None: the current state as ADDED events first, then changes after it.
+    pub after: Option<i64>,
+    /// Ask the hub for progress notices (bookmarks).
+    pub progress: bool,
+}
+
+/// Starts a watch: the changes arrive on the returned channel until the hub closes the watcher
+/// or the receiver is dropped (the task then ends and drops the watcher).
+pub async fn changes(
+    objects: &Objects,
+    spec: WatchSpec<'_>,
+    buffer: usize,
+) -> Result<mpsc::Receiver<Change>, ApiError> {
+    let WatchSpec {
+        kind,
+        namespace,
+        mut selectors,
+        after,
+        progress,
+    } = spec;
+    selectors.limit = 0;
+    selectors.continue_token = None;
+    let info = kind.info();
+    let (tx, rx) = mpsc::channel::<Change>(buffer);
+    let start = match after {
+        Some(rv) => rv + 1,
+        None => {
+            let list = objects
+                .list(Scope::new(kind, namespace), &selectors)
+                .await?;
+            let revision = list.revision;
+            let mut initial: Vec<Change> = list
+                .items
+                .into_iter()
+                .map(|item| Change::Event("ADDED", item))
+                .collect();
+            initial.push(Change::Synced(revision));
+            // The initial state may exceed the buffer: a task feeds it in order before the
+            // changes (the receiver sees the same sequence either way).
+            let (first_tx, first_rx) = (tx.clone(), initial);
+            let feed = tokio::spawn(async move {
+                for change in first_rx {
+                    if first_tx.send(change).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            });
+            return follow(
+                objects,
+                info,
+                namespace,
+                selectors,
+                revision + 1,
+                progress,
+                tx,
+                Some(feed),
+            )
+            .map(|()| rx);
+        }
+    };
+    follow(
+        objects, info, namespace, selectors, start, progress, tx, None,
+    )
+    .map(|()| rx)
+}
+
+/// Spawns the task that forwards the hub's events from `start` on (after `initial` is sent).
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    objects: &Objects,
+    info: &'static crate::registry::KindInfo,
+    namespace: Option<&str>,
+    selectors: ListOptions,
+    start: i64,
+    progress: bool,
+    tx: mpsc::Sender<Change>,
+    initial: Option<tokio::task::JoinHandle<bool>>,
+) -> Result<(), ApiError> {
+    let prefix = list_prefix(info, namespace);
+    let watcher = objects.store().node().watch_hub().watch(WatchRequest {
+        range: KeyRange::prefix(prefix.as_str()),
+        start_revision: start,
+        prev_kv: true,
+        progress_notify: progress,
+    });
+    let span = tracing::info_span!("watch", resource = info.resource, start);
+    tokio::spawn(
+        async move {
+            if let Some(initial) = initial
+                && !initial.await.unwrap_or(false)
+            {
+                return;
+            }
+            let mut watcher = match watcher {
+                Ok(w) => w,
+                Err(WatchError::Compacted { compacted }) => {
+                    let _ = tx
+                        .send(Change::Expired {
+                            requested: start - 1,
+                            compacted,
+                        })
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch refused");
+                    return;
+                }
+            };
+            loop {
+                let changes = match watcher.next().await {
+                    None => return,
+                    Some(WatchMessage::Closed(WatchError::Compacted { compacted })) => {
+                        let _ = tx
+                            .send(Change::Expired {
+                                requested: start - 1,
+                                compacted,
+                            })
+                            .await;
+                        return;
+                    }
+                    Some(WatchMessage::Closed(reason)) => {
+                        tracing::debug!(%reason, "watch closed by the hub");
+                        return;
+                    }
+                    Some(WatchMessage::Progress { revision }) => vec![Change::Progress(revision)],
+                    Some(WatchMessage::Events { events, .. }) => events
+                        .iter()
+                        .filter_map(|e| convert(e, &selectors))
+                        .collect(),
+                };
+                for change in changes {
+                    if tx.send(change).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// The REST watch: JSON lines over a chunked response.
 pub async fn watch(
     objects: &Objects,
     target: &ResourceTarget,
@@ -89,10 +253,6 @@ pub async fn watch(
     output: Output,
     guard: WatchGuard,
 ) -> Result<Response, ApiError> {
-    let info = target.kind.info();
-    let mut selectors = list_options(query)?;
-    selectors.limit = 0;
-    selectors.continue_token = None;
     let encoder = Encoder {
         kind: target.kind,
         output,
@@ -103,88 +263,53 @@ pub async fn watch(
         .int("timeoutSeconds")?
         .filter(|s| *s > 0)
         .map(|s| Duration::from_secs(s as u64));
-    let requested = match query.get("resourceVersion") {
+    let after = match query.get("resourceVersion") {
         None | Some("0") => None,
         Some(rv) => Some(
             rv.parse::<i64>()
                 .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
         ),
     };
+    let mut changes = changes(
+        objects,
+        WatchSpec {
+            kind: target.kind,
+            namespace: target.namespace.as_deref(),
+            selectors: list_options(query)?,
+            after,
+            progress: bookmarks,
+        },
+        STREAM_BUFFER,
+    )
+    .await?;
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
-    // Initial state: ADDED for every object, then changes after the list's revision.
-    let start = match requested {
-        Some(rv) => rv + 1,
-        None => {
-            let scope = Scope::new(target.kind, target.namespace.as_deref());
-            let list = objects.list(scope, &selectors).await?;
-            let (items, revision) = (list.items, list.revision);
-            for item in items {
-                // The buffer is fresh; a full one only delays (the task below drains it).
-                if tx.send(encoder.event("ADDED", item)).await.is_err() {
-                    break;
-                }
-            }
-            revision + 1
-        }
-    };
-    let prefix = list_prefix(info, target.namespace.as_deref());
-    let hub_request = WatchRequest {
-        range: KeyRange::prefix(prefix.as_str()),
-        start_revision: start,
-        prev_kv: true,
-        progress_notify: bookmarks,
-    };
-    let watcher = objects.store().node().watch_hub().watch(hub_request);
-    let span = tracing::info_span!("watch", resource = info.resource, start);
+    let span = tracing::info_span!("watch_http", resource = target.kind.info().resource);
     tokio::spawn(
         async move {
             // Counts this watch as open until the task ends.
             let _guard = guard;
-            let mut watcher = match watcher {
-                Ok(w) => w,
-                Err(WatchError::Compacted { compacted }) => {
-                    let _ = tx.send(encoder.expired(start - 1, compacted)).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch refused");
-                    return;
-                }
-            };
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             loop {
                 let next = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, watcher.next()).await {
+                    Some(d) => match tokio::time::timeout_at(d, changes.recv()).await {
                         Ok(m) => m,
                         Err(_) => return,
                     },
-                    None => watcher.next().await,
+                    None => changes.recv().await,
                 };
-                let lines = match next {
+                let line = match next {
                     None => return,
-                    Some(WatchMessage::Closed(WatchError::Compacted { compacted })) => {
-                        vec![encoder.expired(start - 1, compacted)]
-                    }
-                    Some(WatchMessage::Closed(reason)) => {
-                        tracing::debug!(%reason, "watch closed by the hub");
-                        return;
-                    }
-                    Some(WatchMessage::Progress { revision }) => {
-                        if bookmarks {
-                            vec![encoder.bookmark(revision)]
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    Some(WatchMessage::Events { events, .. }) => events
-                        .iter()
-                        .filter_map(|e| convert(e, &selectors, &encoder))
-                        .collect(),
+                    Some(Change::Event(kind, object)) => encoder.event(kind, object),
+                    Some(Change::Synced(_)) => continue,
+                    Some(Change::Progress(revision)) if bookmarks => encoder.bookmark(revision),
+                    Some(Change::Progress(_)) => continue,
+                    Some(Change::Expired {
+                        requested,
+                        compacted,
+                    }) => encoder.expired(requested, compacted),
                 };
-                for line in lines {
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
+                if tx.send(line).await.is_err() {
+                    return;
                 }
             }
         }
@@ -199,13 +324,8 @@ pub async fn watch(
         .into_response())
 }
 
-/// The initial list of a watch reads everything (no limit/continue).
 /// One store event as a watch event, or None when the selectors hide both sides of it.
-fn convert(
-    event: &skiff_storage::Event,
-    selectors: &ListOptions,
-    encoder: &Encoder,
-) -> Option<Bytes> {
+fn convert(event: &skiff_storage::Event, selectors: &ListOptions) -> Option<Change> {
     let prev = event
         .prev_kv
         .as_ref()
@@ -218,12 +338,12 @@ fn convert(
             let now_matches = selectors.matches(&object);
             let created = event.kv.create_revision == event.kv.mod_revision;
             match (now_matches, prev_matches && !created) {
-                (true, true) => Some(encoder.event("MODIFIED", object)),
-                (true, false) => Some(encoder.event("ADDED", object)),
+                (true, true) => Some(Change::Event("MODIFIED", object)),
+                (true, false) => Some(Change::Event("ADDED", object)),
                 (false, true) => {
                     let mut gone = prev?;
                     super::store::set_resource_version(&mut gone, event.kv.mod_revision);
-                    Some(encoder.event("DELETED", gone))
+                    Some(Change::Event("DELETED", gone))
                 }
                 (false, false) => None,
             }
@@ -234,7 +354,7 @@ fn convert(
             }
             let mut gone = prev?;
             super::store::set_resource_version(&mut gone, event.kv.mod_revision);
-            Some(encoder.event("DELETED", gone))
+            Some(Change::Event("DELETED", gone))
         }
     }
 }

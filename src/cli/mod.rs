@@ -44,6 +44,8 @@ pub enum Command {
     Chaos(chaos::ChaosCommand),
     /// Print a kubeconfig for a user (a client certificate from the cluster CA).
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Run a node agent (kubelet): joins with the token, registers the node, runs its pods.
+    Agent(Box<crate::agent::AgentArgs>),
 }
 
 #[derive(Subcommand, Debug)]

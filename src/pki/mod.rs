@@ -21,6 +21,9 @@ pub use token::JoinToken;
 /// DNS name every member's certificate carries, so peers can verify each other independent of
 /// which address (advertise, loopback, listen override) they dialled.
 pub const PEER_DNS_NAME: &str = "skiff-peer";
+/// The TLS name every agent's Kubelet server certificate carries (the API server dials agents
+/// by address and checks this name, so an agent certificate can never pass as a member's).
+pub const AGENT_DNS_NAME: &str = "skiff-agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -88,6 +91,25 @@ impl ClusterCa {
     pub fn issue_node(&self, name: &str, sans: &[String]) -> Result<CertKey, PkiError> {
         let mut names: Vec<String> =
             vec![PEER_DNS_NAME.into(), "localhost".into(), "127.0.0.1".into()];
+        for san in sans {
+            if !san.is_empty() && !names.contains(san) {
+                names.push(san.clone());
+            }
+        }
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name =
+            distinguished_name(&format!("system:node:{name}"), Some("system:nodes"));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
+    /// A node agent's certificate: the kubelet's identity (`system:node:<name>` in group
+    /// `system:nodes`) for calls to the control plane, and its Kubelet server certificate.
+    pub fn issue_agent(&self, name: &str, sans: &[String]) -> Result<CertKey, PkiError> {
+        let mut names: Vec<String> = vec![AGENT_DNS_NAME.into()];
         for san in sans {
             if !san.is_empty() && !names.contains(san) {
                 names.push(san.clone());

@@ -124,7 +124,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router)
                     },
                 );
                 if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await
                 {
                     debug!(error = %e, "connection ended with error");

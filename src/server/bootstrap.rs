@@ -192,15 +192,7 @@ async fn join_cluster(
         .strip_prefix("https://")
         .unwrap_or(url)
         .to_string();
-    let ca_pem = fetch_ca(&server)
-        .await
-        .with_context(|| format!("fetching the cluster CA from {server}"))?;
-    let fingerprint = ca_fingerprint(&ca_pem);
-    if fingerprint != token.ca_hash {
-        bail!(
-            "the CA served by {server} (sha256 {fingerprint}) does not match the join token; refusing to join"
-        );
-    }
+    let ca_pem = fetch_trusted_ca(&server, &token).await?;
     let mut client = admin_client(&server, &ca_pem, None).await?;
     let response = client
         .join(JoinRequest {
@@ -262,6 +254,20 @@ pub async fn admin_client(
         .await
         .with_context(|| format!("connecting to {server}"))?;
     Ok(AdminClient::new(channel))
+}
+
+/// The cluster CA served at `server` (host:port), trusted only if its hash is the token's.
+pub async fn fetch_trusted_ca(server: &str, token: &JoinToken) -> anyhow::Result<String> {
+    let ca_pem = fetch_ca(server)
+        .await
+        .with_context(|| format!("fetching the cluster CA from {server}"))?;
+    let fingerprint = ca_fingerprint(&ca_pem);
+    if fingerprint != token.ca_hash {
+        bail!(
+            "the CA served by {server} (sha256 {fingerprint}) does not match the join token; refusing to join"
+        );
+    }
+    Ok(ca_pem)
 }
 
 /// GET /cacerts without verifying the server: the caller checks the hash against the token.

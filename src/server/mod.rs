@@ -219,7 +219,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let ca_pem = pki.ca.cert_pem.clone();
     let ready_node = node.clone();
     let objects = crate::apiserver::objects(node.clone());
+    let node_api = crate::nodeapi::NodeApi::server(
+        objects.clone(),
+        node.clone(),
+        crate::pki::ClusterCa::from_pem(pki.ca.clone()),
+        token.clone(),
+    );
     let router: Router = tonic::service::Routes::new(AdminServer::new(admin))
+        .add_service(node_api)
         .into_axum_router()
         .route("/cacerts", get(move || async move { ca_pem }))
         .route("/healthz", get(|| async { "ok" }))
@@ -243,6 +250,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     Some(path) => crate::apiserver::static_tokens::StaticTokens::load(path)?,
                     None => Default::default(),
                 },
+                kubelets: crate::apiserver::pod_streams::Kubelets::new(
+                    pki.ca.cert_pem.clone(),
+                    crate::pki::ClusterCa::from_pem(pki.ca.clone())
+                        .issue_client("kube-apiserver-kubelet-client", Some("system:masters"))?,
+                ),
             },
         ));
     let acceptor =
@@ -359,7 +371,7 @@ async fn remove_member(args: &ServerArgs, target: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

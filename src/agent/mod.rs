@@ -1,0 +1,187 @@
+//! `skiff agent`: the kubelet (and, with `crate::proxy`, kube-proxy) of one node.
+//!
+//! It joins with the cluster token once (a node certificate kept under `--data`), registers
+//! its Node, keeps its Lease fresh, watches the pods bound to it over gRPC and runs them with
+//! the chosen runtime, and serves `kubectl logs/exec/port-forward` to the API server on its
+//! Kubelet port. When the control plane is unreachable the pods keep running; the watches
+//! resume from the last revision they saw once a member answers again.
+
+pub mod control_plane;
+pub mod env;
+pub mod kubelet_server;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod runtime;
+pub mod volumes;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tracing::info;
+
+use control_plane::{ControlPlane, Credentials};
+use pods::{NodeContext, PodManager, PodRegistry, ServiceCache};
+use runtime::Runtime;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// Host processes (no images, no isolation beyond mount/UTS namespaces as root).
+    Process,
+    /// containerd over CRI (real images and pod networking).
+    Containerd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// A control-plane member (https://ADDR:6443); repeat or comma-separate for failover.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub server: Vec<String>,
+    /// The join token printed by `skiff server --init` (needed on the first start only).
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+    /// Data directory (node certificate, pod directories, runtime state).
+    #[arg(long, default_value = "./skiff-agent")]
+    pub data: PathBuf,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The node's IP address (InternalIP; the API server reaches the Kubelet port here).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Where the Kubelet API (logs, exec, port-forward) listens (default ADDRESS:10250).
+    #[arg(long)]
+    pub kubelet_listen: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value = "process")]
+    pub runtime: RuntimeKind,
+    /// An existing containerd socket (default: start a private containerd under --data).
+    #[arg(long)]
+    pub containerd_socket: Option<PathBuf>,
+    /// The network namespace (path) this node lives in; its containerd is started inside.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// The cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Extra node labels (key=value, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u64,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// The containerd runtime for this node (a private containerd unless --containerd-socket).
+async fn containerd_runtime(
+    args: &AgentArgs,
+    name: &str,
+    pod_cidr: Option<String>,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    let _ = (args, name, pod_cidr);
+    anyhow::bail!(
+        "the containerd runtime is not built into this version yet; use --runtime process"
+    )
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(host_name);
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let sans = vec![args.address.clone(), name.clone()];
+    let credentials = Credentials::load_or_join(
+        &args.data,
+        &args.server,
+        args.token.as_deref(),
+        &name,
+        &sans,
+    )
+    .await?;
+    let control = Arc::new(ControlPlane::new(credentials.clone()));
+    let host = node::HostInfo::probe(args.max_pods);
+    let kubelet_listen = args.kubelet_listen.unwrap_or(SocketAddr::new(
+        args.address.parse().context("--address must be an IP")?,
+        10250,
+    ));
+
+    // Register first: the containerd runtime needs the node's pod CIDR.
+    let labels: Vec<(String, String)> = args
+        .node_labels
+        .iter()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let runtime_name = match args.runtime {
+        RuntimeKind::Process => "process",
+        RuntimeKind::Containerd => "containerd",
+    };
+    let spec = Arc::new(node::NodeSpec {
+        name: name.clone(),
+        address: args.address.clone(),
+        kubelet_port: kubelet_listen.port(),
+        labels,
+        runtime: runtime_name,
+        host: host.clone(),
+    });
+    let registered = node::register(&control, &spec).await;
+    let pod_cidr = registered
+        .pointer("/spec/podCIDR")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let runtime: Arc<dyn Runtime> = match args.runtime {
+        RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::open(
+            &args.data.join("runtime"),
+        )?),
+        RuntimeKind::Containerd => containerd_runtime(&args, &name, pod_cidr.clone()).await?,
+    };
+    info!(node = %name, runtime = runtime.name(), pod_cidr = pod_cidr.as_deref().unwrap_or(""), "agent starting");
+    tokio::spawn(node::heartbeat(control.clone(), spec.clone()));
+
+    let registry = Arc::new(PodRegistry::default());
+    let services = Arc::new(ServiceCache::default());
+    let context = Arc::new(NodeContext {
+        node_name: name.clone(),
+        node_ip: args.address.clone(),
+        runtime: runtime.clone(),
+        control: control.clone(),
+        pods_dir: args.data.join("pods"),
+        services: services.clone(),
+        resources: host.resources(),
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        registry: registry.clone(),
+    });
+    let kubelet = kubelet_server::serve(
+        kubelet_listen,
+        &credentials,
+        registry.clone(),
+        runtime.clone(),
+    )
+    .await?;
+    let pods = tokio::spawn(watch::pods(
+        control.clone(),
+        name.clone(),
+        PodManager::new(context),
+    ));
+    let service_watch = tokio::spawn(watch::services(control.clone(), services));
+    info!(node = %name, kubelet = %kubelet_listen, "skiff agent running");
+    tokio::select! {
+        _ = crate::server::shutdown_signal() => info!("shutting down; pods keep running until the next start"),
+        r = kubelet => anyhow::bail!("kubelet server stopped: {r:?}"),
+        r = pods => anyhow::bail!("pod watch stopped: {r:?}"),
+        r = service_watch => anyhow::bail!("service watch stopped: {r:?}"),
+    }
+    Ok(())
+}
