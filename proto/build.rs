@@ -4,7 +4,12 @@
 use std::io;
 
 /// skiff's own services: implementers must provide every method (no default stubs).
-const SKIFF_PROTOS: &[&str] = &["proto/raft.proto", "proto/admin.proto", "proto/agent.proto"];
+const SKIFF_PROTOS: &[&str] = &[
+    "proto/raft.proto",
+    "proto/admin.proto",
+    "proto/agent.proto",
+    "proto/cri/api.proto",
+];
 /// The etcd v3 client API (packages `etcdserverpb` and `mvccpb`).
 const ETCD_PROTOS: &[&str] = &["proto/etcd/etcdserver.proto", "proto/etcd/mvcc.proto"];
 /// The Kubernetes wire schema kubectl's protobuf request bodies follow. No Rust code is generated

@@ -3,6 +3,7 @@
 //! What lives here (and only here):
 //! - `raft`: the raft peer service (port 2380); payloads are opaque bincode bytes.
 //! - `admin`: join, membership and status on the API port (6443).
+//! - `cri`: the CRI v1 subset the agent uses with containerd.
 //! - `agent`: node agents and the control plane (`NodeAgent` on 6443, `Kubelet` on 10250).
 //! - `etcdserverpb` and `mvccpb`: the etcd v3 client API (port 2379), wire-compatible with
 //!   etcd 3.4 so etcdctl and clientv3 work unmodified. They are sibling modules because the
@@ -21,6 +22,11 @@ pub mod admin {
 
 pub mod agent {
     tonic::include_proto!("skiff.agent.v1");
+}
+
+/// The Kubernetes Container Runtime Interface (subset), to drive containerd.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
 }
 
 pub mod etcdserverpb {

@@ -88,10 +88,16 @@ async fn containerd_runtime(
     name: &str,
     pod_cidr: Option<String>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
-    let _ = (args, name, pod_cidr);
-    anyhow::bail!(
-        "the containerd runtime is not built into this version yet; use --runtime process"
-    )
+    let options = runtime::containerd::ContainerdOptions {
+        state_dir: args.data.join("containerd"),
+        socket: args.containerd_socket.clone(),
+        pod_cidr,
+        netns: args.netns.clone(),
+        cgroup_parent: format!("skiff-{name}"),
+    };
+    Ok(Arc::new(
+        runtime::containerd::ContainerdRuntime::start(options).await?,
+    ))
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {

@@ -184,17 +184,18 @@ pub async fn register(control: &ControlPlane, spec: &NodeSpec) -> Value {
 
 /// Renews the Lease every 10 s and re-posts the status every minute, forever.
 pub async fn heartbeat(control: Arc<ControlPlane>, spec: Arc<NodeSpec>) {
-    let mut last_status = tokio::time::Instant::now();
+    // Post the status at once: a node coming back must turn Ready without waiting a minute.
+    let mut last_status: Option<tokio::time::Instant> = None;
     loop {
         if let Err(e) = control.renew_lease(LEASE_SECONDS).await {
             warn!(error = %e.message(), "lease renewal failed");
         }
-        if last_status.elapsed() >= STATUS_EVERY {
+        if last_status.is_none_or(|at| at.elapsed() >= STATUS_EVERY) {
             match control
                 .update_node_status(&json!({"status": spec.status(true)}))
                 .await
             {
-                Ok(_) => last_status = tokio::time::Instant::now(),
+                Ok(_) => last_status = Some(tokio::time::Instant::now()),
                 Err(e) => warn!(error = %e.message(), "node status update failed"),
             }
         }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod kubectl;
 
 use std::path::{Path, PathBuf};

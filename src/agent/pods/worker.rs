@@ -653,8 +653,14 @@ impl Worker {
         }
         let objects = Source(self.context.clone());
         let services = self.context.services.all();
+        // The Downward API sees the addresses this sandbox has, even before they are reported.
+        let mut pod = self.pod.clone();
+        pod["status"]["podIP"] = json!(self.ip());
+        pod["status"]["podIPs"] = json!([{"ip": self.ip()}]);
+        pod["status"]["hostIP"] = json!(self.context.node_ip);
+        pod["status"]["hostIPs"] = json!([{"ip": self.context.node_ip}]);
         let env = match env::build(
-            &self.pod,
+            &pod,
             &spec_json,
             &services,
             &objects,

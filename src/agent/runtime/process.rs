@@ -49,6 +49,10 @@ struct ContainerRecord {
     sandbox_id: String,
     name: String,
     pid: Option<u32>,
+    /// The process's start time (/proc/<pid>/stat field 22): pids are reused, so a recorded
+    /// pid is only signalled while this still matches.
+    #[serde(default)]
+    pid_start: Option<u64>,
     env: Vec<(String, String)>,
     working_dir: Option<String>,
     started_at: Option<SystemTime>,
@@ -93,7 +97,10 @@ impl ProcessRuntime {
             sandboxes.insert(record.id.clone(), record);
         }
         for record in read_records::<ContainerRecord>(&state_dir.join("containers")) {
-            if let (Some(pid), None) = (record.pid, record.exit_code) {
+            if let (Some(pid), None) = (record.pid, record.exit_code)
+                && record.pid_start.is_some()
+                && process_start(pid) == record.pid_start
+            {
                 info!(container = %record.name, pid, "stopping a container left by a previous agent");
                 kill_group(pid, libc::SIGKILL);
             }
@@ -179,6 +186,17 @@ impl ProcessRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command.process_group(0);
+        // No shim outlives the agent here: a container dies with it (the next agent start
+        // would find nobody reading its output anyway).
+        // SAFETY: prctl in the forked child before exec; no allocation.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if self.isolate {
             let mut mounts: Vec<(PathBuf, PathBuf, bool)> = spec
                 .mounts
@@ -218,6 +236,17 @@ fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect()
+}
+
+/// When process `pid` started (clock ticks since boot), if it exists.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn kill_group(pid: u32, signal: i32) {
@@ -387,6 +416,7 @@ impl Runtime for ProcessRuntime {
             sandbox_id: sandbox.id.clone(),
             name: spec.name.clone(),
             pid,
+            pid_start: pid.and_then(process_start),
             env: spec.env.clone(),
             working_dir: spec.working_dir.clone(),
             started_at: Some(SystemTime::now()),
