@@ -249,6 +249,7 @@ fn backup_under_writes_restores_into_a_new_cluster_at_its_revision() {
         dir: tempfile::tempdir().expect("tempdir"),
         nodes: Vec::new(),
         subnet: 31,
+        netns: None,
     };
     for index in 1..=3 {
         restored.nodes.push(Node {

@@ -197,6 +197,7 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
             extra_args: Vec::new(),
         }],
         subnet: 36,
+        netns: None,
     };
     restored.nodes[0].data = restored.dir.path().join("node1");
     let out = Command::new(SKIFF)

@@ -340,6 +340,7 @@ fn kubectl_drives_the_api_semantics() {
         kubeconfig: bob,
         cache: tempfile::tempdir().expect("cache"),
         server: None,
+        netns: None,
     };
     let denied = as_bob.fails(&["get", "pods", "-n", "team"]);
     assert!(

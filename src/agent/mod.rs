@@ -12,6 +12,7 @@ pub mod kubelet_server;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod routes;
 pub mod runtime;
 pub mod volumes;
 mod watch;
@@ -61,6 +62,9 @@ pub struct AgentArgs {
     /// An existing containerd socket (default: start a private containerd under --data).
     #[arg(long)]
     pub containerd_socket: Option<PathBuf>,
+    /// Image tarballs to import into containerd at start (see images/build.sh).
+    #[arg(long)]
+    pub import_images: Option<PathBuf>,
     /// The network namespace (path) this node lives in; its containerd is started inside.
     #[arg(long)]
     pub netns: Option<PathBuf>,
@@ -94,6 +98,7 @@ async fn containerd_runtime(
         pod_cidr,
         netns: args.netns.clone(),
         cgroup_parent: format!("skiff-{name}"),
+        import_images: args.import_images.clone(),
     };
     Ok(Arc::new(
         runtime::containerd::ContainerdRuntime::start(options).await?,
@@ -182,6 +187,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         PodManager::new(context),
     ));
     let service_watch = tokio::spawn(watch::services(control.clone(), services));
+    // Pods with their own network (containerd) reach other nodes' pods through routes.
+    if args.runtime == RuntimeKind::Containerd {
+        tokio::spawn(watch::nodes(
+            control.clone(),
+            routes::Routes::new(name.clone()),
+        ));
+    }
     info!(node = %name, kubelet = %kubelet_listen, "skiff agent running");
     tokio::select! {
         _ = crate::server::shutdown_signal() => info!("shutting down; pods keep running until the next start"),

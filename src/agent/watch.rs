@@ -144,3 +144,20 @@ impl Sink for Services {
 pub async fn services(control: Arc<ControlPlane>, cache: Arc<ServiceCache>) {
     follow(control, "services", String::new(), &mut Services(cache)).await
 }
+
+impl Sink for super::routes::Routes {
+    fn synced(&mut self, items: Vec<Value>) {
+        self.replace(items);
+    }
+    fn upsert(&mut self, object: Value) {
+        super::routes::Routes::upsert(self, object);
+    }
+    fn delete(&mut self, object: &Value) {
+        self.remove(object);
+    }
+}
+
+/// Every Node (routes to their pod networks), forever.
+pub async fn nodes(control: Arc<ControlPlane>, mut routes: super::routes::Routes) {
+    follow(control, "nodes", String::new(), &mut routes).await
+}

@@ -1,6 +1,6 @@
 //! Pod CIDR assignment: each Node gets its own /24 out of the cluster CIDR (10.42.0.0/16), held
 //! as a claim key in the store so two nodes can never get the same range, whichever member
-//! they registered through.
+//! they registered through. (A deleted node's range is not given back yet: 256 registrations.)
 
 use std::net::Ipv4Addr;
 
@@ -44,27 +44,6 @@ pub async fn assign(store: &ObjectStore, node: &str) -> Result<String, ApiError>
     ))
 }
 
-/// Gives back the range a deleted node held.
-pub async fn release(store: &ObjectStore, node: &str, cidr_text: &str) -> Result<(), ApiError> {
-    let Some(index) = index_of(cidr_text) else {
-        return Ok(());
-    };
-    let key = claim_key(index);
-    if let Some(held) = store.get(&key, true).await?
-        && held.object == json!({"node": node})
-    {
-        store.delete(&key, held.mod_revision, &[], &[]).await?;
-    }
-    Ok(())
-}
-
-fn index_of(cidr_text: &str) -> Option<u32> {
-    let (addr, len) = cidr_text.split_once('/')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let offset = u32::from(addr).checked_sub(u32::from(CLUSTER_CIDR_BASE))?;
-    (len == "24" && offset.is_multiple_of(256) && offset >> 8 < NODE_RANGES).then_some(offset >> 8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,8 +52,5 @@ mod tests {
     fn ranges_round_trip() {
         assert_eq!(cidr(0), "10.42.0.0/24");
         assert_eq!(cidr(7), "10.42.7.0/24");
-        assert_eq!(index_of("10.42.7.0/24"), Some(7));
-        assert_eq!(index_of("10.43.0.0/24"), None);
-        assert_eq!(index_of("10.42.7.5/24"), None);
     }
 }

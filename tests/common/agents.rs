@@ -2,7 +2,7 @@
 //! its pods; on drop the agents and whatever their pods left are killed.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use super::{Cluster, SKIFF};
 
@@ -12,6 +12,8 @@ pub struct Agent {
     pub data: PathBuf,
     pub child: Option<Child>,
     pub args: Vec<String>,
+    /// The node's network namespace (None: the host's loopback).
+    pub netns: Option<String>,
 }
 
 impl Agent {
@@ -31,7 +33,19 @@ impl Agent {
             .iter()
             .map(|n| format!("https://{}", n.api()))
             .collect();
-        let child = Command::new(SKIFF)
+        // nsenter --net, not `ip netns exec`: the latter remounts /sys, and the containerd the
+        // agent starts would find no cgroup v1 mounts.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(SKIFF);
+                c
+            }
+            None => std::process::Command::new(SKIFF),
+        };
+        let child = command
             .arg("agent")
             .arg("--server")
             .arg(servers.join(","))
@@ -87,6 +101,7 @@ pub fn start(cluster: &Cluster, count: usize, args: &[&str]) -> Vec<Agent> {
                 data: cluster.dir.path().join(format!("agent{i}")),
                 child: None,
                 args: args.iter().map(|s| s.to_string()).collect(),
+                netns: None,
             };
             agent.spawn(cluster);
             agent

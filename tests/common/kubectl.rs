@@ -10,11 +10,13 @@ pub struct Kubectl {
     pub kubeconfig: PathBuf,
     pub cache: tempfile::TempDir,
     pub server: Option<String>,
+    /// Run kubectl inside this network namespace (where the members are).
+    pub netns: Option<String>,
 }
 
 impl Kubectl {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = super::command_in(self.netns.as_deref(), "kubectl");
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -62,5 +64,6 @@ pub fn kubectl(cluster: &Cluster, node: Option<usize>) -> Kubectl {
         kubeconfig: cluster.nodes[0].data.join("admin.kubeconfig"),
         cache: tempfile::tempdir().expect("cache dir"),
         server: node.map(|i| format!("https://{}", cluster.nodes[i].api())),
+        netns: cluster.netns.clone(),
     }
 }

@@ -25,6 +25,20 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub subnet: u8,
+    /// The network namespace the members run in (None: the host's loopback).
+    pub netns: Option<String>,
+}
+
+/// `program`, run inside `netns` when given (`ip netns exec`).
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, program]);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Node {
@@ -42,18 +56,31 @@ impl Node {
 impl Cluster {
     /// Starts `size` members: the first with --init, the others joining it.
     pub fn start(subnet: u8, size: usize, extra_args: &[&str]) -> Cluster {
+        let ips: Vec<String> = (1..=size).map(|i| format!("127.0.{subnet}.{i}")).collect();
+        Self::start_at(subnet, &ips, None, extra_args)
+    }
+
+    /// Members at `ips`, inside `netns` when given.
+    pub fn start_at(
+        subnet: u8,
+        ips: &[String],
+        netns: Option<&str>,
+        extra_args: &[&str],
+    ) -> Cluster {
+        let size = ips.len();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
             subnet,
+            netns: netns.map(str::to_string),
         };
-        for index in 1..=size {
-            let ip = format!("127.0.{subnet}.{index}");
+        for (i, ip) in ips.iter().enumerate() {
+            let index = i + 1;
             let data = cluster.dir.path().join(format!("node{index}"));
             cluster.nodes.push(Node {
                 index,
-                ip,
+                ip: ip.clone(),
                 data,
                 child: None,
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -84,13 +111,14 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize, args: &[&str]) {
+        let netns = self.netns.clone();
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(node.log_path())
             .expect("log file");
-        let child = Command::new(SKIFF)
+        let child = command_in(netns.as_deref(), SKIFF)
             .arg("server")
             .arg("--data")
             .arg(&node.data)
@@ -129,7 +157,7 @@ impl Cluster {
 
     /// `skiff status -o json` through member `i`.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let out = Command::new(SKIFF)
+        let out = command_in(self.netns.as_deref(), SKIFF)
             .args(["status", "-o", "json", "--data"])
             .arg(&self.nodes[i].data)
             .output()

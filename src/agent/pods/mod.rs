@@ -205,5 +205,22 @@ impl PodManager {
             }
         }
         self.workers.retain(|_, tx| !tx.is_closed());
+        // Sandboxes of pods this node no longer runs (left by an earlier agent) go away.
+        let runtime = self.context.runtime.clone();
+        tokio::spawn(async move {
+            let sandboxes = match runtime.list_sandboxes().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list sandboxes");
+                    return;
+                }
+            };
+            for sandbox in sandboxes.into_iter().filter(|s| !keep.contains(&s.pod_uid)) {
+                info!(sandbox = %sandbox.id, pod_uid = %sandbox.pod_uid, "removing a sandbox no pod of this node owns");
+                if let Err(e) = runtime.remove_sandbox(&sandbox.id).await {
+                    tracing::warn!(error = %e, "removing an orphaned sandbox failed");
+                }
+            }
+        });
     }
 }

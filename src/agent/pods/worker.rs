@@ -122,6 +122,8 @@ struct Worker {
     name: String,
     pod_dir: PathBuf,
     sandbox: Option<Sandbox>,
+    /// When to try the sandbox again after a failure, and the last failure's message.
+    sandbox_retry: Option<(Instant, Duration, String)>,
     pod_ip: String,
     volumes: Option<BTreeMap<String, PathBuf>>,
     volumes_at: Option<Instant>,
@@ -154,6 +156,7 @@ pub async fn run(context: Arc<NodeContext>, mut updates: mpsc::UnboundedReceiver
         namespace,
         name,
         sandbox: None,
+        sandbox_retry: None,
         pod_ip: String::new(),
         volumes: None,
         volumes_at: None,
@@ -348,6 +351,13 @@ impl Worker {
     }
 
     async fn create_sandbox(&mut self) -> bool {
+        if self
+            .sandbox_retry
+            .as_ref()
+            .is_some_and(|(at, _, _)| Instant::now() < *at)
+        {
+            return false;
+        }
         let host_network = self
             .pod
             .pointer("/spec/hostNetwork")
@@ -430,6 +440,14 @@ impl Worker {
             port_mappings,
             labels,
         };
+        // A sandbox an earlier agent made for this pod is replaced (its containers restart):
+        // this agent did not see their history.
+        if let Ok(existing) = self.context.runtime.list_sandboxes().await {
+            for old in existing.iter().filter(|s| s.pod_uid == self.uid) {
+                info!(sandbox = %old.id, "replacing the sandbox an earlier agent made");
+                let _ = self.context.runtime.remove_sandbox(&old.id).await;
+            }
+        }
         match self.context.runtime.run_sandbox(&spec).await {
             Ok(sandbox) => {
                 self.pod_ip = match (host_network, sandbox.ip) {
@@ -446,14 +464,21 @@ impl Worker {
                 true
             }
             Err(e) => {
-                warn!(error = %e, "cannot create the pod sandbox");
-                self.event(
-                    "Warning",
-                    "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: {e}"),
-                    None,
-                )
-                .await;
+                let message = format!("Failed to create pod sandbox: {e}");
+                let delay = match &self.sandbox_retry {
+                    Some((_, delay, _)) => (*delay * 2).min(Duration::from_secs(30)),
+                    None => Duration::from_secs(1),
+                };
+                let repeated = self
+                    .sandbox_retry
+                    .as_ref()
+                    .is_some_and(|(_, _, m)| *m == message);
+                if !repeated {
+                    warn!(error = %e, "cannot create the pod sandbox");
+                    self.event("Warning", "FailedCreatePodSandBox", &message, None)
+                        .await;
+                }
+                self.sandbox_retry = Some((Instant::now() + delay, delay, message));
                 false
             }
         }
@@ -704,7 +729,6 @@ impl Worker {
         let spec = ContainerSpec {
             name: self.slots[index].name.clone(),
             image: image.clone(),
-            pull_policy: policy,
             command: strings("command"),
             args: strings("args"),
             env,

@@ -52,6 +52,8 @@ pub struct ContainerdOptions {
     pub netns: Option<PathBuf>,
     /// The cgroup parent of this node's pods (distinct per node on one host).
     pub cgroup_parent: String,
+    /// Image tarballs (images/build.sh) imported once containerd answers.
+    pub import_images: Option<PathBuf>,
 }
 
 pub struct ContainerdRuntime {
@@ -60,17 +62,9 @@ pub struct ContainerdRuntime {
     cgroup_parent: String,
     /// Sandbox configs by id: CreateContainer needs the sandbox's config again.
     sandboxes: Mutex<HashMap<String, PodSandboxConfig>>,
-    /// The containerd we started (killed when the runtime is dropped).
-    child: Option<std::process::Child>,
-}
-
-impl Drop for ContainerdRuntime {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    /// The containerd we started. It is left running when the agent stops, like the
+    /// kubelet's containerd: pods survive an agent restart.
+    _child: Option<std::process::Child>,
 }
 
 fn rpc_error(context: &str, status: tonic::Status) -> RuntimeError {
@@ -91,6 +85,22 @@ async fn connect(socket: &Path) -> Result<Channel, RuntimeError> {
         }))
         .await
         .map_err(|e| RuntimeError::Runtime(format!("connecting to {}: {e}", socket.display())))
+}
+
+/// Whether a containerd answers CRI on `socket`.
+async fn answers(socket: &Path) -> bool {
+    if !socket.exists() {
+        return false;
+    }
+    match connect(socket).await {
+        Ok(channel) => RuntimeServiceClient::new(channel)
+            .version(VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn nanos(t: i64) -> Option<SystemTime> {
@@ -126,8 +136,14 @@ impl ContainerdRuntime {
     /// Connects to containerd (starting a private one when no socket is given) and waits
     /// until it answers.
     pub async fn start(options: ContainerdOptions) -> Result<Self, RuntimeError> {
+        let own_socket = options.state_dir.join("containerd.sock");
         let (socket, child) = match &options.socket {
             Some(socket) => (socket.clone(), None),
+            // Our containerd outlives an agent restart (its containers keep running): reuse it.
+            None if answers(&own_socket).await => {
+                info!(socket = %own_socket.display(), "reusing this node's running containerd");
+                (own_socket, None)
+            }
             None => {
                 let (socket, child) = config::launch(&options)?;
                 (socket, Some(child))
@@ -160,12 +176,15 @@ impl ContainerdRuntime {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        if let Some(dir) = &options.import_images {
+            import_images(&socket, dir).await?;
+        }
         Ok(ContainerdRuntime {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             cgroup_parent: options.cgroup_parent.clone(),
             sandboxes: Mutex::new(HashMap::new()),
-            child,
+            _child: child,
         })
     }
 
@@ -607,6 +626,38 @@ impl Runtime for ContainerdRuntime {
         let pid = self.pid(container_id).await?;
         Ok(cgroup_usage(pid).unwrap_or_default())
     }
+}
+
+/// Imports every `*.tar` of `dir` into containerd's k8s.io namespace with ctr.
+async fn import_images(socket: &Path, dir: &Path) -> Result<(), RuntimeError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        RuntimeError::Runtime(format!("reading images from {}: {e}", dir.display()))
+    })?;
+    let mut tarballs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    tarballs.sort();
+    for tarball in tarballs {
+        let output = tokio::process::Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(&tarball)
+            .output()
+            .await
+            .map_err(|e| RuntimeError::Runtime(format!("running ctr: {e}")))?;
+        if !output.status.success() {
+            return Err(RuntimeError::Runtime(format!(
+                "importing {}: {}",
+                tarball.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        info!(image = %tarball.display(), "imported");
+    }
+    Ok(())
 }
 
 /// CPU and memory of the cgroup (v1) a process runs in.

@@ -142,7 +142,6 @@ pub struct Limits {
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
-    pub pull_policy: PullPolicy,
     /// The resolved argv: command + args, with `$(VAR)` expanded (empty = the image's own).
     pub command: Vec<String>,
     pub args: Vec<String>,
