@@ -1,11 +1,14 @@
 #!/bin/sh
 # Builds skiff's local container images without any registry and writes them as docker-archive
 # tarballs (what `ctr images import` reads):
-#   docker.io/library/busybox:latest, docker.io/skiff/busybox:latest  (Debian's busybox-static)
-#   docker.io/skiff/pause:3.9                                          (images/pause.c, static)
-#   docker.io/skiff/echo:latest  HTTP on :80 answering "[v1] Hello, Kubernetes! From host: <hostname>"
-# Usage: images/build.sh OUT_DIR   (then images/import.sh SOCKET OUT_DIR)
-# Needs: busybox-static, gcc, python3.
+#   busybox.tar  docker.io/library/busybox:{latest,1.35}, docker.io/skiff/busybox:{latest,1.35}
+#                (Debian's busybox-static)
+#   pause.tar    docker.io/skiff/pause:3.9  (images/pause.c, static; the sandbox image)
+#   echo.tar     docker.io/skiff/echo:{latest,v1}  HTTP on $PORT (80) answering
+#                "[$HELLO_VERSION] Hello, Kubernetes! From host: <hostname>", /healthz "ok"
+# Tags other than :latest default to imagePullPolicy IfNotPresent, like any pinned image.
+# Usage: images/build.sh OUT_DIR   (then images/import.sh SOCKET OUT_DIR); see images/README.md.
+# Needs: busybox-static, gcc (static glibc from libc6-dev), python3.
 set -eu
 out=${1:?usage: build.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +18,11 @@ trap 'rm -rf "$work"' EXIT
 
 busybox=/bin/busybox
 [ -x "$busybox" ] || { echo "busybox-static is missing: apt-get install busybox-static" >&2; exit 1; }
+# Debian's dynamic `busybox` package installs the same path: the image has no libc to load.
+if ! LC_ALL=C ldd "$busybox" 2>&1 | grep -q "not a dynamic executable"; then
+    echo "$busybox is dynamically linked: apt-get install busybox-static" >&2
+    exit 1
+fi
 
 # A busybox root: the binary and its applet links.
 mkroot() {
@@ -30,7 +38,8 @@ mkroot() {
 
 mkroot "$work/busybox"
 python3 "$here/oci.py" "$work/busybox" "$out/busybox.tar" \
-    --tag docker.io/library/busybox:latest --tag docker.io/skiff/busybox:latest --cmd /bin/sh
+    --tag docker.io/library/busybox:latest --tag docker.io/library/busybox:1.35 \
+    --tag docker.io/skiff/busybox:latest --tag docker.io/skiff/busybox:1.35 --cmd /bin/sh
 
 mkdir -p "$work/pause"
 gcc -static -O2 -o "$work/pause/pause" "$here/pause.c"
@@ -40,10 +49,12 @@ mkroot "$work/echo"
 cat > "$work/echo/bin/echo-server" <<'SRV'
 #!/bin/sh
 # Answers with the pod's hostname, like the seeds' hellok8s image.
-echo "[v1] Hello, Kubernetes! From host: $(hostname)" > /var/www/index.html
+echo "[${HELLO_VERSION:-v1}] Hello, Kubernetes! From host: $(hostname)" > /var/www/index.html
+echo ok > /var/www/healthz
+# busybox httpd exits on SIGTERM, so a pod stops within its grace period.
 exec httpd -f -p "${PORT:-80}" -h /var/www
 SRV
 chmod +x "$work/echo/bin/echo-server"
-python3 "$here/oci.py" "$work/echo" "$out/echo.tar" --tag docker.io/skiff/echo:latest --entrypoint /bin/echo-server
+python3 "$here/oci.py" "$work/echo" "$out/echo.tar" --tag docker.io/skiff/echo:latest --tag docker.io/skiff/echo:v1 --entrypoint /bin/echo-server
 
 echo "images written to $out"

@@ -1,138 +1,18 @@
-//! The node agent with containerd, on hosts made of network namespaces: the 3 control-plane
-//! members in one namespace, each agent (with its own private containerd) in its own, all
-//! joined by a bridge living in a namespace of its own; nothing touches the host's network.
-//! Real images (built locally by images/build.sh), real pod IPs from each node's podCIDR.
+//! The node agent with containerd, on hosts made of network namespaces (tests/common/hosts.rs):
+//! the 3 control-plane members in one namespace, each agent with its own private containerd in
+//! its own. Real images (built locally by images/build.sh), real pod IPs from each node's
+//! podCIDR: the kubelet flows of the seeds. Services and DNS from pods: tests/services.rs.
 //!
-//! Needs root, containerd, runc, containernetworking-plugins, busybox-static and gcc (.ci/run
-//! installs them); without them it says why and passes vacuously.
+//! Needs root, containerd, runc, containernetworking-plugins, busybox-static, nftables and gcc
+//! (.ci/run installs them); without them it says why and passes vacuously.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::kubectl::{Kubectl, kubectl};
-use common::{Cluster, agents::Agent, wait_for};
-
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for program in ["containerd", "runc", "ctr", "nsenter", "gcc", "ip"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {program}"))
-            .output();
-        if !found.is_ok_and(|o| o.status.success()) {
-            return Some(format!("{program} is not installed"));
-        }
-    }
-    for file in [
-        "/usr/lib/cni/bridge",
-        "/usr/lib/cni/host-local",
-        "/bin/busybox",
-    ] {
-        if !Path::new(file).exists() {
-            return Some(format!("{file} is missing"));
-        }
-    }
-    None
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The test's hosts; on drop: containerd and its shims stopped, mounts released, namespaces
-/// deleted.
-struct Hosts {
-    prefix: String,
-    names: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Hosts {
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-
-    /// A bridge namespace and one namespace per (host, addresses), each wired to the bridge.
-    fn create(dir: &Path, hosts: &[(&str, &[&str])]) -> Hosts {
-        let prefix = format!("skt{}", std::process::id() % 100_000);
-        let mut created = Hosts {
-            prefix: prefix.clone(),
-            names: Vec::new(),
-            dir: dir.to_path_buf(),
-        };
-        let bridge = created.ns("br");
-        ip(&["netns", "add", &bridge]);
-        created.names.push(bridge.clone());
-        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
-        for (host, addresses) in hosts {
-            let ns = created.ns(host);
-            ip(&["netns", "add", &ns]);
-            created.names.push(ns.clone());
-            let port = format!("v-{host}");
-            ip(&[
-                "-n", &bridge, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ]);
-            ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"]);
-            for address in *addresses {
-                ip(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{address}/24"),
-                    "dev",
-                    "eth0",
-                ]);
-            }
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        }
-        created
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let dir = self.dir.to_string_lossy().into_owned();
-        // containerd and its shims carry the node's state dir on their command lines.
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", &format!("{dir}/agent")])
-            .status();
-        std::thread::sleep(Duration::from_millis(500));
-        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
-            let mut targets: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|t| t.starts_with(&dir))
-                .collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for target in targets {
-                let _ = Command::new("umount").args(["-l", target]).status();
-            }
-        }
-        for name in self.names.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn field(k: &Kubectl, kind: &str, name: &str, path: &str) -> String {
-    let out = k.run(&["get", kind, name, "-o", &format!("jsonpath={path}")]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::hosts::{AgentSpec, ContainerdCluster, missing_prerequisite};
+use common::kubectl::Kubectl;
+use common::wait_for;
 
 #[test]
 fn containerd_nodes_run_real_containers() {
@@ -144,98 +24,37 @@ fn containerd_nodes_run_real_containers() {
     unsafe {
         std::env::set_var("SKIFF_NODE_MONITOR_GRACE_SECONDS", "20");
     }
-    let members = ["10.99.0.1", "10.99.0.2", "10.99.0.3"];
-    let work = tempfile::tempdir().expect("tempdir");
-    let images = work.path().join("images");
-    let build = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/images/build.sh"))
-        .arg(&images)
-        .output()
-        .expect("images/build.sh");
-    assert!(
-        build.status.success(),
-        "images/build.sh: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-
-    let hosts = Hosts::create(
-        work.path(),
+    let mut fixture = ContainerdCluster::start(
+        62,
+        &[],
         &[
-            ("cp", &members),
-            ("n1", &["10.99.0.11"]),
-            ("n2", &["10.99.0.12"]),
+            AgentSpec {
+                name: "node-a",
+                host: "n1",
+                address: "10.99.0.11",
+                args: &[],
+            },
+            AgentSpec {
+                name: "node-b",
+                host: "n2",
+                address: "10.99.0.12",
+                args: &[],
+            },
         ],
     );
-    let member_ips: Vec<String> = members.iter().map(|s| s.to_string()).collect();
-    let cluster = Cluster::start_at(
-        62,
-        &member_ips,
-        Some(&hosts.ns("cp")),
-        &["--cluster-dns-listen", "off"],
-    );
-    let mut agents: Vec<Agent> = [
-        ("node-a", "n1", "10.99.0.11"),
-        ("node-b", "n2", "10.99.0.12"),
-    ]
-    .iter()
-    .map(|(name, host, address)| {
-        let ns = hosts.ns(host);
-        let mut agent = Agent {
-            name: name.to_string(),
-            address: address.to_string(),
-            data: work.path().join(format!("agent-{name}")),
-            child: None,
-            args: vec![
-                "--runtime".into(),
-                "containerd".into(),
-                "--netns".into(),
-                format!("/var/run/netns/{ns}"),
-                "--import-images".into(),
-                images.to_string_lossy().into_owned(),
-            ],
-            netns: Some(ns),
-        };
-        agent.spawn(&cluster);
-        agent
-    })
-    .collect();
-    let k = kubectl(&cluster, None);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        flows(&cluster, &mut agents, &k)
-    }));
-    if let Err(panic) = result {
-        cluster.dump_logs();
-        for agent in &agents {
-            agent.dump_log();
-            if let Ok(log) = std::fs::read_to_string(agent.data.join("containerd/containerd.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                eprintln!(
-                    "--- containerd of {} ---\n{}",
-                    agent.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        drop(agents);
-        drop(hosts);
-        std::panic::resume_unwind(panic);
-    }
-    drop(agents);
-    drop(hosts);
+    fixture.run_flows_mut(flows);
 }
 
-fn flows(cluster: &Cluster, agents: &mut [Agent], k: &Kubectl) {
-    wait_for(
-        Duration::from_secs(120),
-        "both containerd nodes Ready",
-        || {
-            let out = k.run(&["get", "nodes", "--no-headers"]);
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains(" Ready "))
-                .count()
-                == 2
-        },
-    );
+fn field(k: &Kubectl, kind: &str, name: &str, path: &str) -> String {
+    let out = k.run(&["get", kind, name, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flows(fixture: &mut ContainerdCluster) {
+    let ContainerdCluster {
+        agents, kubectl, ..
+    } = fixture;
+    let k = &*kubectl;
     assert!(
         k.ok(&["get", "nodes", "-o", "wide"])
             .contains("containerd://")
@@ -408,5 +227,4 @@ spec:
             live.len() == 2 && live.iter().all(|p| *p == format!("{survivor}/Running/"))
         },
     );
-    let _ = cluster;
 }

@@ -29,12 +29,12 @@ fn process_runtime_runs_the_seed_flows() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         flows(&cluster, &mut agents, &k);
     }));
-    if result.is_err() {
+    if let Err(panic) = result {
         cluster.dump_logs();
         for agent in &agents {
             agent.dump_log();
         }
-        std::panic::resume_unwind(result.err().expect("panic"));
+        std::panic::resume_unwind(panic);
     }
 }
 

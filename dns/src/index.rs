@@ -119,10 +119,13 @@ impl ClusterIndex {
         let alias = qtype != RecordType::CNAME
             && records.iter().any(|r| r.record_type() == RecordType::CNAME);
         let wanted = if alias { RecordType::CNAME } else { qtype };
-        let answers: Vec<&Record> = records
+        let mut answers: Vec<&Record> = records
             .iter()
             .filter(|r| wanted == RecordType::ANY || r.record_type() == wanted)
             .collect();
+        if alias && let Some(first) = answers.first().copied() {
+            answers.extend(self.chase(first, qtype));
+        }
         if answers.is_empty() {
             return Lookup::Authoritative(self.negative(ResponseCode::NoError));
         }
@@ -131,6 +134,43 @@ impl ClusterIndex {
             answers,
             authority: Vec::new(),
         })
+    }
+
+    /// RFC 1034 4.3.2 step 3a: a CNAME whose target is in this zone is followed here, its
+    /// records of `qtype` appended after the chain (CoreDNS does the same), so stub resolvers
+    /// such as busybox's get the address in one answer. A target outside the zone, or a loop,
+    /// ends the chain.
+    fn chase<'a>(&'a self, alias: &'a Record, qtype: RecordType) -> Vec<&'a Record> {
+        const MAX_HOPS: usize = 8;
+        let mut found = Vec::new();
+        let mut visited: Vec<&Name> = Vec::new();
+        let mut next = alias;
+        for _ in 0..MAX_HOPS {
+            let RData::CNAME(CNAME(target)) = &next.data else {
+                break;
+            };
+            if visited.contains(&target) {
+                break;
+            }
+            visited.push(target);
+            let Some(records) = self.names.get(&LowerName::from(target)) else {
+                break;
+            };
+            match records
+                .iter()
+                .find(|r| r.record_type() == RecordType::CNAME)
+            {
+                Some(alias) => {
+                    found.push(alias);
+                    next = alias;
+                }
+                None => {
+                    found.extend(records.iter().filter(|r| r.record_type() == qtype));
+                    break;
+                }
+            }
+        }
+        found
     }
 
     fn negative(&self, rcode: ResponseCode) -> Answer<'_> {
@@ -571,6 +611,22 @@ mod tests {
             let name = LowerName::from(Name::from_str(name).expect("name"));
             assert_eq!(index.lookup(&name, RecordType::A), Lookup::NotOurs);
         }
+    }
+
+    #[test]
+    fn an_external_name_inside_the_zone_is_followed() {
+        let mut state = state();
+        state.services.push(Service {
+            namespace: "default".into(),
+            name: "alias".into(),
+            kind: ServiceKind::ExternalName("web.default.svc.cluster.local".into()),
+            ports: vec![],
+            publish_not_ready: false,
+        });
+        let index = ClusterIndex::build(&IndexConfig::default(), &state);
+        let answer = ask(&index, "alias.default.svc.cluster.local.", RecordType::A);
+        let in_order: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(in_order, ["web.default.svc.cluster.local.", "10.43.0.20"]);
     }
 
     #[test]

@@ -291,7 +291,7 @@ pub async fn build(
     let namespace = text(pod, "/metadata/namespace");
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    let mut set =
+    let set =
         |env: &mut BTreeMap<String, String>, order: &mut Vec<String>, k: String, v: String| {
             if env.insert(k.clone(), v).is_none() {
                 order.push(k);

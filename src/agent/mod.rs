@@ -7,6 +7,7 @@
 //! resume from the last revision they saw once a member answers again.
 
 pub mod control_plane;
+pub mod egress;
 pub mod env;
 pub mod kubelet_server;
 pub mod logs;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tracing::info;
+use tracing::{info, warn};
 
 use control_plane::{ControlPlane, Credentials};
 use pods::{NodeContext, PodManager, PodRegistry, ServiceCache};
@@ -37,10 +38,21 @@ pub enum RuntimeKind {
     Containerd,
 }
 
+/// How Services are routed on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// nftables DNAT (kube-proxy's nftables mode).
+    Nftables,
+    /// iptables DNAT (kube-proxy's iptables mode), for nodes without nftables.
+    Iptables,
+    /// No service routing on this node.
+    None,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// A control-plane member (https://ADDR:6443); repeat or comma-separate for failover.
-    #[arg(long, required = true, value_delimiter = ',')]
+    #[arg(long, required_unless_present = "cleanup", value_delimiter = ',')]
     pub server: Vec<String>,
     /// The join token printed by `skiff server --init` (needed on the first start only).
     #[arg(long, env = "SKIFF_TOKEN")]
@@ -68,7 +80,8 @@ pub struct AgentArgs {
     /// The network namespace (path) this node lives in; its containerd is started inside.
     #[arg(long)]
     pub netns: Option<PathBuf>,
-    /// The cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    /// The cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst); default
+    /// 10.43.0.10 (kube-dns) when this node routes Services, else the node's resolv.conf.
     #[arg(long)]
     pub cluster_dns: Option<String>,
     #[arg(long, default_value = "cluster.local")]
@@ -78,6 +91,13 @@ pub struct AgentArgs {
     pub node_labels: Vec<String>,
     #[arg(long, default_value_t = 110)]
     pub max_pods: u64,
+    /// Service routing (default: nftables with the containerd runtime, none with process,
+    /// whose pods share the host's network).
+    #[arg(long, value_enum)]
+    pub proxy_mode: Option<ProxyMode>,
+    /// Remove the proxy's rules from this node and exit.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 fn host_name() -> String {
@@ -106,6 +126,12 @@ async fn containerd_runtime(
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.cleanup {
+        crate::proxy::cleanup().await?;
+        egress::remove().await?;
+        println!("proxy rules removed");
+        return Ok(());
+    }
     let name = args.name.clone().unwrap_or_else(host_name);
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
@@ -160,17 +186,24 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %name, runtime = runtime.name(), pod_cidr = pod_cidr.as_deref().unwrap_or(""), "agent starting");
     tokio::spawn(node::heartbeat(control.clone(), spec.clone()));
 
+    let proxy_mode = args.proxy_mode.unwrap_or(match args.runtime {
+        RuntimeKind::Containerd => ProxyMode::Nftables,
+        RuntimeKind::Process => ProxyMode::None,
+    });
     let registry = Arc::new(PodRegistry::default());
     let services = Arc::new(ServiceCache::default());
     let context = Arc::new(NodeContext {
-        node_name: name.clone(),
         node_ip: args.address.clone(),
         runtime: runtime.clone(),
         control: control.clone(),
         pods_dir: args.data.join("pods"),
         services: services.clone(),
         resources: host.resources(),
-        cluster_dns: args.cluster_dns.clone(),
+        // With service routing, pods ask the cluster DNS at kube-dns's ClusterIP.
+        cluster_dns: args.cluster_dns.clone().or_else(|| {
+            (proxy_mode != ProxyMode::None)
+                .then(|| crate::apiserver::service_network::cluster_dns_ip().to_string())
+        }),
         cluster_domain: args.cluster_domain.clone(),
         registry: registry.clone(),
     });
@@ -186,14 +219,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         name.clone(),
         PodManager::new(context),
     ));
-    let service_watch = tokio::spawn(watch::services(control.clone(), services));
-    // Pods with their own network (containerd) reach other nodes' pods through routes.
-    if args.runtime == RuntimeKind::Containerd {
-        tokio::spawn(watch::nodes(
-            control.clone(),
-            routes::Routes::new(name.clone()),
-        ));
+    let proxy = match proxy_mode {
+        ProxyMode::Nftables => Some(crate::proxy::DataPlane::Nftables),
+        ProxyMode::Iptables => Some(crate::proxy::DataPlane::Iptables),
+        ProxyMode::None => None,
     }
+    .map(|plane| crate::proxy::Proxy::new(name.clone(), args.address.clone(), plane));
+    if let Some(proxy) = &proxy {
+        tokio::spawn(proxy.clone().run());
+        tokio::spawn(watch::endpoint_slices(control.clone(), proxy.clone()));
+    }
+    // Pods with their own network (containerd) reach other nodes' pods through routes, and
+    // other hosts through the node's address.
+    let own_pod_network = args.runtime == RuntimeKind::Containerd;
+    if own_pod_network && let Err(e) = egress::install(crate::nodeapi::pod_cidr::CLUSTER_CIDR).await
+    {
+        warn!(error = %e, "pods' traffic to hosts outside the pod network is not masqueraded");
+    }
+    if own_pod_network || proxy.is_some() {
+        let sinks = watch::NodeSinks {
+            routes: own_pod_network.then(|| routes::Routes::new(name.clone())),
+            proxy: proxy.clone(),
+        };
+        tokio::spawn(watch::nodes(control.clone(), sinks));
+    }
+    let service_watch = tokio::spawn(watch::services(control.clone(), services, proxy));
     info!(node = %name, kubelet = %kubelet_listen, "skiff agent running");
     tokio::select! {
         _ = crate::server::shutdown_signal() => info!("shutting down; pods keep running until the next start"),

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::control_plane::ControlPlane;
 use super::pods::{PodManager, ServiceCache};
+use crate::proxy::Proxy;
 
 /// Something that consumes one resource's watch.
 trait Sink: Send {
@@ -126,38 +127,101 @@ pub async fn pods(control: Arc<ControlPlane>, node: String, mut manager: PodMana
     .await
 }
 
-struct Services(Arc<ServiceCache>);
+struct Services(Arc<ServiceCache>, Option<Arc<Proxy>>);
 
 impl Sink for Services {
     fn synced(&mut self, items: Vec<Value>) {
+        if let Some(proxy) = &self.1 {
+            let copy = items.clone();
+            proxy.update(|m| m.replace_services(copy));
+        }
         self.0.replace(items);
     }
     fn upsert(&mut self, object: Value) {
+        if let Some(proxy) = &self.1 {
+            let copy = object.clone();
+            proxy.update(|m| m.upsert_service(copy));
+        }
         self.0.upsert(object);
     }
     fn delete(&mut self, object: &Value) {
+        if let Some(proxy) = &self.1 {
+            proxy.update(|m| m.delete_service(object));
+        }
         self.0.remove(object);
     }
 }
 
-/// Every Service (for pods' service environment variables), forever.
-pub async fn services(control: Arc<ControlPlane>, cache: Arc<ServiceCache>) {
-    follow(control, "services", String::new(), &mut Services(cache)).await
+/// Every Service (pods' service environment variables, the proxy's rules), forever.
+pub async fn services(
+    control: Arc<ControlPlane>,
+    cache: Arc<ServiceCache>,
+    proxy: Option<Arc<Proxy>>,
+) {
+    follow(
+        control,
+        "services",
+        String::new(),
+        &mut Services(cache, proxy),
+    )
+    .await
 }
 
-impl Sink for super::routes::Routes {
+struct Slices(Arc<Proxy>);
+
+impl Sink for Slices {
     fn synced(&mut self, items: Vec<Value>) {
-        self.replace(items);
+        self.0.update(|m| m.replace_slices(items));
     }
     fn upsert(&mut self, object: Value) {
-        super::routes::Routes::upsert(self, object);
+        self.0.update(|m| m.upsert_slice(object));
     }
     fn delete(&mut self, object: &Value) {
-        self.remove(object);
+        self.0.update(|m| m.delete_slice(object));
     }
 }
 
-/// Every Node (routes to their pod networks), forever.
-pub async fn nodes(control: Arc<ControlPlane>, mut routes: super::routes::Routes) {
-    follow(control, "nodes", String::new(), &mut routes).await
+/// Every EndpointSlice (the proxy's backends), forever.
+pub async fn endpoint_slices(control: Arc<ControlPlane>, proxy: Arc<Proxy>) {
+    follow(control, "endpointslices", String::new(), &mut Slices(proxy)).await
+}
+
+/// The Node watch's consumers: the routes to other nodes' pods and the proxy.
+pub struct NodeSinks {
+    pub routes: Option<super::routes::Routes>,
+    pub proxy: Option<Arc<Proxy>>,
+}
+
+impl Sink for NodeSinks {
+    fn synced(&mut self, items: Vec<Value>) {
+        if let Some(proxy) = &self.proxy {
+            let copy = items.clone();
+            proxy.update(|m| m.replace_nodes(copy));
+        }
+        if let Some(routes) = &mut self.routes {
+            routes.replace(items);
+        }
+    }
+    fn upsert(&mut self, object: Value) {
+        if let Some(proxy) = &self.proxy {
+            let copy = object.clone();
+            proxy.update(|m| m.upsert_node(copy));
+        }
+        if let Some(routes) = &mut self.routes {
+            routes.upsert(object);
+        }
+    }
+    fn delete(&mut self, object: &Value) {
+        if let Some(proxy) = &self.proxy {
+            proxy.update(|m| m.delete_node(object));
+        }
+        if let Some(routes) = &mut self.routes {
+            routes.remove(object);
+        }
+    }
+}
+
+/// Every Node (routes to their pod networks, LoadBalancer address holders), forever.
+pub async fn nodes(control: Arc<ControlPlane>, mut sinks: NodeSinks) {
+    follow(control, "nodes", String::new(), &mut sinks).await
 }

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use serde_json::json;
 use skiff_raft::RaftNode;
 
-use super::objects::{Objects, Scope};
-use super::service_network::KUBERNETES_SERVICE_OFFSET;
+use super::objects::{Objects, Part, Scope, WriteOptions};
+use super::service_network::{KUBERNETES_SERVICE_OFFSET, cluster_dns_ip};
 use super::status::ApiError;
 use super::store::{CreateOutcome, ObjectStore, namespace_key};
 use crate::registry;
@@ -155,4 +155,94 @@ fn namespace_object(name: &str) -> Result<serde_json::Value, ApiError> {
     });
     kind.admit_create(object)
         .map_err(|e| ApiError::Internal(format!("system namespace {name}: {e}")))
+}
+
+/// Publishes this member's cluster DNS as an endpoint of `kube-system/kube-dns` (a Service
+/// without selector at 10.43.0.10, created if missing), so pods reach DNS through the node's
+/// proxy. Retries until it is written; members that leave are not removed yet.
+pub async fn register_cluster_dns(objects: Objects, member_ip: String) {
+    let (Some(services), Some(slices)) = (
+        registry::lookup("", "v1", "services"),
+        registry::lookup("discovery.k8s.io", "v1", "endpointslices"),
+    ) else {
+        return;
+    };
+    let ports = json!([
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+    ]);
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "skiff-dns"}},
+        "spec": {"clusterIP": cluster_dns_ip().to_string(), "ports": ports},
+    });
+    let endpoint = json!({"addresses": [member_ip], "conditions": {"ready": true}});
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-members", "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": "kube-dns",
+                                "endpointslice.kubernetes.io/managed-by": "skiff-server"}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": [endpoint],
+    });
+    let scope_svc = Scope::new(services, Some("kube-system"));
+    let scope_slice = Scope::new(slices, Some("kube-system"));
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        let outcome = async {
+            match objects.create(scope_svc, service.clone(), false).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            match objects.create(scope_slice, slice.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let add = |current: &serde_json::Value| -> Result<serde_json::Value, ApiError> {
+                let mut next = current.clone();
+                let listed = next
+                    .get("endpoints")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|eps| {
+                        eps.iter()
+                            .any(|e| e.pointer("/addresses/0") == Some(&json!(member_ip)))
+                    });
+                if !listed {
+                    match next
+                        .get_mut("endpoints")
+                        .and_then(serde_json::Value::as_array_mut)
+                    {
+                        Some(eps) => eps.push(endpoint.clone()),
+                        None => next["endpoints"] = json!([endpoint.clone()]),
+                    }
+                }
+                Ok(next)
+            };
+            objects
+                .update_with(
+                    scope_slice,
+                    "kube-dns-members",
+                    Part::Main,
+                    &add,
+                    &WriteOptions::default(),
+                )
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(member = %member_ip, "cluster DNS published as kube-system/kube-dns");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publishing cluster DNS; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    }
 }

@@ -25,6 +25,11 @@ pub const KUBERNETES_SERVICE_OFFSET: u32 = 1;
 /// The cluster IP reserved for cluster DNS (`.10`, as kubeadm and k3s do).
 pub const DNS_SERVICE_OFFSET: u32 = 10;
 
+/// The ClusterIP of `kube-system/kube-dns`, the nameserver in pods' resolv.conf.
+pub fn cluster_dns_ip() -> Ipv4Addr {
+    ServiceNetwork::default().address(DNS_SERVICE_OFFSET)
+}
+
 #[derive(Clone, Debug)]
 pub struct ServiceNetwork {
     network: u32,

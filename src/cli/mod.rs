@@ -126,6 +126,10 @@ pub struct ServerArgs {
     /// they are refused.
     #[arg(long, value_name = "ADDR")]
     pub dns_upstream: Vec<String>,
+    /// Addresses for LoadBalancer Services (A-B ranges or CIDRs, comma-separated), announced
+    /// by one Ready node each. Without a pool they get the Ready nodes' own addresses.
+    #[arg(long, value_name = "RANGE")]
+    pub service_lb_pool: Option<crate::controllers::service_lb::AddressPool>,
 }
 
 impl ServerArgs {

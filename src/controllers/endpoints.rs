@@ -325,7 +325,23 @@ impl EndpointsController {
             "metadata": {"name": "kubernetes", "namespace": "default"},
             "subsets": [{"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
         });
-        self.put(self.kinds.endpoints, "default", endpoints).await
+        self.put(self.kinds.endpoints, "default", endpoints).await?;
+        // The proxies route by EndpointSlices: in-cluster clients reach 10.43.0.1:443 by this.
+        let slice_endpoints: Vec<Value> = ips
+            .iter()
+            .map(|(ip, _)| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {SERVICE_NAME_LABEL: "kubernetes", MANAGED_BY_LABEL: MANAGED_BY},
+            },
+            "addressType": "IPv4",
+            "endpoints": slice_endpoints,
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        });
+        self.put(self.kinds.slices, "default", slice).await
     }
 }
 

@@ -98,14 +98,6 @@ pub fn host_ports(pod: &Value) -> Vec<(String, i64)> {
     out
 }
 
-pub fn node_is_ready(node: &Value) -> bool {
-    node.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")))
-}
-
 /// The node's taints, plus the not-ready taint a not-Ready node would carry.
 pub fn node_taints(node: &Value) -> Vec<Value> {
     let mut taints: Vec<Value> = node
@@ -113,7 +105,7 @@ pub fn node_taints(node: &Value) -> Vec<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if !node_is_ready(node)
+    if !crate::registry::node::is_ready(node)
         && !taints
             .iter()
             .any(|t| t.get("key") == Some(&json!(NOT_READY_TAINT)))

@@ -29,6 +29,7 @@ pub mod ownership;
 pub mod queue;
 pub mod replicaset;
 pub mod rollout;
+pub mod service_lb;
 pub mod serviceaccounts;
 // The scheduler and the batch, stateful and daemon workloads, started by `workloads::start`.
 pub mod cronjob;
@@ -146,9 +147,16 @@ pub async fn run_workers<R: Reconcile>(controller: Arc<R>, queue: Arc<WorkQueue>
     while tasks.join_next().await.is_some() {}
 }
 
+/// What the operator chose for the controllers (`skiff server` flags).
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Addresses for LoadBalancer Services; none: the nodes' own addresses.
+    pub lb_pool: Option<service_lb::AddressPool>,
+}
+
 /// Starts the leadership loop: the controllers run while this member leads.
-pub fn spawn(objects: Objects, node: RaftNode) -> JoinHandle<()> {
-    tokio::spawn(lead(objects, node).instrument(tracing::info_span!("controllers")))
+pub fn spawn(objects: Objects, node: RaftNode, config: Config) -> JoinHandle<()> {
+    tokio::spawn(lead(objects, node, config).instrument(tracing::info_span!("controllers")))
 }
 
 /// The leadership loop:
@@ -157,7 +165,7 @@ pub fn spawn(objects: Objects, node: RaftNode) -> JoinHandle<()> {
 /// 3. when leadership goes (or the raft node shuts down), abort the set and wait for it to
 ///    finish, so no write is issued by a former leader after it noticed;
 /// 4. repeat.
-async fn lead(objects: Objects, node: RaftNode) {
+async fn lead(objects: Objects, node: RaftNode, config: Config) {
     let mut metrics = node.raft().metrics();
     loop {
         while !node.is_leader() {
@@ -168,7 +176,7 @@ async fn lead(objects: Objects, node: RaftNode) {
         let term = node.current_term();
         tracing::info!(term, "became leader; starting controllers");
         let mut tasks = JoinSet::new();
-        start_all(&objects, &mut tasks);
+        start_all(&objects, &config, &mut tasks);
         let mut shutting_down = false;
         while node.is_leader() && node.current_term() == term {
             tokio::select! {
@@ -194,7 +202,7 @@ async fn lead(objects: Objects, node: RaftNode) {
 }
 
 /// Builds the informers and controllers of one leadership term into `tasks`.
-fn start_all(objects: &Objects, tasks: &mut JoinSet<()>) {
+fn start_all(objects: &Objects, config: &Config, tasks: &mut JoinSet<()>) {
     let informers = Arc::new(Informers::new(objects.clone(), RESYNC_PERIOD));
     let workloads = (
         registry::lookup("", "v1", "pods"),
@@ -225,14 +233,16 @@ fn start_all(objects: &Objects, tasks: &mut JoinSet<()>) {
     }
     let (gc, gc_queue) = gc::GarbageCollector::new(objects.clone(), &informers);
     tasks.spawn(start_when_synced(gc, gc_queue, informers.clone()));
-    start_cluster_controllers(objects, &informers, tasks);
+    start_cluster_controllers(objects, config, &informers, tasks);
     workloads::start(objects, &informers, tasks);
     informers.start(tasks);
 }
 
-/// The namespace, service-account, endpoints and event-expiry controllers.
+/// The namespace, service-account, endpoints, LoadBalancer-address and event-expiry
+/// controllers.
 fn start_cluster_controllers(
     objects: &Objects,
+    config: &Config,
     informers: &Arc<Informers>,
     tasks: &mut JoinSet<()>,
 ) {
@@ -270,6 +280,16 @@ fn start_cluster_controllers(
         };
         let (ep, ep_queue) = endpoints::EndpointsController::new(objects.clone(), informers, kinds);
         tasks.spawn(start_when_synced(ep, ep_queue, informers.clone()));
+    }
+    if let (Some(services), Some(nodes)) = (core("services"), core("nodes")) {
+        let (lb, lb_queue) = service_lb::ServiceLbController::new(
+            objects.clone(),
+            informers,
+            services,
+            nodes,
+            config.lb_pool.clone(),
+        );
+        tasks.spawn(start_when_synced(lb, lb_queue, informers.clone()));
     }
     if let Some(events) = core("events") {
         tasks.spawn(event_ttl::run(objects.clone(), events));

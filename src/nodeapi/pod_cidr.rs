@@ -11,6 +11,8 @@ use crate::apiserver::store::{CreateOutcome, ObjectStore};
 
 /// The cluster's pod network.
 pub const CLUSTER_CIDR_BASE: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 0);
+/// The same, as a CIDR (the proxy's and the egress masquerade's "inside").
+pub const CLUSTER_CIDR: &str = "10.42.0.0/16";
 /// /24 per node out of a /16: 256 nodes.
 const NODE_RANGES: u32 = 256;
 

@@ -7,6 +7,29 @@ use serde_json::Value;
 use super::fields::{NameRule, meta_age, or_none, validate_meta};
 use super::{Column, FieldErrors, KindInfo, Strategy};
 
+/// Whether the node's Ready condition is True (what schedulers and load balancers go by).
+pub fn is_ready(node: &Value) -> bool {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready")
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+}
+
+/// The node's InternalIP addresses (IPv4).
+pub fn internal_ips(node: &Value) -> Vec<std::net::Ipv4Addr> {
+    node.pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .filter_map(|a| a.get("address")?.as_str()?.parse().ok())
+        .collect()
+}
+
 pub struct NodeStrategy;
 
 static INFO: KindInfo = KindInfo {

@@ -286,9 +286,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node.clone(),
     ));
     // Controllers run on whichever member leads; this task starts and stops them.
-    let controllers = crate::controllers::spawn(objects, node.clone());
+    let controllers = crate::controllers::spawn(
+        objects.clone(),
+        node.clone(),
+        crate::controllers::Config {
+            lb_pool: args.service_lb_pool.clone(),
+        },
+    );
     if let Some((dns, server)) = cluster_dns {
         crate::dns_feed::spawn(&node, dns, server);
+        // Pods reach this member's DNS through kube-system/kube-dns (10.43.0.10).
+        tokio::spawn(crate::apiserver::bootstrap::register_cluster_dns(
+            objects,
+            addrs.advertise.clone(),
+        ));
     }
     tokio::spawn(crate::apiserver::authz::defaults::ensure_default_policy(
         node.clone(),

@@ -21,7 +21,6 @@ use super::runtime::Runtime;
 
 /// What every pod worker shares.
 pub struct NodeContext {
-    pub node_name: String,
     pub node_ip: String,
     pub runtime: Arc<dyn Runtime>,
     pub control: Arc<ControlPlane>,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::probe::{ProbeFailure, ProbeKind, Probes, Target, Verdict};
+use super::probe::{ProbeFailure, Probes, Target, Verdict};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{ContainerEntry, NodeContext, RegisteredPod, files};
 use crate::agent::env::{self, ConfigError, ObjectSource};
@@ -835,14 +835,10 @@ impl Worker {
         slot.backoff_until = Some(Instant::now() + slot.backoff.min(BACKOFF_START));
         if !repeated {
             warn!(container = %slot.name, reason, message, "container not started");
-            let event_reason = if reason.contains("Image") {
-                "Failed"
-            } else {
-                "Failed"
-            };
+            // The kubelet reports image and start failures alike as "Failed".
             self.event(
                 "Warning",
-                event_reason,
+                "Failed",
                 &format!("Error: {message}"),
                 Some(field.to_string()),
             )
@@ -886,12 +882,8 @@ impl Worker {
     async fn probe_failed(&mut self, failure: ProbeFailure) {
         let field = format!("spec.containers{{{}}}", failure.container);
         let message = format!("{} probe failed: {}", failure.kind.label(), failure.message);
-        let kind = if failure.kind == ProbeKind::Readiness {
-            "Warning"
-        } else {
-            "Warning"
-        };
-        self.event(kind, "Unhealthy", &message, Some(field)).await;
+        self.event("Warning", "Unhealthy", &message, Some(field))
+            .await;
     }
 
     fn grace(&self) -> Duration {

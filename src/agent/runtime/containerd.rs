@@ -6,197 +6,186 @@
 //! containernetworking-plugins). Images are never pulled from a registry here: they are built
 //! and imported locally (images/build.sh); a missing image fails like kubelet's ErrImagePull.
 //! `exec` enters the container's namespaces with nsenter, with the container's environment.
+//!
+//! What lives where: `config` renders containerd's and CNI's files, `launcher` runs containerd,
+//! `client` is the gRPC channel, `sandbox` and `container` translate specs to CRI and back,
+//! `images` names and imports images, `usage` reads stats. This file only sequences RPCs.
 
+mod client;
 mod config;
+mod container;
+mod images;
+mod launcher;
+mod sandbox;
+mod usage;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use skiff_proto::cri::image_service_client::ImageServiceClient;
 use skiff_proto::cri::runtime_service_client::RuntimeServiceClient;
 use skiff_proto::cri::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, DnsConfig,
-    ImageSpec, ImageStatusRequest, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount as CriMount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxStatusRequest, PortMapping as CriPortMapping, Protocol, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
+    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
-use tokio::net::UnixStream;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tracing::{info, warn};
+use tonic::transport::Channel;
+use tracing::{info, instrument, warn};
 
 use super::{
     ContainerSpec, ContainerState, PullPolicy, Runtime, RuntimeError, Sandbox, SandboxSpec, Usage,
 };
+use client::rpc_error;
+pub use images::normalize_image;
+use launcher::Launched;
 
-/// Label carrying the pod uid on every sandbox, read back by `list_sandboxes`.
-const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+/// How long a containerd gets to answer CRI after it starts (or to be found answering).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach (or start) this node's containerd.
 #[derive(Clone, Debug)]
 pub struct ContainerdOptions {
-    /// Where a private containerd keeps everything (config, root, state, CNI, logs).
+    /// Where a private containerd keeps everything (config, root, state, CNI, log).
     pub state_dir: PathBuf,
-    /// An existing containerd socket: nothing is started.
+    /// An existing containerd socket: nothing is started, nothing is configured.
     pub socket: Option<PathBuf>,
-    /// The node's pod CIDR (CNI host-local range).
+    /// The node's pod CIDR (CNI host-local range); required to start a private containerd.
     pub pod_cidr: Option<String>,
-    /// The node's network namespace (path); containerd is started inside it.
+    /// The node's network namespace (a path such as /var/run/netns/n1); containerd is started
+    /// inside it.
     pub netns: Option<PathBuf>,
-    /// The cgroup parent of this node's pods (distinct per node on one host).
+    /// The cgroup parent of this node's pods, distinct per node on one host; also names the
+    /// node's CNI network.
     pub cgroup_parent: String,
-    /// Image tarballs (images/build.sh) imported once containerd answers.
+    /// Image tarballs (a `*.tar` or a directory of them, from images/build.sh) imported once
+    /// containerd answers.
     pub import_images: Option<PathBuf>,
 }
 
+/// A node's containerd, driven over CRI.
 pub struct ContainerdRuntime {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     cgroup_parent: String,
-    /// Sandbox configs by id: CreateContainer needs the sandbox's config again.
+    /// Sandbox configs by id: CreateContainer needs the sandbox's config again. A cache only:
+    /// misses are read back from containerd (sandboxes made by an earlier agent).
     sandboxes: Mutex<HashMap<String, PodSandboxConfig>>,
-    /// The containerd we started. It is left running when the agent stops, like the
-    /// kubelet's containerd: pods survive an agent restart.
-    _child: Option<std::process::Child>,
-}
-
-fn rpc_error(context: &str, status: tonic::Status) -> RuntimeError {
-    if status.code() == tonic::Code::NotFound {
-        return RuntimeError::NotFound(format!("{context}: {}", status.message()));
-    }
-    RuntimeError::Runtime(format!("{context}: {}", status.message()))
-}
-
-async fn connect(socket: &Path) -> Result<Channel, RuntimeError> {
-    let path = socket.to_path_buf();
-    // The URI is required by tonic but unused: the connector dials the unix socket.
-    Endpoint::from_static("http://containerd.sock")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-        .await
-        .map_err(|e| RuntimeError::Runtime(format!("connecting to {}: {e}", socket.display())))
-}
-
-/// Whether a containerd answers CRI on `socket`.
-async fn answers(socket: &Path) -> bool {
-    if !socket.exists() {
-        return false;
-    }
-    match connect(socket).await {
-        Ok(channel) => RuntimeServiceClient::new(channel)
-            .version(VersionRequest {
-                version: "v1".into(),
-            })
-            .await
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn nanos(t: i64) -> Option<SystemTime> {
-    (t > 0).then(|| UNIX_EPOCH + Duration::from_nanos(t as u64))
-}
-
-/// Kubernetes' image name normalization: `busybox` is `docker.io/library/busybox:latest`.
-pub fn normalize_image(image: &str) -> String {
-    let (name, tagged) = match image.rsplit_once('/') {
-        Some((_, last)) => (image.to_string(), last.contains(':') || image.contains('@')),
-        None => (
-            image.to_string(),
-            image.contains(':') || image.contains('@'),
-        ),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let has_registry =
-        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_registry {
-        name
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    if !tagged {
-        full.push_str(":latest");
-    }
-    full
+    /// The containerd this agent started, stopped on shutdown or drop. None when it was given
+    /// a socket or found this node's containerd already running (an agent restart: the
+    /// earlier agent's containerd keeps serving, with the pods it runs).
+    launched: std::sync::Mutex<Option<Launched>>,
 }
 
 impl ContainerdRuntime {
-    /// Connects to containerd (starting a private one when no socket is given) and waits
-    /// until it answers.
+    /// Connects to containerd, starting a private one for the node unless `options.socket`
+    /// names an existing one (or this node's own is already answering), waits until its CRI
+    /// plugin answers, and imports `options.import_images`.
+    #[instrument(skip_all, fields(state_dir = %options.state_dir.display()))]
     pub async fn start(options: ContainerdOptions) -> Result<Self, RuntimeError> {
-        let own_socket = options.state_dir.join("containerd.sock");
-        let (socket, child) = match &options.socket {
-            Some(socket) => (socket.clone(), None),
-            // Our containerd outlives an agent restart (its containers keep running): reuse it.
-            None if answers(&own_socket).await => {
+        let own_socket = config::Layout::new(&options.state_dir).socket();
+        let (channel, launched) = match &options.socket {
+            Some(socket) => (
+                client::wait_ready(socket, READY_TIMEOUT, || Ok(())).await?,
+                None,
+            ),
+            None if client::answers(&own_socket).await => {
                 info!(socket = %own_socket.display(), "reusing this node's running containerd");
-                (own_socket, None)
+                (client::connect(&own_socket).await?, None)
             }
             None => {
-                let (socket, child) = config::launch(&options)?;
-                (socket, Some(child))
+                let mut launched = launcher::launch(&options)?;
+                let log = config::Layout::new(&options.state_dir).log();
+                // On failure `launched` is dropped here, which stops that containerd.
+                let channel = client::wait_ready(&launched.socket.clone(), READY_TIMEOUT, || {
+                    launched.check_alive(&log)
+                })
+                .await?;
+                (channel, Some(launched))
             }
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let channel = loop {
-            match connect(&socket).await {
-                Ok(channel) => {
-                    let mut probe = RuntimeServiceClient::new(channel.clone());
-                    match probe
-                        .version(VersionRequest {
-                            version: "v1".into(),
-                        })
-                        .await
-                    {
-                        Ok(v) => {
-                            let v = v.into_inner();
-                            info!(runtime = %v.runtime_name, version = %v.runtime_version, api = %v.runtime_api_version, "containerd ready");
-                            break channel;
-                        }
-                        Err(e) if tokio::time::Instant::now() > deadline => {
-                            return Err(rpc_error("containerd's CRI plugin", e));
-                        }
-                        Err(_) => {}
-                    }
-                }
-                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
-                Err(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        if let Some(dir) = &options.import_images {
-            import_images(&socket, dir).await?;
+        let socket = options.socket.clone().unwrap_or(own_socket);
+        if let Some(source) = &options.import_images {
+            images::import_images(&socket, source).await?;
         }
         Ok(ContainerdRuntime {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             cgroup_parent: options.cgroup_parent.clone(),
             sandboxes: Mutex::new(HashMap::new()),
-            _child: child,
+            launched: std::sync::Mutex::new(launched),
         })
     }
 
+    /// Stops the containerd this runtime started (no-op otherwise), without blocking the
+    /// caller's thread as the drop does. Pods are left alone: their shims keep them running
+    /// for the next containerd on this state dir; callers that want them gone stop and remove
+    /// the sandboxes first. (For the agent's graceful stop; the tests use it today.)
+    #[allow(dead_code)]
+    pub async fn shutdown(&self) {
+        let launched = self.launched.lock().ok().and_then(|mut l| l.take());
+        if let Some(mut launched) = launched {
+            let _ = tokio::task::spawn_blocking(move || launched.stop()).await;
+        }
+    }
+
+    /// The config a sandbox was created with, from the cache or from containerd.
     async fn sandbox_config(&self, id: &str) -> Result<PodSandboxConfig, RuntimeError> {
-        self.sandboxes.lock().await.get(id).cloned().ok_or_else(|| {
-            RuntimeError::NotFound(format!("sandbox {id} (created by an earlier agent)"))
-        })
+        if let Some(config) = self.sandboxes.lock().await.get(id) {
+            return Ok(config.clone());
+        }
+        let response = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .map_err(|e| rpc_error("sandbox status", e))?
+            .into_inner();
+        let config = response
+            .info
+            .get("info")
+            .and_then(|info| sandbox::config_from_verbose_info(info))
+            .ok_or_else(|| {
+                RuntimeError::Runtime(format!("containerd did not report sandbox {id}'s config"))
+            })?;
+        self.sandboxes
+            .lock()
+            .await
+            .insert(id.to_string(), config.clone());
+        Ok(config)
+    }
+
+    /// The sandbox's pod IP (None for host-network pods and stopped sandboxes).
+    async fn sandbox_ip(&self, id: &str) -> Result<Option<IpAddr>, RuntimeError> {
+        let status = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| rpc_error("sandbox status", e))?
+            .into_inner();
+        Ok(status
+            .status
+            .and_then(|s| s.network)
+            .and_then(|n| n.ip.parse::<IpAddr>().ok()))
     }
 
     /// The container's init process id (from the verbose status).
     async fn pid(&self, container_id: &str) -> Result<u32, RuntimeError> {
-        let status = self
+        let response = self
             .runtime
             .clone()
             .container_status(ContainerStatusRequest {
@@ -206,16 +195,23 @@ impl ContainerdRuntime {
             .await
             .map_err(|e| rpc_error("container status", e))?
             .into_inner();
-        let info = status.info.get("info").map(String::as_str).unwrap_or("{}");
-        serde_json::from_str::<serde_json::Value>(info)
-            .ok()
-            .and_then(|v| v.get("pid").and_then(serde_json::Value::as_u64))
-            .filter(|pid| *pid > 0)
-            .map(|pid| pid as u32)
+        response
+            .info
+            .get("info")
+            .and_then(|info| container::pid_from_verbose_info(info))
             .ok_or_else(|| RuntimeError::Start {
                 reason: "ContainerNotRunning",
                 message: format!("container {container_id} has no running process"),
             })
+    }
+}
+
+/// Treats NotFound as done: stop/remove calls are idempotent by contract.
+fn idempotent<T>(result: Result<T, tonic::Status>, context: &str) -> Result<(), RuntimeError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+        Err(e) => Err(rpc_error(context, e)),
     }
 }
 
@@ -225,6 +221,7 @@ impl Runtime for ContainerdRuntime {
         "containerd"
     }
 
+    #[instrument(skip(self))]
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
         let reference = normalize_image(image);
         let present = self
@@ -241,94 +238,35 @@ impl Runtime for ContainerdRuntime {
             .into_inner()
             .image
             .is_some();
-        // Images are local here: one that is present serves even under `Always`.
+        // Images are local here: one that is present serves even under `Always` (no registry
+        // is reachable to ask whether it changed).
         if present {
             return Ok(());
         }
         if policy == PullPolicy::Never {
             return Err(RuntimeError::ImageNeverPull(image.to_string()));
         }
-        match self
-            .images
+        self.images
             .clone()
             .pull_image(PullImageRequest {
                 image: Some(ImageSpec { image: reference }),
                 sandbox_config: None,
             })
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(status) => Err(RuntimeError::ImagePull {
+            .map(|_| ())
+            .map_err(|status| RuntimeError::ImagePull {
                 image: image.to_string(),
                 message: status.message().to_string(),
-            }),
-        }
+            })
     }
 
+    #[instrument(skip_all, fields(pod = %spec.name, namespace = %spec.namespace, uid = %spec.uid))]
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         let resolv = std::fs::read_to_string(&spec.resolv_conf).unwrap_or_default();
-        let mut dns = DnsConfig::default();
-        for line in resolv.lines() {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => dns.servers.extend(words.map(str::to_string)),
-                Some("search") => dns.searches.extend(words.map(str::to_string)),
-                Some("options") => dns.options.extend(words.map(str::to_string)),
-                _ => {}
-            }
-        }
-        let mut labels = spec.labels.clone().into_iter().collect::<HashMap<_, _>>();
-        labels.insert(POD_UID_LABEL.into(), spec.uid.clone());
-        labels.insert("io.kubernetes.pod.name".into(), spec.name.clone());
-        labels.insert("io.kubernetes.pod.namespace".into(), spec.namespace.clone());
-        let logs = spec.pod_dir.join("logs");
+        let config = sandbox::sandbox_config(spec, &resolv, &self.cgroup_parent);
+        let logs = sandbox::log_directory(&spec.pod_dir);
         std::fs::create_dir_all(&logs)
             .map_err(|e| RuntimeError::Runtime(format!("creating {}: {e}", logs.display())))?;
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: spec.name.clone(),
-                uid: spec.uid.clone(),
-                namespace: spec.namespace.clone(),
-                attempt: 0,
-            }),
-            hostname: if spec.host_network {
-                String::new()
-            } else {
-                spec.hostname.clone()
-            },
-            log_directory: logs.to_string_lossy().into_owned(),
-            dns_config: Some(dns),
-            port_mappings: spec
-                .port_mappings
-                .iter()
-                .map(|p| CriPortMapping {
-                    protocol: match p.protocol.as_str() {
-                        "UDP" => Protocol::Udp as i32,
-                        "SCTP" => Protocol::Sctp as i32,
-                        _ => Protocol::Tcp as i32,
-                    },
-                    container_port: i32::from(p.container_port),
-                    host_port: i32::from(p.host_port),
-                    host_ip: p.host_ip.clone().unwrap_or_default(),
-                })
-                .collect(),
-            labels,
-            annotations: HashMap::new(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: if spec.host_network {
-                            NamespaceMode::Node
-                        } else {
-                            NamespaceMode::Pod
-                        } as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                    }),
-                }),
-            }),
-        };
         let id = self
             .runtime
             .clone()
@@ -343,21 +281,9 @@ impl Runtime for ContainerdRuntime {
             })?
             .into_inner()
             .pod_sandbox_id;
-        let status = self
-            .runtime
-            .clone()
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .map_err(|e| rpc_error("sandbox status", e))?
-            .into_inner();
-        let ip = status
-            .status
-            .and_then(|s| s.network)
-            .and_then(|n| n.ip.parse::<IpAddr>().ok());
         self.sandboxes.lock().await.insert(id.clone(), config);
+        let ip = self.sandbox_ip(&id).await?;
+        info!(sandbox = %id, ?ip, "sandbox running");
         Ok(Sandbox {
             id,
             ip,
@@ -365,38 +291,33 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
+    #[instrument(skip(self))]
     async fn stop_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
-        match self
+        let result = self
             .runtime
             .clone()
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: sandbox_id.into(),
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
-            Err(e) => Err(rpc_error("stopping the sandbox", e)),
-        }
+            .await;
+        idempotent(result, "stopping the sandbox")
     }
 
+    #[instrument(skip(self))]
     async fn remove_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
         self.stop_sandbox(sandbox_id).await?;
         self.sandboxes.lock().await.remove(sandbox_id);
-        match self
+        let result = self
             .runtime
             .clone()
             .remove_pod_sandbox(RemovePodSandboxRequest {
                 pod_sandbox_id: sandbox_id.into(),
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
-            Err(e) => Err(rpc_error("removing the sandbox", e)),
-        }
+            .await;
+        idempotent(result, "removing the sandbox")
     }
 
+    #[instrument(skip(self))]
     async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, RuntimeError> {
         let items = self
             .runtime
@@ -408,88 +329,41 @@ impl Runtime for ContainerdRuntime {
             .map_err(|e| rpc_error("listing sandboxes", e))?
             .into_inner()
             .items;
-        Ok(items
-            .into_iter()
-            .map(|s| Sandbox {
-                pod_uid: s.labels.get(POD_UID_LABEL).cloned().unwrap_or_default(),
-                id: s.id,
-                ip: None,
-            })
-            .collect())
+        let mut sandboxes = Vec::with_capacity(items.len());
+        for item in items {
+            let ip = if item.state == PodSandboxState::SandboxReady as i32 {
+                // A sandbox removed between the list and this call has no IP to report.
+                self.sandbox_ip(&item.id).await.unwrap_or(None)
+            } else {
+                None
+            };
+            sandboxes.push(Sandbox {
+                pod_uid: item
+                    .labels
+                    .get(sandbox::POD_UID_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                id: item.id,
+                ip,
+            });
+        }
+        Ok(sandboxes)
     }
 
+    #[instrument(skip_all, fields(sandbox = %sandbox.id, container = %spec.name, attempt = spec.attempt))]
     async fn start_container(
         &self,
         sandbox: &Sandbox,
         spec: &ContainerSpec,
     ) -> Result<String, RuntimeError> {
         let sandbox_config = self.sandbox_config(&sandbox.id).await?;
-        // CRI logs to log_directory/log_path: the spec's path must lie under the directory.
-        let log_path = spec
-            .log_path
-            .strip_prefix(&sandbox_config.log_directory)
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|_| {
-                RuntimeError::Runtime(format!(
-                    "log path {} is outside the pod's log directory",
-                    spec.log_path.display()
-                ))
-            })?;
+        let config = container::container_config(spec, &sandbox_config)?;
+        // containerd opens the log file but does not create its directory.
         if let Some(parent) = spec.log_path.parent() {
-            let _ = std::fs::create_dir_all(parent);
+            std::fs::create_dir_all(parent).map_err(|e| {
+                RuntimeError::Runtime(format!("creating {}: {e}", parent.display()))
+            })?;
         }
-        let resources = LinuxContainerResources {
-            cpu_period: spec.limits.cpu_millis.map(|_| 100_000).unwrap_or(0),
-            cpu_quota: spec
-                .limits
-                .cpu_millis
-                .map(|m| (m * 100) as i64)
-                .unwrap_or(0),
-            cpu_shares: 0,
-            memory_limit_in_bytes: spec.limits.memory_bytes.map(|b| b as i64).unwrap_or(0),
-            oom_score_adj: 0,
-        };
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: spec.name.clone(),
-                attempt: spec.attempt,
-            }),
-            image: Some(ImageSpec {
-                image: normalize_image(&spec.image),
-            }),
-            command: spec.command.clone(),
-            args: spec.args.clone(),
-            working_dir: spec.working_dir.clone().unwrap_or_default(),
-            envs: spec
-                .env
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            mounts: spec
-                .mounts
-                .iter()
-                .map(|m| CriMount {
-                    container_path: m.container_path.clone(),
-                    host_path: m.host_path.to_string_lossy().into_owned(),
-                    readonly: m.read_only,
-                })
-                .collect(),
-            labels: HashMap::from([(
-                "io.kubernetes.container.name".to_string(),
-                spec.name.clone(),
-            )]),
-            annotations: HashMap::new(),
-            log_path,
-            stdin: spec.stdin,
-            stdin_once: false,
-            tty: spec.tty,
-            linux: Some(LinuxContainerConfig {
-                resources: Some(resources),
-            }),
-        };
         let id = self
             .runtime
             .clone()
@@ -513,7 +387,9 @@ impl Runtime for ContainerdRuntime {
             })
             .await
         {
-            let _ = self.remove_container(&id).await;
+            if let Err(removal) = self.remove_container(&id).await {
+                warn!(container = %id, error = %removal, "removing the container that did not start");
+            }
             return Err(RuntimeError::Start {
                 reason: "RunContainerError",
                 message: e.message().to_string(),
@@ -522,6 +398,7 @@ impl Runtime for ContainerdRuntime {
         Ok(id)
     }
 
+    #[instrument(skip(self))]
     async fn container_state(&self, container_id: &str) -> Result<ContainerState, RuntimeError> {
         let status = self
             .runtime
@@ -535,62 +412,39 @@ impl Runtime for ContainerdRuntime {
             .into_inner()
             .status
             .ok_or_else(|| RuntimeError::NotFound(format!("container {container_id}")))?;
-        Ok(
-            match skiff_proto::cri::ContainerState::try_from(status.state) {
-                Ok(skiff_proto::cri::ContainerState::ContainerCreated) => ContainerState::Created,
-                Ok(skiff_proto::cri::ContainerState::ContainerRunning) => ContainerState::Running {
-                    started_at: nanos(status.started_at).unwrap_or_else(SystemTime::now),
-                },
-                Ok(skiff_proto::cri::ContainerState::ContainerExited) => ContainerState::Exited {
-                    exit_code: status.exit_code,
-                    reason: match status.reason.as_str() {
-                        "" if status.exit_code == 0 => "Completed".into(),
-                        "" => "Error".into(),
-                        other => other.to_string(),
-                    },
-                    started_at: nanos(status.started_at),
-                    finished_at: nanos(status.finished_at).unwrap_or_else(SystemTime::now),
-                },
-                _ => ContainerState::Unknown,
-            },
-        )
+        Ok(container::state_of(&status))
     }
 
+    #[instrument(skip(self))]
     async fn stop_container(
         &self,
         container_id: &str,
         grace: Duration,
     ) -> Result<(), RuntimeError> {
-        match self
+        let result = self
             .runtime
             .clone()
             .stop_container(StopContainerRequest {
                 container_id: container_id.into(),
-                timeout: grace.as_secs() as i64,
+                timeout: container::stop_timeout_secs(grace),
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
-            Err(e) => Err(rpc_error("stopping the container", e)),
-        }
+            .await;
+        idempotent(result, "stopping the container")
     }
 
+    #[instrument(skip(self))]
     async fn remove_container(&self, container_id: &str) -> Result<(), RuntimeError> {
-        match self
+        let result = self
             .runtime
             .clone()
             .remove_container(RemoveContainerRequest {
                 container_id: container_id.into(),
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
-            Err(e) => Err(rpc_error("removing the container", e)),
-        }
+            .await;
+        idempotent(result, "removing the container")
     }
 
+    #[instrument(skip(self))]
     async fn exec_command(
         &self,
         container_id: &str,
@@ -603,12 +457,18 @@ impl Runtime for ContainerdRuntime {
             });
         }
         let pid = self.pid(container_id).await?;
-        // The container's own environment (what `kubectl exec -- env` shows).
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        // The container's own environment (what `kubectl exec -- env` shows), read before
+        // entering: nsenter keeps the environment it is given.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|e| {
+            RuntimeError::Runtime(format!(
+                "reading container {container_id}'s environment: {e}"
+            ))
+        })?;
         let mut command = tokio::process::Command::new("nsenter");
         command
             .arg("-t")
             .arg(pid.to_string())
+            // mount, UTS, IPC, network and PID namespaces, then the container's root and cwd.
             .args(["-m", "-u", "-i", "-n", "-p", "-r", "-w", "--"])
             .args(argv)
             .env_clear()
@@ -622,99 +482,32 @@ impl Runtime for ContainerdRuntime {
         Ok(command)
     }
 
+    #[instrument(skip(self))]
     async fn usage(&self, container_id: &str) -> Result<Usage, RuntimeError> {
-        let pid = self.pid(container_id).await?;
-        Ok(cgroup_usage(pid).unwrap_or_default())
-    }
-}
-
-/// Imports every `*.tar` of `dir` into containerd's k8s.io namespace with ctr.
-async fn import_images(socket: &Path, dir: &Path) -> Result<(), RuntimeError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        RuntimeError::Runtime(format!("reading images from {}: {e}", dir.display()))
-    })?;
-    let mut tarballs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-        .collect();
-    tarballs.sort();
-    for tarball in tarballs {
-        let output = tokio::process::Command::new("ctr")
-            .arg("--address")
-            .arg(socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(&tarball)
-            .output()
-            .await
-            .map_err(|e| RuntimeError::Runtime(format!("running ctr: {e}")))?;
-        if !output.status.success() {
-            return Err(RuntimeError::Runtime(format!(
-                "importing {}: {}",
-                tarball.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+        let stats = self
+            .runtime
+            .clone()
+            .container_stats(ContainerStatsRequest {
+                container_id: container_id.into(),
+            })
+            .await;
+        match stats {
+            Ok(reply) => {
+                if let Some(usage) = reply
+                    .into_inner()
+                    .stats
+                    .as_ref()
+                    .and_then(usage::from_stats)
+                {
+                    return Ok(usage);
+                }
+            }
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Err(rpc_error("container stats", e));
+            }
+            Err(e) => warn!(error = %e.message(), "ContainerStats failed; reading the cgroup"),
         }
-        info!(image = %tarball.display(), "imported");
-    }
-    Ok(())
-}
-
-/// CPU and memory of the cgroup (v1) a process runs in.
-fn cgroup_usage(pid: u32) -> Option<Usage> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path_of = |controller: &str| {
-        cgroups.lines().find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-    };
-    let read = |file: String| {
-        std::fs::read_to_string(file)
-            .ok()?
-            .trim()
-            .parse::<u64>()
-            .ok()
-    };
-    let memory = path_of("memory")
-        .and_then(|p| read(format!("/sys/fs/cgroup/memory{p}/memory.usage_in_bytes")));
-    let cpu =
-        path_of("cpuacct").and_then(|p| read(format!("/sys/fs/cgroup/cpuacct{p}/cpuacct.usage")));
-    if memory.is_none() && cpu.is_none() {
-        warn!(pid, "no cgroup v1 usage for this container");
-    }
-    Some(Usage {
-        cpu_nanos: cpu.unwrap_or(0),
-        memory_bytes: memory.unwrap_or(0),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_names_normalize_like_kubernetes() {
-        assert_eq!(
-            normalize_image("busybox"),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            normalize_image("busybox:1.36"),
-            "docker.io/library/busybox:1.36"
-        );
-        assert_eq!(normalize_image("skiff/echo"), "docker.io/skiff/echo:latest");
-        assert_eq!(
-            normalize_image("registry.k8s.io/pause:3.9"),
-            "registry.k8s.io/pause:3.9"
-        );
-        assert_eq!(
-            normalize_image("localhost:5000/app"),
-            "localhost:5000/app:latest"
-        );
+        let pid = self.pid(container_id).await?;
+        Ok(usage::from_cgroup(pid).unwrap_or_default())
     }
 }

@@ -1,33 +1,66 @@
-//! A private containerd for one node: its config (own root, state, sockets, runc root, CNI
-//! config and IPAM store) and its launch, inside the node's network namespace when given.
+//! What a private containerd for one node is told: its config.toml (own root, state, sockets,
+//! opt dir, runc root, CNI dirs) and its CNI network. Pure rendering, so tests can read it.
 //!
 //! What these machines need (design.md "Nodes, containers and networking"): the CRI plugin with
 //! `restrict_oom_score_adj` (the VM refuses negative oom_score_adj), `disable_apparmor`,
-//! network namespaces under the state dir, a locally imported pause image; and containerd
-//! started with `nsenter --net=` rather than `ip netns exec` (which remounts /sys and hides the
-//! cgroup v1 hierarchy from containerd).
+//! network namespaces under the state dir (so nothing lands in the host's /run/netns), and a
+//! locally imported pause image as the sandbox image (no registry is reachable).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
 
-use super::ContainerdOptions;
-use crate::agent::runtime::RuntimeError;
-
 /// The pause image every sandbox runs (built and imported by images/build.sh).
 pub const PAUSE_IMAGE: &str = "docker.io/skiff/pause:3.9";
-/// Where Debian's containernetworking-plugins installs the CNI plugins.
-pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Where Debian's containernetworking-plugins installs the CNI plugins (used when dpkg cannot
+/// tell).
+pub const DEFAULT_CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// The bridge each node's pods attach to. Nodes live in network namespaces of their own, so
+/// one name serves every node and stays easy to find with `ip link`.
+pub const BRIDGE: &str = "skiff0";
 
-fn io(context: &str) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
-    move |e| RuntimeError::Runtime(format!("{context}: {e}"))
+/// The files of one node's containerd, all under its state dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub dir: PathBuf,
 }
 
-/// containerd's config.toml for a node whose files live under `state`.
-pub fn config_toml(state: &Path) -> String {
-    let p = |sub: &str| state.join(sub).to_string_lossy().into_owned();
+impl Layout {
+    pub fn new(dir: &Path) -> Self {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+    fn sub(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn config(&self) -> PathBuf {
+        self.sub("config.toml")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.sub("containerd.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.sub("containerd.log")
+    }
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.sub("cni/conf")
+    }
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.sub("cni/ipam")
+    }
+    /// Directories containerd (or the CNI plugins) expect to exist before it starts.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        ["root", "state", "opt", "runc", "cni/conf", "cni/ipam"]
+            .iter()
+            .map(|d| self.sub(d))
+            .collect()
+    }
+}
+
+/// containerd's config.toml (version 2 schema, containerd 1.6) for one node.
+pub fn config_toml(layout: &Layout, cni_bin_dir: &Path) -> String {
+    let p = |sub: &str| layout.sub(sub).to_string_lossy().into_owned();
     format!(
         r#"version = 2
 root = "{root}"
@@ -60,19 +93,22 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
+    max_conf_num = 1
 "#,
         root = p("root"),
         state_dir = p("state"),
-        socket = p("containerd.sock"),
+        socket = layout.socket().to_string_lossy(),
         opt = p("opt"),
         pause = PAUSE_IMAGE,
         runc = p("runc"),
-        cni_bin = CNI_BIN_DIR,
-        cni_conf = p("cni/conf"),
+        cni_bin = cni_bin_dir.to_string_lossy(),
+        cni_conf = layout.cni_conf_dir().to_string_lossy(),
     )
 }
 
-/// The node's CNI network: a bridge with host-local addresses from the pod CIDR.
+/// The node's CNI network: a bridge (the pods' gateway, hairpin so a pod reaches itself
+/// through a Service, no masquerade: pod IPs stay visible across nodes) with host-local
+/// addresses from the pod CIDR, hostPort through portmap, then loopback.
 pub fn cni_conflist(network: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
     json!({
         "cniVersion": "0.4.0",
@@ -80,7 +116,7 @@ pub fn cni_conflist(network: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": "skiff0",
+                "bridge": BRIDGE,
                 "isGateway": true,
                 "hairpinMode": true,
                 "ipMasq": false,
@@ -98,57 +134,21 @@ pub fn cni_conflist(network: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
     .to_string()
 }
 
-/// Writes the config and CNI files and starts containerd; returns its socket.
-pub fn launch(options: &ContainerdOptions) -> Result<(PathBuf, Child), RuntimeError> {
-    let state = &options.state_dir;
-    for sub in ["root", "state", "opt", "runc", "cni/conf", "cni/ipam"] {
-        std::fs::create_dir_all(state.join(sub))
-            .map_err(io("creating containerd's directories"))?;
-    }
-    let config = state.join("config.toml");
-    std::fs::write(&config, config_toml(state)).map_err(io("writing containerd's config"))?;
-    let cidr = options.pod_cidr.as_deref().ok_or_else(|| {
-        RuntimeError::Runtime(
-            "the node has no pod CIDR (the control plane assigns one at registration)".into(),
-        )
-    })?;
-    let network = format!(
-        "skiff-{}",
-        options.cgroup_parent.trim_start_matches("skiff-")
-    );
-    std::fs::write(
-        state.join("cni/conf/10-skiff.conflist"),
-        cni_conflist(&network, cidr, &state.join("cni/ipam")),
-    )
-    .map_err(io("writing the CNI config"))?;
-    let socket = state.join("containerd.sock");
-    let _ = std::fs::remove_file(&socket);
-    let log = std::fs::File::create(state.join("containerd.log"))
-        .map_err(io("creating containerd's log"))?;
-    let mut command = match &options.netns {
-        Some(netns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", netns.display()))
-                .arg("--")
-                .arg("containerd");
-            c
-        }
-        None => Command::new("containerd"),
-    };
-    command
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            log.try_clone().map_err(io("containerd's log"))?,
-        ))
-        .stderr(Stdio::from(log))
-        .process_group(0);
-    let child = command
-        .spawn()
-        .map_err(|e| RuntimeError::Runtime(format!("cannot start containerd (apt-get install containerd runc containernetworking-plugins): {e}")))?;
-    tracing::info!(socket = %socket.display(), netns = ?options.netns, "started a private containerd");
-    Ok((socket, child))
+/// The CNI network name of a node: unique per node, since CNI's result cache (outside any
+/// configured dir) is keyed by it.
+pub fn network_name(cgroup_parent: &str) -> String {
+    format!("skiff-{}", cgroup_parent.trim_start_matches("skiff-"))
+}
+
+/// Where the CNI plugins are, from `dpkg -L containernetworking-plugins` output: the directory
+/// holding the `bridge` plugin.
+pub fn cni_bin_dir_from_dpkg(listing: &str) -> Option<PathBuf> {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.ends_with("/bridge"))
+        .map(Path::new)
+        .find_map(|p| p.parent().map(Path::to_path_buf))
 }
 
 #[cfg(test)]
@@ -157,16 +157,54 @@ mod tests {
 
     #[test]
     fn config_points_everything_at_the_node_dir() {
-        let text = config_toml(Path::new("/var/lib/skiff/n1"));
-        assert!(text.contains(r#"address = "/var/lib/skiff/n1/containerd.sock""#));
-        assert!(text.contains("restrict_oom_score_adj = true"));
-        assert!(text.contains(r#"conf_dir = "/var/lib/skiff/n1/cni/conf""#));
-        let cni: serde_json::Value =
-            serde_json::from_str(&cni_conflist("skiff-n1", "10.42.1.0/24", Path::new("/x")))
-                .expect("json");
-        assert_eq!(
-            cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.42.1.0/24"
+        let layout = Layout::new(Path::new("/var/lib/skiff/n1"));
+        let text = config_toml(&layout, Path::new("/usr/lib/cni"));
+        for expected in [
+            r#"root = "/var/lib/skiff/n1/root""#,
+            r#"state = "/var/lib/skiff/n1/state""#,
+            r#"address = "/var/lib/skiff/n1/containerd.sock""#,
+            r#"address = "/var/lib/skiff/n1/containerd.sock.ttrpc""#,
+            r#"path = "/var/lib/skiff/n1/opt""#,
+            r#"Root = "/var/lib/skiff/n1/runc""#,
+            r#"conf_dir = "/var/lib/skiff/n1/cni/conf""#,
+            r#"bin_dir = "/usr/lib/cni""#,
+            r#"sandbox_image = "docker.io/skiff/pause:3.9""#,
+            "restrict_oom_score_adj = true",
+            "netns_mounts_under_state_dir = true",
+            "disable_apparmor = true",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn conflist_is_bridge_host_local_then_loopback() {
+        let text = cni_conflist(
+            &network_name("skiff-n1"),
+            "10.42.1.0/24",
+            Path::new("/x/ipam"),
         );
+        let cni: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(cni["name"], "skiff-n1");
+        let bridge = &cni["plugins"][0];
+        assert_eq!(bridge["type"], "bridge");
+        assert_eq!(bridge["isGateway"], true);
+        assert_eq!(bridge["hairpinMode"], true);
+        assert_eq!(bridge["ipMasq"], false);
+        assert_eq!(bridge["ipam"]["type"], "host-local");
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.42.1.0/24");
+        assert_eq!(bridge["ipam"]["dataDir"], "/x/ipam");
+        let last = cni["plugins"].as_array().and_then(|p| p.last()).cloned();
+        assert_eq!(last.map(|p| p["type"].clone()), Some(json!("loopback")));
+    }
+
+    #[test]
+    fn cni_bin_dir_is_where_dpkg_put_bridge() {
+        let listing = "/.\n/usr\n/usr/lib\n/usr/lib/cni\n/usr/lib/cni/bandwidth\n/usr/lib/cni/bridge\n/usr/share/doc\n";
+        assert_eq!(
+            cni_bin_dir_from_dpkg(listing),
+            Some(PathBuf::from("/usr/lib/cni"))
+        );
+        assert_eq!(cni_bin_dir_from_dpkg("/usr\n"), None);
     }
 }
