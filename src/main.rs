@@ -58,6 +58,9 @@ fn main() -> std::process::ExitCode {
             cli::Command::Up(args) => cli::up::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,
+            cli::Command::Bench(cli::BenchCommand::Endpoints(args)) => {
+                bench::endpoints::run(args).await
+            }
             cli::Command::Bench(cli::BenchCommand::Backup(args)) => bench::backup::run(args).await,
             cli::Command::Backup(args) => cli::backup::run_backup(args).await,
             cli::Command::Restore(args) => cli::backup::run_restore(args).await,

@@ -134,6 +134,12 @@ fn cluster_dns_answers_service_discovery_names() {
     }
     let upper = dig(&dns[0], &["WEB.Default.SVC.cluster.LOCAL", "A"]);
     assert_eq!(upper.answers, [format!("A {cluster_ip}")]);
+    // The member's /metrics counts its DNS queries.
+    let metrics = kubectl.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains("skiff_dns_requests_total{type=\"A\",rcode=\"NOERROR\"}"),
+        "{metrics}"
+    );
 
     // Headless: one A per ready endpoint.
     let headless = eventually(&dns[1], &[&format!("nginx.default.{ZONE}"), "A"], |d| {

@@ -397,6 +397,30 @@ spec:
         srv.contains("web-0.nginx.default.svc.cluster.local."),
         "{srv}"
     );
+    // In-cluster clients reach the API servers through default/kubernetes (10.43.0.1:443).
+    wait_for(
+        Duration::from_secs(30),
+        "kubernetes.default reached from a pod",
+        || {
+            f.exec_sh(
+                "client",
+                "echo | timeout 3 nc kubernetes.default.svc 443 >/dev/null && echo reached",
+            )
+            .contains("reached")
+        },
+    );
+    let dns_members = f.kubectl.ok(&[
+        "get",
+        "endpointslice",
+        "-n",
+        "kube-system",
+        "kube-dns-members",
+        "-o",
+        "jsonpath={.endpoints[*].addresses[0]}",
+    ]);
+    let mut listed: Vec<&str> = dns_members.split_whitespace().collect();
+    listed.sort();
+    assert_eq!(listed, MEMBERS, "every member serves pods' DNS");
     // A deleted Service is gone from DNS within a second.
     f.kubectl.ok(&["delete", "service", "sticky"]);
     let deleted = Instant::now();

@@ -157,6 +157,10 @@ fn namespace_object(name: &str) -> Result<serde_json::Value, ApiError> {
         .map_err(|e| ApiError::Internal(format!("system namespace {name}: {e}")))
 }
 
+/// The EndpointSlice of `kube-system/kube-dns` listing the members whose DNS serves pods; each
+/// member adds itself, the endpoints controller drops members that left.
+pub const DNS_MEMBERS_SLICE: &str = "kube-dns-members";
+
 /// Publishes this member's cluster DNS as an endpoint of `kube-system/kube-dns` (a Service
 /// without selector at 10.43.0.10, created if missing), so pods reach DNS through the node's
 /// proxy. Retries until it is written; members that leave are not removed yet.
@@ -180,7 +184,7 @@ pub async fn register_cluster_dns(objects: Objects, member_ip: String) {
     let endpoint = json!({"addresses": [member_ip], "conditions": {"ready": true}});
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kube-dns-members", "namespace": "kube-system",
+        "metadata": {"name": DNS_MEMBERS_SLICE, "namespace": "kube-system",
                      "labels": {"kubernetes.io/service-name": "kube-dns",
                                 "endpointslice.kubernetes.io/managed-by": "skiff-server"}},
         "addressType": "IPv4",
@@ -224,7 +228,7 @@ pub async fn register_cluster_dns(objects: Objects, member_ip: String) {
             objects
                 .update_with(
                     scope_slice,
-                    "kube-dns-members",
+                    DNS_MEMBERS_SLICE,
                     Part::Main,
                     &add,
                     &WriteOptions::default(),

@@ -51,6 +51,8 @@ struct Inner {
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
     watches: Arc<AtomicI64>,
+    /// The member's cluster DNS (its query counters are appended).
+    dns: Option<skiff_dns::ClusterDns>,
 }
 
 /// Decrements the open-watch gauge when the watch's stream is dropped.
@@ -63,6 +65,13 @@ impl Drop for WatchGuard {
 }
 
 impl Metrics {
+    pub fn new(dns: Option<skiff_dns::ClusterDns>) -> Self {
+        Metrics {
+            dns,
+            ..Metrics::default()
+        }
+    }
+
     pub fn observe(&self, verb: &str, group: &str, resource: &str, code: u16, elapsed: Duration) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
@@ -161,6 +170,9 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
+        }
+        if let Some(dns) = &self.dns {
+            out.push_str(&dns.metrics().render());
         }
         out
     }

@@ -54,6 +54,8 @@ pub struct ApiOptions {
     pub static_tokens: static_tokens::StaticTokens,
     /// How this member reaches the nodes' Kubelet APIs (logs, exec).
     pub kubelets: pod_streams::Kubelets,
+    /// This member's cluster DNS, whose query counters /metrics shows.
+    pub cluster_dns: Option<skiff_dns::ClusterDns>,
 }
 
 pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) -> Router {
@@ -62,6 +64,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         audit_log,
         static_tokens,
         kubelets,
+        cluster_dns,
     } = options;
     // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
     // runs for the life of the process).
@@ -80,7 +83,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         objects: objects.clone(),
         authorizer: authz::Authorizer::follow(node),
         server_address,
-        metrics: metrics::Metrics::default(),
+        metrics: metrics::Metrics::new(cluster_dns),
         audit,
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
         tokens: tokens::TokenIssuer::new(objects.store().clone()),

@@ -49,12 +49,12 @@ pub struct ApiBenchArgs {
 }
 
 #[derive(Serialize, Debug, Default, Clone)]
-struct Latency {
-    samples: usize,
-    errors: u64,
-    per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(super) struct Latency {
+    pub samples: usize,
+    pub errors: u64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -69,7 +69,7 @@ struct Report {
     rss_loaded_mb: Vec<f64>,
 }
 
-fn summarize(mut ms: Vec<f64>, errors: u64, seconds: f64) -> Latency {
+pub(super) fn summarize(mut ms: Vec<f64>, errors: u64, seconds: f64) -> Latency {
     ms.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| {
         if ms.is_empty() {
@@ -98,7 +98,7 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-fn rss_mb(pid: Option<u32>) -> f64 {
+pub(super) fn rss_mb(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else {
         return 0.0;
     };

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod endpoints;
 pub mod load;
 pub mod peers;
 pub mod store;

@@ -57,6 +57,8 @@ pub enum BenchCommand {
     Api(crate::bench::api::ApiBenchArgs),
     /// Backup and restore throughput beside etcdctl snapshot save/restore on the same data.
     Backup(crate::bench::backup::BackupBenchArgs),
+    /// EndpointSlice change -> cluster DNS answer and -> nftables rule, p50/p99 (root).
+    Endpoints(crate::bench::endpoints::EndpointsBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -16,6 +16,7 @@ use super::informer::{Handler, Informer, Informers, split_key, uid_of};
 use super::ownership::{enqueue_self, is_deleting, labels, string_map};
 use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile};
+use crate::apiserver::bootstrap::DNS_MEMBERS_SLICE;
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
 use crate::registry::Kind;
@@ -301,10 +302,9 @@ impl EndpointsController {
         }
     }
 
-    /// `default/kubernetes`: the API servers (every voter's API address).
-    async fn kubernetes_endpoints(&self) -> Result<(), Error> {
-        let mut ips: Vec<(String, i64)> = self
-            .objects
+    /// Every voter's API (host, port).
+    fn voter_api_addresses(&self) -> Vec<(String, i64)> {
+        self.objects
             .store()
             .node()
             .members()
@@ -317,7 +317,60 @@ impl EndpointsController {
                     port.parse().ok()?,
                 ))
             })
+            .collect()
+    }
+
+    /// `kube-system/kube-dns`: members add themselves to its slice when their DNS starts; the
+    /// ones no longer voters (removed, or the old members of a restored backup) go here.
+    async fn prune_dns_members(&self) -> Result<(), Error> {
+        let hosts: Vec<String> = self
+            .voter_api_addresses()
+            .into_iter()
+            .map(|(host, _)| host)
             .collect();
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let keep = |endpoint: &Value| {
+            endpoint
+                .pointer("/addresses/0")
+                .and_then(Value::as_str)
+                .is_some_and(|ip| hosts.iter().any(|h| h == ip))
+        };
+        let stale = self
+            .objects
+            .get(
+                Scope::new(self.kinds.slices, Some("kube-system")),
+                DNS_MEMBERS_SLICE,
+                false,
+            )
+            .await
+            .ok()
+            .and_then(|slice| slice.get("endpoints").and_then(Value::as_array).cloned())
+            .is_some_and(|endpoints| !endpoints.iter().all(keep));
+        if !stale {
+            return Ok(());
+        }
+        super::modify(
+            &self.objects,
+            self.kinds.slices,
+            Some("kube-system"),
+            DNS_MEMBERS_SLICE,
+            Part::Main,
+            |slice| {
+                if let Some(endpoints) = slice.get_mut("endpoints").and_then(Value::as_array_mut) {
+                    endpoints.retain(keep);
+                }
+            },
+        )
+        .await?;
+        tracing::info!("dropped members that left from kube-dns's endpoints");
+        Ok(())
+    }
+
+    /// `default/kubernetes`: the API servers (every voter's API address).
+    async fn kubernetes_endpoints(&self) -> Result<(), Error> {
+        let mut ips = self.voter_api_addresses();
         ips.sort();
         let port = ips.first().map(|(_, p)| *p).unwrap_or(6443);
         let addresses: Vec<Value> = ips.iter().map(|(ip, _)| json!({"ip": ip})).collect();
@@ -356,6 +409,10 @@ impl Reconcile for EndpointsController {
         };
         if key == "default/kubernetes" {
             self.kubernetes_endpoints().await?;
+            return Ok(Action::Done);
+        }
+        if key == "kube-system/kube-dns" {
+            self.prune_dns_members().await?;
             return Ok(Action::Done);
         }
         let Some(service) = self.services.get(key) else {

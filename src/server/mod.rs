@@ -255,6 +255,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     crate::pki::ClusterCa::from_pem(pki.ca.clone())
                         .issue_client("kube-apiserver-kubelet-client", Some("system:masters"))?,
                 ),
+                cluster_dns: cluster_dns.as_ref().map(|(dns, _)| dns.clone()),
             },
         ));
     let acceptor =
