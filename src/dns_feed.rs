@@ -35,6 +35,20 @@ pub struct DnsListen {
 pub fn listen_from_args(args: &ServerArgs) -> anyhow::Result<Option<DnsListen>> {
     match args.cluster_dns_listen.as_deref() {
         Some("off") => Ok(None),
+        // `:PORT`: the advertised address on another port (`skiff up` without root).
+        Some(port) if port.starts_with(':') => {
+            let ip: IpAddr = args
+                .advertise
+                .parse()
+                .map_err(|_| anyhow!("--advertise must be an IP address"))?;
+            let port: u16 = port[1..]
+                .parse()
+                .with_context(|| format!("--cluster-dns-listen: {port:?} is not :PORT"))?;
+            Ok(Some(DnsListen {
+                addr: SocketAddr::new(ip, port),
+                explicit: true,
+            }))
+        }
         Some(addr) => Ok(Some(DnsListen {
             addr: addr
                 .parse()

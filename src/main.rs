@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod controllers;
 mod dns_feed;
+mod dns_probe;
 mod etcd;
 mod kubeconfig;
 mod nodeapi;

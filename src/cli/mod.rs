@@ -117,8 +117,9 @@ pub struct ServerArgs {
     pub compaction_interval_secs: u64,
     #[command(flatten)]
     pub snapshots: backup::SnapshotScheduleArgs,
-    /// Where cluster DNS listens (UDP and TCP), or "off". Default: <advertise>:53, skipped with
-    /// a warning when that cannot be bound (not root).
+    /// Where cluster DNS listens (UDP and TCP): IP:PORT, :PORT (on the advertised address), or
+    /// "off". Default: <advertise>:53, skipped with a warning when that cannot be bound (not
+    /// root).
     #[arg(long, value_name = "ADDR|off")]
     pub cluster_dns_listen: Option<String>,
     /// The cluster domain DNS answers for.
@@ -168,7 +169,16 @@ pub struct UpArgs {
     /// Number of control-plane members (on 127.0.0.1..N).
     #[arg(long, default_value_t = 3)]
     pub nodes: u8,
+    /// Number of node agents (on 127.0.0.11.., process runtime).
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
     /// Where to write the kubeconfig.
     #[arg(long, default_value = "./skiff.kubeconfig")]
     pub kubeconfig: PathBuf,
+    /// Also merge a `skiff` context into ~/.kube/config (or $KUBECONFIG's first file).
+    #[arg(long)]
+    pub merge_kubeconfig: bool,
+    /// Stop a running `skiff up` on --data and remove its data and kubeconfig.
+    #[arg(long)]
+    pub down: bool,
 }

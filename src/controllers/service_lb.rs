@@ -177,6 +177,18 @@ impl ServiceLbController {
         (controller, queue)
     }
 
+    /// Whether `ip` is an address this controller gives LoadBalancers.
+    fn hands_out(&self, ip: Ipv4Addr) -> bool {
+        match &self.pool {
+            Some(pool) => pool.contains(ip),
+            None => self
+                .nodes
+                .list()
+                .iter()
+                .any(|n| node::internal_ips(n).contains(&ip)),
+        }
+    }
+
     /// A pool address for `key`: the one it holds, its requested one, or the lowest free one.
     fn pick(
         &self,
@@ -219,6 +231,12 @@ impl Reconcile for ServiceLbController {
             return Ok(Action::Done);
         };
         let wanted: Vec<Ipv4Addr> = if !wants_addresses(&service) {
+            // Only addresses this controller hands out are taken back (a type change away
+            // from LoadBalancer); a status someone else wrote is theirs.
+            let held = ingress_ips(&service);
+            if held.is_empty() || !held.iter().all(|ip| self.hands_out(*ip)) {
+                return Ok(Action::Done);
+            }
             Vec::new()
         } else if let Some(pool) = &self.pool {
             match self.pick(pool, key, &service, &assigned) {
