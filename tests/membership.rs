@@ -34,21 +34,63 @@ fn a_member_is_removed_and_the_rest_keep_serving() {
     assert_eq!(value.trim(), "ok");
 }
 
+/// Stops a `skiff up` the test started even when an assertion fails (SIGINT: it cleans up
+/// its members, agents and namespaces), SIGKILL if it does not go within 30 s.
+struct UpGuard(std::process::Child);
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Both layouts, one after the other (they share 127.0.0.1:6443): the process runtime
+/// anywhere, then — as root with containerd installed (CI) — network-namespace hosts with
+/// real containers.
 #[test]
-fn skiff_up_starts_members_and_agents_and_stops_on_sigint() {
+fn skiff_up_brings_up_ready_nodes_and_stops_on_sigint() {
+    skiff_up_starts_members_and_agents_and_stops_on_sigint("process", "process runtime");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping skiff up's containerd layout: needs root");
+        return;
+    }
+    skiff_up_starts_members_and_agents_and_stops_on_sigint("containerd", "with containerd");
+}
+
+fn skiff_up_starts_members_and_agents_and_stops_on_sigint(runtime: &str, says: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("skiff.kubeconfig");
     let data = dir.path().join("up");
-    let mut up = Command::new(SKIFF)
-        .arg("up")
-        .arg("--data")
-        .arg(&data)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("skiff up");
+    let mut up = UpGuard(
+        Command::new(SKIFF)
+            .arg("up")
+            .arg("--runtime")
+            .arg(runtime)
+            .arg("--data")
+            .arg(&data)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("skiff up"),
+    );
+    let up = &mut up.0;
     // "skiff is up" comes once every node is Ready (the first-hour goal: within 60 s).
     let started = std::time::Instant::now();
     let stdout = up.stdout.take().expect("stdout");
@@ -65,8 +107,15 @@ fn skiff_up_starts_members_and_agents_and_stops_on_sigint() {
     let banner = rx
         .recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("skiff up printed nothing within 120 s"));
-    assert!(banner.starts_with("skiff is up"), "{banner}");
-    eprintln!("skiff up ready after {:?}", started.elapsed());
+    assert!(
+        banner.starts_with("skiff is up") && banner.contains(says),
+        "{banner}"
+    );
+    eprintln!("skiff up ({runtime}) ready after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "nodes Ready within 60 s"
+    );
     let kubectl = |args: &[&str]| {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -95,7 +144,14 @@ fn skiff_up_starts_members_and_agents_and_stops_on_sigint() {
         kubectl(&["logs", "hello"]).contains("hello from up")
     });
     let status = Command::new(SKIFF)
-        .args(["status", "-o", "json", "--data"])
+        .args([
+            "status",
+            "-o",
+            "json",
+            "--server",
+            "https://127.0.0.1:6443",
+            "--data",
+        ])
         .arg(data.join("node1"))
         .output()
         .expect("status");
@@ -132,7 +188,8 @@ fn skiff_up_starts_members_and_agents_and_stops_on_sigint() {
         panic!("skiff up did not stop within 30 s of SIGINT")
     });
     assert!(code.success(), "skiff up exits 0 on Ctrl-C: {code:?}");
-    // Every member and agent is gone: the API and kubelet ports are free again.
+    // Every member and agent is gone: the API and kubelet ports are free again, and the
+    // containerd layout's namespaces are deleted.
     assert!(
         std::net::TcpListener::bind("127.0.0.1:6443").is_ok(),
         "members stopped"
@@ -141,6 +198,11 @@ fn skiff_up_starts_members_and_agents_and_stops_on_sigint() {
         std::net::TcpListener::bind("127.0.0.11:10250").is_ok(),
         "agents stopped"
     );
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("skiff-up-"));
     // --down removes what it made.
     let down = Command::new(SKIFF)
         .args(["up", "--down", "--data"])

@@ -24,6 +24,9 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
     /// Per member, a command the server is started through (e.g. `ip netns exec NS`).
     launchers: Vec<Vec<String>>,
+    /// Where this process reaches a member's admin API when the members' own addresses are
+    /// not reachable from here (a relay into their network namespace).
+    admin_addr: Option<String>,
 }
 
 impl LocalCluster {
@@ -56,6 +59,36 @@ impl LocalCluster {
         launchers: Vec<Vec<String>>,
         progress: &Progress,
     ) -> anyhow::Result<Self> {
+        Self::launch(base, ip_prefix, size, extra_args, launchers, None, progress).await
+    }
+
+    /// As `start_with_launchers`, reaching the members' admin API at `admin_addr` (a relay into
+    /// the namespace they live in: `skiff up` with containerd).
+    pub async fn start_relayed(
+        base: &Path,
+        ip_prefix: &str,
+        size: usize,
+        extra_args: &[String],
+        launchers: Vec<Vec<String>>,
+        admin_addr: &str,
+        progress: &Progress,
+    ) -> anyhow::Result<Self> {
+        let admin = Some(admin_addr.to_string());
+        Self::launch(
+            base, ip_prefix, size, extra_args, launchers, admin, progress,
+        )
+        .await
+    }
+
+    async fn launch(
+        base: &Path,
+        ip_prefix: &str,
+        size: usize,
+        extra_args: &[String],
+        launchers: Vec<Vec<String>>,
+        admin_addr: Option<String>,
+        progress: &Progress,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
         let exe = std::env::current_exe().context("locating the skiff binary")?;
         let mut cluster = LocalCluster {
@@ -65,6 +98,7 @@ impl LocalCluster {
             exe: exe.clone(),
             extra_args: extra_args.to_vec(),
             launchers,
+            admin_addr,
         };
         let outcome = cluster
             .start_members(&exe, size, extra_args, progress)
@@ -222,8 +256,8 @@ impl LocalCluster {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             self.check_alive()?;
-            if let Ok(mut client) =
-                admin_client(&identity.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await
+            let addr = self.admin_addr.as_deref().unwrap_or(&identity.api_addr);
+            if let Ok(mut client) = admin_client(addr, &pki.ca.cert_pem, Some(&pki.admin)).await
                 && let Ok(status) = client.status(StatusRequest {}).await
             {
                 let status = status.into_inner();

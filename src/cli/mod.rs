@@ -6,6 +6,7 @@ pub mod kubeconfig;
 pub mod local_cluster;
 pub mod status;
 pub mod up;
+pub mod up_hosts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -161,6 +162,13 @@ pub struct StatusArgs {
     pub output: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpRuntime {
+    Auto,
+    Containerd,
+    Process,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
     /// Where the members keep their data (one folder per member).
@@ -169,9 +177,13 @@ pub struct UpArgs {
     /// Number of control-plane members (on 127.0.0.1..N).
     #[arg(long, default_value_t = 3)]
     pub nodes: u8,
-    /// Number of node agents (on 127.0.0.11.., process runtime).
+    /// Number of node agents.
     #[arg(long, default_value_t = 2)]
     pub agents: usize,
+    /// containerd (root: network-namespace hosts, real containers), process (loopback, host
+    /// processes) or auto (containerd when it can run here).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: UpRuntime,
     /// Where to write the kubeconfig.
     #[arg(long, default_value = "./skiff.kubeconfig")]
     pub kubeconfig: PathBuf,

@@ -127,10 +127,19 @@ async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus>
             row.commit = commit;
         }
     }
+    // The leader as the members it reached say, or as the first member says when the
+    // leader itself cannot be reached from here (members behind a relay).
     let leader = rows
         .iter()
         .find(|r| r.role == "leader")
-        .map(|r| r.name.clone());
+        .map(|r| r.name.clone())
+        .or_else(|| {
+            first
+                .members
+                .iter()
+                .find(|m| m.node_id == first.leader_id && first.leader_id != 0)
+                .map(|m| m.name.clone())
+        });
     Ok(ClusterStatus {
         cluster_id: first.cluster_id,
         leader,

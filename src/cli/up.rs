@@ -1,12 +1,17 @@
-//! `skiff up`: a whole local cluster from one command — N control-plane members on
-//! 127.0.0.1..N and M node agents on 127.0.0.11.. with the process runtime (no root, nothing
-//! to install), ./skiff.kubeconfig written, and a wait until every node is Ready and cluster
-//! DNS answers. Ctrl-C stops agents then members cleanly; `skiff up --down` stops a running
-//! `skiff up` (through its pid file) and removes what it made.
+//! `skiff up`: a whole local cluster from one command — N control-plane members and M node
+//! agents, ./skiff.kubeconfig written, and a wait until every node is Ready and cluster DNS
+//! answers. Two layouts, and it says which:
+//! - containerd (root, with containerd/runc/CNI/nftables installed): hosts made of network
+//!   namespaces (`up_hosts`), real containers from locally built images, real pod networking
+//!   and Service routing; kubectl reaches the API through a relay on 127.0.0.1:6443;
+//! - process (anyone, nothing to install): members on 127.0.0.1..N, agents on 127.0.0.11..
+//!   running containers' commands as host processes.
 //!
-//! Members and agents are child processes with their logs under --data; a member or agent
-//! that dies ends `skiff up` with the name of its log.
+//! Ctrl-C stops agents then members cleanly; `skiff up --down` stops a running `skiff up`
+//! (through its pid file) and removes what it made. A member or agent that dies ends
+//! `skiff up` with the name of its log.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -17,8 +22,9 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::apiclient::ApiClient;
-use crate::cli::UpArgs;
 use crate::cli::local_cluster::LocalCluster;
+use crate::cli::up_hosts::{self, UpHosts};
+use crate::cli::{UpArgs, UpRuntime};
 use crate::pki::write_file;
 use crate::progress::Progress;
 
@@ -27,7 +33,11 @@ const MEMBER_PREFIX: &str = "127.0.0.";
 /// Without root, port 53 cannot be bound: cluster DNS listens here instead.
 const UNPRIVILEGED_DNS_PORT: u16 = 10053;
 /// How long nodes get to become Ready (the issue's first-hour goal is 60 s).
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where kubectl reaches the API in the containerd layout.
+const RELAY: &str = "127.0.0.1:6443";
+/// The name whose answer shows cluster DNS works.
+const PROBE_NAME: &str = "kubernetes.default.svc.cluster.local";
 
 fn pid_file(data: &Path) -> PathBuf {
     data.join("up.pid")
@@ -38,9 +48,41 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Agent `i` (1-based): its name and address.
-fn agent_identity(i: usize) -> (String, String) {
-    (format!("agent{i}"), format!("{MEMBER_PREFIX}{}", 10 + i))
+/// Where the members and agents live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Network-namespace hosts with containerd.
+    Containerd,
+    /// Loopback addresses with the process runtime.
+    Process,
+}
+
+impl Layout {
+    fn choose(wanted: UpRuntime) -> anyhow::Result<(Layout, Option<String>)> {
+        let missing = up_hosts::unavailable();
+        match (wanted, missing) {
+            (UpRuntime::Process, _) => Ok((Layout::Process, None)),
+            (UpRuntime::Containerd, Some(why)) => bail!("--runtime containerd: {why}"),
+            (_, None) => Ok((Layout::Containerd, None)),
+            (UpRuntime::Auto, Some(why)) => Ok((Layout::Process, Some(why))),
+        }
+    }
+
+    fn member_prefix(self) -> String {
+        match self {
+            Layout::Containerd => up_hosts::member_prefix(),
+            Layout::Process => MEMBER_PREFIX.to_string(),
+        }
+    }
+
+    /// Agent `i` (1-based): its name and address.
+    fn agent(self, i: usize) -> (String, String) {
+        let address = match self {
+            Layout::Containerd => up_hosts::agent_ip(i),
+            Layout::Process => format!("{MEMBER_PREFIX}{}", 10 + i),
+        };
+        (format!("agent{i}"), address)
+    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -72,61 +114,56 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: &UpArgs) -> anyhow::Result<()> {
+    let (layout, fallback) = Layout::choose(args.runtime)?;
     let root = is_root();
     let dns_port = if root { 53 } else { UNPRIVILEGED_DNS_PORT };
+    let what = match layout {
+        Layout::Containerd => "network-namespace hosts, containerd".to_string(),
+        Layout::Process => format!(
+            "loopback, process runtime{}",
+            fallback
+                .map(|why| format!("; containerd mode needs root and containerd: {why}"))
+                .unwrap_or_default()
+        ),
+    };
     let progress = Progress::spinner(&format!(
-        "starting {} control-plane members and {} agents (loopback, process runtime)",
+        "starting {} control-plane members and {} agents ({what})",
         args.nodes, args.agents
     ));
-    // Every member's DNS on its own address; port 53 needs root.
-    let member_args = vec!["--cluster-dns-listen".to_string(), format!(":{dns_port}")];
-    let mut cluster = LocalCluster::start(
-        &args.data,
-        MEMBER_PREFIX,
-        args.nodes as usize,
-        &member_args,
-        &progress,
-    )
-    .await?;
-    let mut agents = Vec::new();
-    let outcome = async {
-        let data1 = LocalCluster::member_dir(&args.data, 1);
-        let kubeconfig = std::fs::read(data1.join("admin.kubeconfig"))
-            .context("reading the admin kubeconfig")?;
-        write_file(&args.kubeconfig, &kubeconfig, true)?;
-        if args.merge_kubeconfig {
-            let merged = crate::kubeconfig::merge_into_user_config(&kubeconfig, "skiff")?;
-            progress.step(&format!("merged context skiff into {}", merged.display()));
+    let hosts = match layout {
+        Layout::Containerd => {
+            progress.step("making the hosts (network namespaces) and building the images");
+            let hosts = UpHosts::create(&args.data, args.nodes as usize, args.agents)?;
+            if let Err(e) = up_hosts::build_images(&args.data.join("images")) {
+                hosts.remove();
+                return Err(e);
+            }
+            Some(hosts)
         }
-        let servers: Vec<String> = (1..=args.nodes as usize)
-            .map(|i| format!("https://{}:6443", cluster.member_ip(i)))
-            .collect();
-        let token = std::fs::read_to_string(data1.join("token")).context("reading the token")?;
-        for i in 1..=args.agents {
-            let (name, address) = agent_identity(i);
-            progress.step(&format!("starting {name} on {address}"));
-            agents.push((
-                name.clone(),
-                start_agent(args, &name, &address, &servers, token.trim())?,
-            ));
-        }
-        let api = client(&cluster).await?;
-        wait_until_ready(&api, args.agents, &mut agents, &progress).await?;
-        if dns_answers(&cluster.member_ip(1), dns_port).await {
-            progress.step("cluster DNS answers");
-        } else {
-            progress.step("cluster DNS did not answer (see the member logs)");
-        }
-        anyhow::Ok(())
+        Layout::Process => None,
+    };
+    let result = run_cluster(args, layout, dns_port, &progress).await;
+    if let Some(hosts) = hosts {
+        hosts.remove();
     }
-    .await;
-    if let Err(e) = outcome {
-        stop_agents(&mut agents).await;
-        cluster.stop().await;
-        return Err(e);
-    }
-    progress.finish("ready");
-    print_next_steps(args, dns_port, root);
+    result
+}
+
+/// Starts members and agents, waits for them, and serves until Ctrl-C or a death. Ctrl-C
+/// during start-up abandons it: the children are killed as their handles drop.
+async fn run_cluster(
+    args: &UpArgs,
+    layout: Layout,
+    dns_port: u16,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let started = tokio::select! {
+        started = start_all(args, layout, dns_port, progress) => started?,
+        _ = crate::server::shutdown_signal() => bail!("interrupted during start-up"),
+    };
+    let (mut cluster, mut agents) = started;
+    progress.step("ready");
+    print_next_steps(args, layout, &cluster, dns_port);
     let exited = tokio::select! {
         member = cluster.wait_for_exit() => member,
         agent = wait_for_agent_exit(&mut agents) => Some(agent),
@@ -144,8 +181,106 @@ async fn serve(args: &UpArgs) -> anyhow::Result<()> {
     }
 }
 
+type Agents = Vec<(String, Child)>;
+
+/// Members, then (with the kubeconfig written) agents, then the wait for Ready nodes and DNS.
+async fn start_all(
+    args: &UpArgs,
+    layout: Layout,
+    dns_port: u16,
+    progress: &Progress,
+) -> anyhow::Result<(LocalCluster, Agents)> {
+    // Every member's DNS on its own address; port 53 needs root.
+    let member_args = vec!["--cluster-dns-listen".to_string(), format!(":{dns_port}")];
+    let prefix = layout.member_prefix();
+    let size = args.nodes as usize;
+    let (mut cluster, api_address) = match layout {
+        Layout::Containerd => {
+            // kubectl (and this process) reach the members through the relay.
+            let targets = (1..=size)
+                .filter_map(|i| format!("{prefix}{i}:6443").parse().ok())
+                .collect();
+            up_hosts::relay(RELAY.parse()?, targets).await?;
+            let launchers = vec![UpHosts::launcher("cp"); size];
+            let cluster = LocalCluster::start_relayed(
+                &args.data,
+                &prefix,
+                size,
+                &member_args,
+                launchers,
+                RELAY,
+                progress,
+            )
+            .await?;
+            (cluster, RELAY.to_string())
+        }
+        Layout::Process => {
+            let cluster =
+                LocalCluster::start(&args.data, &prefix, size, &member_args, progress).await?;
+            (cluster, format!("{prefix}1:6443"))
+        }
+    };
+    let mut agents = Vec::new();
+    let outcome = async {
+        write_kubeconfigs(args, &cluster, &api_address, progress)?;
+        let servers: Vec<String> = (1..=size)
+            .map(|i| format!("https://{}:6443", cluster.member_ip(i)))
+            .collect();
+        let data1 = LocalCluster::member_dir(&args.data, 1);
+        let token = std::fs::read_to_string(data1.join("token")).context("reading the token")?;
+        for i in 1..=args.agents {
+            let (name, address) = layout.agent(i);
+            progress.step(&format!("starting {name} on {address}"));
+            let agent = start_agent(args, layout, i, &name, &address, &servers, token.trim())?;
+            agents.push((name, agent));
+        }
+        let api = client(&cluster, &api_address).await?;
+        wait_until_ready(&api, args.agents, &mut agents, progress).await?;
+        let dns: SocketAddr = format!("{}:{dns_port}", cluster.member_ip(1)).parse()?;
+        let answered = dns_answers(layout, dns).await;
+        progress.step(if answered {
+            "cluster DNS answers"
+        } else {
+            "cluster DNS did not answer (see the member logs)"
+        });
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        stop_agents(&mut agents).await;
+        cluster.stop().await;
+        return Err(e);
+    }
+    Ok((cluster, agents))
+}
+
+/// ./skiff.kubeconfig (pointing at `api_address`), and the user's merged one when asked.
+fn write_kubeconfigs(
+    args: &UpArgs,
+    cluster: &LocalCluster,
+    api_address: &str,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let pki = cluster.pki()?;
+    let kubeconfig = crate::kubeconfig::render(
+        "skiff",
+        &format!("https://{api_address}"),
+        &pki.ca.cert_pem,
+        &pki.admin.cert_pem,
+        &pki.admin.key_pem,
+    );
+    write_file(&args.kubeconfig, kubeconfig.as_bytes(), true)?;
+    if args.merge_kubeconfig {
+        let merged = crate::kubeconfig::merge_into_user_config(kubeconfig.as_bytes(), "skiff")?;
+        progress.step(&format!("merged context skiff into {}", merged.display()));
+    }
+    Ok(())
+}
+
 fn start_agent(
     args: &UpArgs,
+    layout: Layout,
+    index: usize,
     name: &str,
     address: &str,
     servers: &[String],
@@ -153,14 +288,35 @@ fn start_agent(
 ) -> anyhow::Result<Child> {
     let log = std::fs::File::create(args.data.join(format!("{name}.log")))?;
     let exe = std::env::current_exe().context("locating the skiff binary")?;
-    Command::new(exe)
+    let mut command = match layout {
+        Layout::Containerd => {
+            let launcher = UpHosts::launcher(&format!("n{index}"));
+            let mut command = Command::new(&launcher[0]);
+            command.args(&launcher[1..]).arg(exe);
+            command
+        }
+        Layout::Process => Command::new(exe),
+    };
+    command
         .arg("agent")
         .arg("--server")
         .arg(servers.join(","))
         .args(["--token", token, "--name", name, "--address", address])
         .arg("--data")
-        .arg(args.data.join(name))
-        .args(["--runtime", "process"])
+        .arg(args.data.join(name));
+    match layout {
+        Layout::Containerd => {
+            command
+                .args(["--runtime", "containerd", "--netns"])
+                .arg(UpHosts::ns_path(&format!("n{index}")))
+                .arg("--import-images")
+                .arg(args.data.join("images"));
+        }
+        Layout::Process => {
+            command.args(["--runtime", "process"]);
+        }
+    }
+    command
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -168,14 +324,9 @@ fn start_agent(
         .with_context(|| format!("starting {name}"))
 }
 
-async fn client(cluster: &LocalCluster) -> anyhow::Result<ApiClient> {
+async fn client(cluster: &LocalCluster, api_address: &str) -> anyhow::Result<ApiClient> {
     let pki = cluster.pki()?;
-    ApiClient::connect(
-        &format!("{}:6443", cluster.member_ip(1)),
-        &pki.ca.cert_pem,
-        &pki.admin,
-    )
-    .await
+    ApiClient::connect(api_address, &pki.ca.cert_pem, &pki.admin).await
 }
 
 /// Waits until `expected` Nodes are Ready, failing early when an agent exits.
@@ -227,15 +378,15 @@ async fn ready_nodes(api: &ApiClient) -> usize {
         .unwrap_or(0)
 }
 
-/// Whether the member's DNS answers `kubernetes.default.svc.cluster.local`.
-async fn dns_answers(ip: &str, port: u16) -> bool {
-    let Ok(server) = format!("{ip}:{port}").parse::<std::net::SocketAddr>() else {
-        return false;
-    };
+/// Whether the member's DNS answers PROBE_NAME (retried for a few seconds), asked from where
+/// the member lives.
+async fn dns_answers(layout: Layout, server: SocketAddr) -> bool {
     for _ in 0..20 {
-        let found =
-            crate::dns_probe::lookup_a(server, "kubernetes.default.svc.cluster.local").await;
-        if !found.is_empty() {
+        let answer = match layout {
+            Layout::Containerd => up_hosts::lookup_inside(server, PROBE_NAME).await,
+            Layout::Process => crate::dns_probe::lookup_a(server, PROBE_NAME).await,
+        };
+        if !answer.is_empty() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -277,27 +428,43 @@ async fn stop_agents(agents: &mut [(String, Child)]) {
     }
 }
 
-fn print_next_steps(args: &UpArgs, dns_port: u16, root: bool) {
+fn print_next_steps(args: &UpArgs, layout: Layout, cluster: &LocalCluster, dns_port: u16) {
     let kubeconfig = args.kubeconfig.display();
+    let (first_agent, last_agent) = (layout.agent(1).1, layout.agent(args.agents).1);
+    let how = match layout {
+        Layout::Containerd => format!(
+            "with containerd (network namespaces {}*; the API is relayed to {RELAY})",
+            UpHosts::ns("")
+        ),
+        Layout::Process => "(process runtime: containers run as host processes)".to_string(),
+    };
     println!(
-        "skiff is up: {} control-plane members on 127.0.0.1..{}, {} agents on 127.0.0.11..{} (process runtime: containers run as host processes)",
+        "skiff is up: {} control-plane members on {}..{}, {} agents on {first_agent}..{last_agent} {how}",
         args.nodes,
-        args.nodes,
+        cluster.member_ip(1),
+        cluster.member_ip(args.nodes as usize),
         args.agents,
-        10 + args.agents
     );
     println!("  kubectl --kubeconfig {kubeconfig} get nodes");
     println!(
         "  kubectl --kubeconfig {kubeconfig} run hello --image=busybox -- sh -c 'echo hello; sleep 3600'"
     );
     println!("  kubectl --kubeconfig {kubeconfig} logs hello");
-    println!(
-        "  dig @127.0.0.1 -p {dns_port} kubernetes.default.svc.cluster.local{}",
-        if root { "" } else { "   (port 53 needs root)" }
+    let dig = format!(
+        "dig @{} -p {dns_port} kubernetes.default.svc.cluster.local",
+        cluster.member_ip(1)
     );
+    match layout {
+        Layout::Containerd => println!("  ip netns exec {} {dig}", UpHosts::ns("cp")),
+        Layout::Process => println!("  {dig}"),
+    }
     println!(
-        "  skiff status --data {}",
-        LocalCluster::member_dir(&args.data, 1).display()
+        "  skiff status --data {} --server https://{}",
+        LocalCluster::member_dir(&args.data, 1).display(),
+        match layout {
+            Layout::Containerd => RELAY.to_string(),
+            Layout::Process => format!("{}:6443", cluster.member_ip(1)),
+        }
     );
     println!("  logs: {}/*.log", args.data.display());
     println!("Press Ctrl-C to stop; `skiff up --down` removes everything.");
@@ -331,6 +498,8 @@ async fn down(args: &UpArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // Whatever a containerd-mode run left on its hosts (harmless when there is none).
+    up_hosts::teardown(&args.data);
     if args.data.exists() {
         std::fs::remove_dir_all(&args.data)
             .with_context(|| format!("removing {}", args.data.display()))?;
