@@ -11,6 +11,7 @@ mod controllers;
 mod dns_feed;
 mod dns_probe;
 mod etcd;
+mod ingress;
 mod kubeconfig;
 mod nodeapi;
 mod pki;

@@ -11,12 +11,13 @@ pub mod egress;
 pub mod env;
 pub mod kubelet_server;
 pub mod logs;
+pub mod metrics_server;
 pub mod node;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
 pub mod volumes;
-mod watch;
+pub(crate) mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,6 +99,11 @@ pub struct AgentArgs {
     /// Remove the proxy's rules from this node and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub ingress: crate::ingress::IngressArgs,
+    /// Where the agent serves Prometheus metrics, GET /metrics (default ADDRESS:10249).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn host_name() -> String {
@@ -146,13 +152,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .await?;
     let control = Arc::new(ControlPlane::new(credentials.clone()));
     let host = node::HostInfo::probe(args.max_pods);
-    let kubelet_listen = args.kubelet_listen.unwrap_or(SocketAddr::new(
-        args.address.parse().context("--address must be an IP")?,
-        10250,
-    ));
+    let node_ip: std::net::IpAddr = args.address.parse().context("--address must be an IP")?;
+    let kubelet_listen = args
+        .kubelet_listen
+        .unwrap_or(SocketAddr::new(node_ip, 10250));
+    // Before registering: the Node's label says whether this node serves Ingresses.
+    let ingress = crate::ingress::start_or_log(&args.ingress, node_ip, control.clone()).await;
 
     // Register first: the containerd runtime needs the node's pod CIDR.
-    let labels: Vec<(String, String)> = args
+    let mut labels: Vec<(String, String)> = args
         .node_labels
         .iter()
         .filter_map(|l| {
@@ -160,6 +168,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
+    labels.push((
+        crate::ingress::class::ROLE_NODE_LABEL.to_string(),
+        ingress.is_some().to_string(),
+    ));
     let runtime_name = match args.runtime {
         RuntimeKind::Process => "process",
         RuntimeKind::Containerd => "containerd",
@@ -244,6 +256,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(watch::nodes(control.clone(), sinks));
     }
     let service_watch = tokio::spawn(watch::services(control.clone(), services, proxy));
+    let metrics_sources: Vec<metrics_server::Source> = ingress
+        .iter()
+        .map(|role| {
+            let metrics = role.metrics.clone();
+            Arc::new(move || metrics.render()) as metrics_server::Source
+        })
+        .collect();
+    let metrics_listen = args
+        .metrics_listen
+        .unwrap_or(SocketAddr::new(node_ip, 10249));
+    if let Err(e) = metrics_server::serve(metrics_listen, metrics_sources).await {
+        warn!(error = %e, "agent metrics are not served");
+    }
     info!(node = %name, kubelet = %kubelet_listen, "skiff agent running");
     tokio::select! {
         _ = crate::server::shutdown_signal() => info!("shutting down; pods keep running until the next start"),

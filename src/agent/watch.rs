@@ -15,27 +15,41 @@ use super::pods::{PodManager, ServiceCache};
 use crate::proxy::Proxy;
 
 /// Something that consumes one resource's watch.
-trait Sink: Send {
+pub(crate) trait Sink: Send {
     /// The initial list is complete: `items` is everything.
     fn synced(&mut self, items: Vec<Value>);
     fn upsert(&mut self, object: Value);
     fn delete(&mut self, object: &Value);
 }
 
-async fn follow(
+pub(crate) async fn follow(
     control: Arc<ControlPlane>,
     resource: &str,
     field_selector: String,
     sink: &mut (dyn Sink + Send),
 ) {
+    let base = WatchRequest {
+        resource: resource.into(),
+        field_selector,
+        ..WatchRequest::default()
+    };
+    follow_request(control, base, sink).await
+}
+
+/// `follow` for a watch narrowed beyond a field selector (a namespace, labels): `base` with
+/// the resource version filled in on each (re)start.
+pub(crate) async fn follow_request(
+    control: Arc<ControlPlane>,
+    base: WatchRequest,
+    sink: &mut (dyn Sink + Send),
+) {
+    let resource = base.resource.as_str();
     let mut revision = 0i64;
     let mut delay = Duration::from_millis(200);
     loop {
         let request = WatchRequest {
-            resource: resource.into(),
-            field_selector: field_selector.clone(),
             resource_version: revision,
-            ..WatchRequest::default()
+            ..base.clone()
         };
         let mut stream = match control.watch(request).await {
             Ok(stream) => stream,

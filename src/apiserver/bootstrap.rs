@@ -1,7 +1,7 @@
 //! Objects every cluster starts with: the `default`, `kube-system` and `kube-public`
-//! namespaces and the `default/kubernetes` Service, created by the leader if absent
-//! (create-if-absent transactions, so any number of members or restarts running this at once
-//! is harmless).
+//! namespaces, the `default/kubernetes` Service and the default IngressClass `skiff`, created
+//! by the leader if absent (create-if-absent transactions, so any number of members or
+//! restarts running this at once is harmless).
 
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use crate::registry;
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Runs until the namespaces exist in this member's replica, then the `kubernetes` Service.
+/// Runs until the namespaces exist in this member's replica, then the `kubernetes` Service,
+/// then the default IngressClass.
 pub async fn ensure_system_namespaces(node: RaftNode) {
     let mut namespaces = Vec::new();
     for name in SYSTEM_NAMESPACES {
@@ -28,7 +29,40 @@ pub async fn ensure_system_namespaces(node: RaftNode) {
         }
     }
     ensure_stored(&node, "system namespace", namespaces).await;
-    ensure_kubernetes_service(node).await;
+    ensure_kubernetes_service(node.clone()).await;
+    match default_ingress_class() {
+        Ok(class) => ensure_stored(&node, "default IngressClass", vec![class]).await,
+        Err(e) => tracing::error!(error = %e, "no default IngressClass"),
+    }
+}
+
+/// The `skiff` IngressClass, marked default: an Ingress without a class is served by the
+/// ingress role every agent runs (src/ingress), with nothing else installed. Created once;
+/// an operator may delete it or unmark it and it stays so.
+fn default_ingress_class() -> Result<(String, serde_json::Value), ApiError> {
+    use crate::ingress::class::{CLASS_NAME, CONTROLLER, DEFAULT_CLASS_ANNOTATION};
+    let kind = registry::lookup("networking.k8s.io", "v1", "ingressclasses")
+        .ok_or_else(|| ApiError::Internal("ingressclasses are not registered".into()))?;
+    let object = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {
+            "name": CLASS_NAME,
+            "uid": super::objects::new_uid(),
+            "creationTimestamp": super::objects::now_rfc3339(),
+            "generation": 1,
+            "labels": {"app.kubernetes.io/managed-by": "skiff"},
+            "annotations": {DEFAULT_CLASS_ANNOTATION: "true"},
+        },
+        "spec": {"controller": CONTROLLER},
+    });
+    let admitted = kind
+        .admit_create(object)
+        .map_err(|e| ApiError::Internal(format!("IngressClass {CLASS_NAME}: {e}")))?;
+    Ok((
+        super::store::object_key(kind.info(), None, CLASS_NAME),
+        admitted,
+    ))
 }
 
 /// Creates each (key, object) that is missing, while this member leads; returns once all of

@@ -16,25 +16,52 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
+/// A Prometheus histogram (cumulative buckets, sum, count); the ingress's request latency
+/// uses it too, with its own bounds.
+pub(crate) struct Histogram {
+    bounds: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
     total: u64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_bounds(BUCKETS)
+    }
+}
+
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
+    pub(crate) fn with_bounds(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: Vec::new(),
+            sum: 0.0,
+            total: 0,
         }
-        for (i, bound) in BUCKETS.iter().enumerate() {
+    }
+
+    pub(crate) fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; self.bounds.len()];
+        }
+        for (i, bound) in self.bounds.iter().enumerate() {
             if seconds <= *bound {
                 self.counts[i] += 1;
             }
         }
         self.sum += seconds;
         self.total += 1;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of series `name{labels}`.
+    pub(crate) fn write(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.total);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
     }
 }
 
@@ -108,27 +135,10 @@ impl Metrics {
             }
             out.push_str("# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, group and resource.\n# TYPE apiserver_request_duration_seconds histogram\n");
             for ((verb, group, resource), h) in &inner.latency {
-                let l = labels(verb, group, resource);
-                for (bound, count) in BUCKETS.iter().zip(&h.counts) {
-                    let _ = writeln!(
-                        out,
-                        "apiserver_request_duration_seconds_bucket{{{l},le=\"{bound}\"}} {count}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "apiserver_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                    h.total
-                );
-                let _ = writeln!(
-                    out,
-                    "apiserver_request_duration_seconds_sum{{{l}}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "apiserver_request_duration_seconds_count{{{l}}} {}",
-                    h.total
+                h.write(
+                    &mut out,
+                    "apiserver_request_duration_seconds",
+                    &labels(verb, group, resource),
                 );
             }
         }

@@ -23,6 +23,7 @@ pub mod event_ttl;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod ingress_status;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod ownership;
@@ -238,8 +239,8 @@ fn start_all(objects: &Objects, config: &Config, tasks: &mut JoinSet<()>) {
     informers.start(tasks);
 }
 
-/// The namespace, service-account, endpoints, LoadBalancer-address and event-expiry
-/// controllers.
+/// The namespace, service-account, endpoints, LoadBalancer-address, Ingress-address and
+/// event-expiry controllers.
 fn start_cluster_controllers(
     objects: &Objects,
     config: &Config,
@@ -290,6 +291,21 @@ fn start_cluster_controllers(
             config.lb_pool.clone(),
         );
         tasks.spawn(start_when_synced(lb, lb_queue, informers.clone()));
+    }
+    let networking = |resource: &str| registry::lookup("networking.k8s.io", "v1", resource);
+    if let (Some(ingresses), Some(classes), Some(nodes)) = (
+        networking("ingresses"),
+        networking("ingressclasses"),
+        core("nodes"),
+    ) {
+        let kinds = ingress_status::Kinds {
+            ingresses,
+            classes,
+            nodes,
+        };
+        let (is, is_queue) =
+            ingress_status::IngressStatusController::new(objects.clone(), informers, kinds);
+        tasks.spawn(start_when_synced(is, is_queue, informers.clone()));
     }
     if let Some(events) = core("events") {
         tasks.spawn(event_ttl::run(objects.clone(), events));

@@ -105,7 +105,8 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn ingress_ips(service: &Value) -> Vec<Ipv4Addr> {
+/// The IPs in `status.loadBalancer.ingress` (a Service's or an Ingress's).
+pub(crate) fn ingress_ips(service: &Value) -> Vec<Ipv4Addr> {
     service
         .pointer("/status/loadBalancer/ingress")
         .and_then(Value::as_array)
@@ -131,7 +132,7 @@ fn wants_addresses(service: &Value) -> bool {
 }
 
 /// The InternalIPs of the Ready nodes, sorted.
-fn ready_node_ips(nodes: &[Arc<Value>]) -> Vec<Ipv4Addr> {
+pub(crate) fn ready_node_ips(nodes: &[Arc<Value>]) -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = nodes
         .iter()
         .filter(|n| node::is_ready(n))
@@ -261,25 +262,37 @@ impl Reconcile for ServiceLbController {
             .iter()
             .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
             .collect();
-        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-        modify(
-            &self.objects,
-            self.services_kind,
-            Some(namespace),
-            name,
-            Part::Status,
-            |current| {
-                current["status"]["loadBalancer"] = if ingress.is_empty() {
-                    json!({})
-                } else {
-                    json!({"ingress": ingress.clone()})
-                };
-            },
-        )
-        .await?;
+        set_load_balancer_ingress(&self.objects, self.services_kind, key, ingress).await?;
         tracing::info!(service = key, addresses = ?wanted, "LoadBalancer addresses set");
         Ok(Action::Done)
     }
+}
+
+/// Writes `status.loadBalancer.ingress` of the object `key` (`namespace/name`) of `kind` —
+/// a Service's or an Ingress's, the same field — with `entries` (none: `loadBalancer: {}`).
+pub(crate) async fn set_load_balancer_ingress(
+    objects: &Objects,
+    kind: &'static dyn Kind,
+    key: &str,
+    entries: Vec<Value>,
+) -> Result<(), Error> {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    modify(
+        objects,
+        kind,
+        Some(namespace),
+        name,
+        Part::Status,
+        |current| {
+            current["status"]["loadBalancer"] = if entries.is_empty() {
+                json!({})
+            } else {
+                json!({"ingress": entries.clone()})
+            };
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

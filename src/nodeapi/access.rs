@@ -1,6 +1,9 @@
 //! What a node may read: Kubernetes' Node authorizer in small. A kubelet reads its own Node,
 //! the pods bound to it, and only the Secrets, ConfigMaps, PVCs and service accounts those pods
 //! use; Services, EndpointSlices and Nodes are readable by every node (kube-proxy needs them).
+//! The ingress role adds one narrow grant: a `kubernetes.io/tls` Secret that an Ingress skiff
+//! serves names in `spec.tls`, read one Secret at a time (watch by `metadata.name` in its
+//! namespace), so a node never lists Secrets and never sees any other kind of Secret.
 
 use serde_json::Value;
 
@@ -11,6 +14,7 @@ pub fn watchable(resource: &str) -> Option<WatchScope> {
         "services" | "endpointslices" | "nodes" | "ingresses" | "ingressclasses" => {
             Some(WatchScope::Any)
         }
+        "secrets" => Some(WatchScope::IngressTlsSecret),
         _ => None,
     }
 }
@@ -19,7 +23,36 @@ pub fn watchable(resource: &str) -> Option<WatchScope> {
 pub enum WatchScope {
     /// Only with `spec.nodeName=<caller>` as field selector.
     OwnPods,
+    /// One Secret (`metadata.name=<name>` in a namespace) that [`ingress_uses_tls_secret`]
+    /// allows; only its `kubernetes.io/tls` versions are sent ([`is_tls_secret`]).
+    IngressTlsSecret,
     Any,
+}
+
+/// The Secret type the ingress role may read.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// The Secret name a watch of [`WatchScope::IngressTlsSecret`] must select: exactly
+/// `metadata.name=<name>`, nothing broader (no `!=`, no second term, no empty name).
+pub fn single_secret_selector(field_selector: &str) -> Option<&str> {
+    let name = field_selector.trim().strip_prefix("metadata.name=")?.trim();
+    let simple = !name.is_empty() && !name.contains([',', '=', '!', ' ']);
+    simple.then_some(name)
+}
+
+/// Whether an Ingress that skiff serves, among `ingresses` (all of one namespace), names the
+/// Secret `secret` in `spec.tls`. `classes` are every IngressClass (they decide ownership).
+pub fn ingress_uses_tls_secret(ingresses: &[Value], classes: &[Value], secret: &str) -> bool {
+    let classes = crate::ingress::class::Classes::new(classes);
+    ingresses.iter().any(|ingress| {
+        classes.owns(ingress)
+            && crate::ingress::class::tls_secret_names(ingress).any(|n| n == secret)
+    })
+}
+
+/// Whether `secret` is a TLS Secret (what an ingress-scoped watch or read may return).
+pub fn is_tls_secret(secret: &Value) -> bool {
+    secret.get("type").and_then(Value::as_str) == Some(TLS_SECRET_TYPE)
 }
 
 /// Whether `pod` (bound to the caller) refers to the object `resource/name` in its namespace.
@@ -181,6 +214,81 @@ mod tests {
     fn only_known_resources_are_watchable() {
         assert_eq!(watchable("pods"), Some(WatchScope::OwnPods));
         assert_eq!(watchable("services"), Some(WatchScope::Any));
-        assert_eq!(watchable("secrets"), None);
+        assert_eq!(watchable("secrets"), Some(WatchScope::IngressTlsSecret));
+        assert_eq!(watchable("configmaps"), None);
+    }
+
+    #[test]
+    fn secret_watches_select_exactly_one_name() {
+        assert_eq!(
+            single_secret_selector("metadata.name=web-tls"),
+            Some("web-tls")
+        );
+        assert_eq!(
+            single_secret_selector(" metadata.name=web-tls "),
+            Some("web-tls")
+        );
+        for broad in [
+            "",
+            "metadata.name=",
+            "metadata.name!=web-tls",
+            "metadata.name=a,metadata.namespace=b",
+            "metadata.namespace=default",
+            "type=kubernetes.io/tls",
+        ] {
+            assert_eq!(single_secret_selector(broad), None, "{broad:?}");
+        }
+    }
+
+    #[test]
+    fn only_our_ingresses_grant_their_tls_secrets() {
+        use crate::ingress::class::{CONTROLLER, DEFAULT_CLASS_ANNOTATION};
+        let classes = [
+            json!({"metadata": {"name": "skiff", "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
+                   "spec": {"controller": CONTROLLER}}),
+            json!({"metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}}),
+        ];
+        let ingress = |class: Option<&str>, secret: &str| {
+            let mut ing = json!({"metadata": {"name": "web", "namespace": "default"},
+                                 "spec": {"tls": [{"hosts": ["a.example"], "secretName": secret}]}});
+            if let Some(class) = class {
+                ing["spec"]["ingressClassName"] = json!(class);
+            }
+            ing
+        };
+        let ours = [ingress(Some("skiff"), "web-tls")];
+        assert!(ingress_uses_tls_secret(&ours, &classes, "web-tls"));
+        assert!(!ingress_uses_tls_secret(&ours, &classes, "db-password"));
+        // Unnamed class: skiff's by default.
+        assert!(ingress_uses_tls_secret(
+            &[ingress(None, "web-tls")],
+            &classes,
+            "web-tls"
+        ));
+        // Another controller's Ingress grants nothing, nor does one without a class object.
+        assert!(!ingress_uses_tls_secret(
+            &[ingress(Some("nginx"), "web-tls")],
+            &classes,
+            "web-tls"
+        ));
+        assert!(!ingress_uses_tls_secret(
+            &[ingress(Some("gone"), "web-tls")],
+            &classes,
+            "web-tls"
+        ));
+        // With the default class gone, unnamed Ingresses grant nothing either.
+        assert!(!ingress_uses_tls_secret(
+            &[ingress(None, "web-tls")],
+            &classes[1..],
+            "web-tls"
+        ));
+        assert!(!ingress_uses_tls_secret(&[], &classes, "web-tls"));
+    }
+
+    #[test]
+    fn only_tls_secrets_pass() {
+        assert!(is_tls_secret(&json!({"type": "kubernetes.io/tls"})));
+        assert!(!is_tls_secret(&json!({"type": "Opaque"})));
+        assert!(!is_tls_secret(&json!({})));
     }
 }

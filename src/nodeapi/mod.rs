@@ -274,6 +274,23 @@ impl NodeAgent for NodeApi {
             }
             fields = own;
         }
+        let tls_only = scope == WatchScope::IngressTlsSecret;
+        if tls_only {
+            let secret = access::single_secret_selector(&request.field_selector)
+                .filter(|_| !request.namespace.is_empty())
+                .ok_or_else(|| {
+                    Status::permission_denied(
+                        "nodes watch Secrets one at a time: a namespace and fieldSelector metadata.name=<name>",
+                    )
+                })?;
+            if !self.ingress_tls_allowed(&request.namespace, secret).await? {
+                return Err(Status::permission_denied(format!(
+                    "no Ingress served by skiff names secret {}/{secret} in spec.tls (node {name})",
+                    request.namespace
+                )));
+            }
+            fields = FieldSelector::parse(&format!("metadata.name={secret}")).map_err(status)?;
+        }
         let selectors = ListOptions {
             labels: LabelSelector::parse(&request.label_selector).map_err(status)?,
             fields,
@@ -294,6 +311,11 @@ impl NodeAgent for NodeApi {
         .await
         .map_err(status)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(changes);
+        // An ingress-scoped Secret watch carries only TLS Secrets, whatever else takes the name.
+        let stream = tokio_stream::StreamExt::filter(stream, move |change| match change {
+            Change::Event(_, object) => !tls_only || access::is_tls_secret(object),
+            _ => true,
+        });
         let events = tokio_stream::StreamExt::map(stream, |change| match change {
             Change::Event(kind, object) => {
                 let event_type = match kind {
@@ -357,10 +379,27 @@ impl NodeAgent for NodeApi {
             }
             "secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts" => {
                 let ns = namespace.ok_or_else(|| Status::invalid_argument("namespace required"))?;
-                self.own_pods(&node_name, ns)
+                let used = self
+                    .own_pods(&node_name, ns)
                     .await?
                     .iter()
-                    .any(|pod| access::pod_uses(pod, &resource, &name))
+                    .any(|pod| access::pod_uses(pod, &resource, &name));
+                if !used && resource == "secrets" && self.ingress_tls_allowed(ns, &name).await? {
+                    let secret = self
+                        .objects
+                        .get(Scope::new(kind("secrets")?, namespace), &name, false)
+                        .await
+                        .map_err(status)?;
+                    return if access::is_tls_secret(&secret) {
+                        Ok(Response::new(encode(&secret)))
+                    } else {
+                        Err(Status::permission_denied(format!(
+                            "secret {ns}/{name} is not of type {}",
+                            access::TLS_SECRET_TYPE
+                        )))
+                    };
+                }
+                used
             }
             _ => false,
         };
@@ -603,6 +642,31 @@ impl NodeApi {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether an Ingress skiff serves in `namespace` names the Secret `secret` in spec.tls.
+    /// Checked when a read or watch starts (as Kubernetes' Node authorizer does); an agent
+    /// drops a Secret's watch itself once no Ingress names it.
+    async fn ingress_tls_allowed(&self, namespace: &str, secret: &str) -> Result<bool, Status> {
+        let local = ListOptions {
+            any_revision: true,
+            ..ListOptions::default()
+        };
+        let ingresses = self
+            .objects
+            .list(Scope::new(kind("ingresses")?, Some(namespace)), &local)
+            .await
+            .map_err(status)?;
+        let classes = self
+            .objects
+            .list(Scope::new(kind("ingressclasses")?, None), &local)
+            .await
+            .map_err(status)?;
+        Ok(access::ingress_uses_tls_secret(
+            &ingresses.items,
+            &classes.items,
+            secret,
+        ))
     }
 
     async fn own_pods(&self, node: &str, namespace: &str) -> Result<Vec<Value>, Status> {

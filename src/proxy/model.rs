@@ -136,6 +136,16 @@ impl Model {
         &self.nodes
     }
 
+    /// One Service by `namespace/name` (the ingress resolves its backends' ports here).
+    pub fn service(&self, key: &str) -> Option<&Value> {
+        self.services.get(key)
+    }
+
+    /// The EndpointSlices of the Service `namespace/name`.
+    pub fn slices_of(&self, key: &str) -> impl Iterator<Item = &Value> + Clone {
+        self.slices.get(key).into_iter().flat_map(BTreeMap::values)
+    }
+
     /// The load-balancer ingress addresses of every LoadBalancer Service.
     pub fn load_balancer_ips(&self) -> BTreeSet<Ipv4Addr> {
         self.services
@@ -231,7 +241,7 @@ fn service_ports<'a>(
 }
 
 /// The ready, not terminating endpoints of the slices' port named `port_name`.
-fn ready_backends<'a>(
+pub fn ready_backends<'a>(
     slices: impl Iterator<Item = &'a Value>,
     port_name: &str,
     protocol: &str,

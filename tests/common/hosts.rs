@@ -277,6 +277,18 @@ impl ContainerdCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The names of the pods matching label `selector` that are Ready and not terminating.
+    pub fn ready_pods(&self, selector: &str) -> std::collections::BTreeSet<String> {
+        let out = self.kubectl.ok(&[
+            "get", "pods", "-l", selector, "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}/{.metadata.deletionTimestamp} {end}",
+        ]);
+        out.split_whitespace()
+            .filter_map(|p| p.strip_suffix("=True/"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `sh -c SCRIPT` inside `pod` (kubectl exec); its stdout, "" when it fails.
     pub fn exec_sh(&self, pod: &str, script: &str) -> String {
         let out = self.kubectl.run(&["exec", pod, "--", "sh", "-c", script]);

@@ -1,0 +1,218 @@
+//! The built-in Ingress controller: a role of `skiff agent`, on by default, so an Ingress
+//! works with nothing installed (k3s bundles Traefik for the same reason; no image can be
+//! pulled here). Every node serves HTTP on its address's port 80 and HTTPS on 443 —
+//! hostNetwork-style, the seed's DaemonSet + HostNetwork recommendation — and proxies
+//! straight to the ready endpoint pods of the backend Services. The leader's
+//! `controllers::ingress_status` publishes those node addresses in Ingress status.
+//!
+//! What lives where: `class` (which Ingresses are skiff's: shared with the node API and the
+//! status controller), `annotations` (the ingress-nginx annotations honoured), `paths`
+//! (Exact/Prefix/regex matching and rewrites), `table` (the routing table, a pure function of
+//! the watched objects), `tls` (certificates from Secrets, chosen by SNI), `upstream`
+//! (connections to pods), `proxy` (the request path), `listen` (the listeners), `feed` (the
+//! gRPC watches), `metrics`. This file owns the rebuild loop: it coalesces bursts of watch
+//! events, rebuilds what changed and swaps it in.
+
+pub mod annotations;
+pub mod class;
+mod feed;
+mod listen;
+pub mod metrics;
+pub mod paths;
+mod proxy;
+pub mod table;
+pub mod tls;
+mod upstream;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::agent::control_plane::ControlPlane;
+use feed::{SecretWatches, Watched};
+use metrics::IngressMetrics;
+use proxy::{Proxy, Routes};
+use table::{Inputs, Table};
+use tls::{CertSet, Certificates};
+
+/// How long a burst of watch events may take to land before the table is rebuilt.
+const COALESCE: Duration = Duration::from_millis(10);
+/// How often idle backend connections are swept.
+const SWEEP_PERIOD: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct IngressArgs {
+    /// Turn the built-in Ingress controller off on this node (it serves ports 80/443 otherwise).
+    #[arg(long = "no-ingress")]
+    pub disabled: bool,
+    /// Where the ingress serves HTTP (default ADDRESS:80).
+    #[arg(long)]
+    pub ingress_http_listen: Option<SocketAddr>,
+    /// Where the ingress serves HTTPS (default ADDRESS:443).
+    #[arg(long)]
+    pub ingress_https_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "cannot listen on {addr} for the ingress ({source}); set --ingress-http-listen/--ingress-https-listen or --no-ingress"
+    )]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The ingress of one node: the watched objects, a wake-up for the rebuild loop, and what the
+/// listeners read (routes, certificates).
+pub struct IngressRole {
+    watched: Mutex<Watched>,
+    changed: Notify,
+    routes: Arc<Routes>,
+    certificates: Arc<Certificates>,
+    pub metrics: Arc<IngressMetrics>,
+}
+
+impl IngressRole {
+    /// Changes the watched objects and schedules a rebuild.
+    fn update(&self, change: impl FnOnce(&mut Watched)) {
+        change(&mut self.watched.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_one();
+    }
+
+    /// Rebuilds routes and certificates whenever the objects change, forever; keeps the
+    /// Secret watches to the Secrets in use. Warnings are logged when they first appear.
+    async fn run(self: Arc<Self>, control: Arc<ControlPlane>) {
+        let mut secrets = SecretWatches::new(control);
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        loop {
+            self.changed.notified().await;
+            tokio::time::sleep(COALESCE).await;
+            let mut warnings = Vec::new();
+            let (table, certs) = {
+                let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+                if !w.loaded() {
+                    continue;
+                }
+                let table = std::mem::take(&mut w.routes_dirty).then(|| {
+                    let inputs = Inputs {
+                        ingresses: &w.ingresses,
+                        classes: &w.classes,
+                        services: &w.services,
+                    };
+                    Table::build(&inputs, &mut warnings)
+                });
+                let certs = std::mem::take(&mut w.certs_dirty).then(|| {
+                    let served = table::served(&w.ingresses, &w.classes);
+                    (
+                        CertSet::build(&served, &w.secrets, &mut warnings),
+                        tls::wanted_secrets(&served),
+                    )
+                });
+                (table, certs)
+            };
+            if let Some(table) = table {
+                info!(
+                    ingresses = table.ingresses,
+                    paths = table.paths,
+                    "ingress routes updated"
+                );
+                self.routes.replace(table);
+            }
+            if let Some((set, wanted)) = certs {
+                info!(secrets = set.secrets, "ingress certificates updated");
+                self.certificates.replace(set);
+                secrets.follow(&self, &wanted);
+            }
+            for warning in &warnings {
+                if !reported.contains(warning) {
+                    warn!("{warning}");
+                }
+            }
+            if !warnings.is_empty() || !reported.is_empty() {
+                // Keep only current problems, so one that comes back is logged again.
+                reported = warnings.into_iter().collect();
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, IngressError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngressError::Listen { addr, source })
+}
+
+/// Starts the ingress role: listeners on the node's ports, the watches, the rebuild loop.
+/// Returns the role (its metrics) once both listeners are bound.
+pub async fn start(
+    args: &IngressArgs,
+    address: IpAddr,
+    control: Arc<ControlPlane>,
+) -> Result<Arc<IngressRole>, IngressError> {
+    let http_addr = args
+        .ingress_http_listen
+        .unwrap_or(SocketAddr::new(address, 80));
+    let https_addr = args
+        .ingress_https_listen
+        .unwrap_or(SocketAddr::new(address, 443));
+    let http = bind(http_addr).await?;
+    let https = bind(https_addr).await?;
+    let role = Arc::new(IngressRole {
+        watched: Mutex::new(Watched::default()),
+        changed: Notify::new(),
+        routes: Arc::new(Routes::default()),
+        certificates: Arc::new(Certificates::new()?),
+        metrics: Arc::new(IngressMetrics::default()),
+    });
+    let upstreams = Arc::new(upstream::Upstreams::default());
+    let proxy = Arc::new(Proxy::new(
+        role.routes.clone(),
+        upstreams.clone(),
+        role.metrics.clone(),
+        Some(https_addr.port()),
+    ));
+    let tls = Arc::new(role.certificates.server_config());
+    tokio::spawn(listen::serve_http(http, proxy.clone()));
+    tokio::spawn(listen::serve_https(https, proxy, tls));
+    tokio::spawn(role.clone().run(control.clone()));
+    feed::start(&role, &control);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_PERIOD);
+        loop {
+            every.tick().await;
+            upstreams.sweep();
+        }
+    });
+    info!(http = %http_addr, https = %https_addr, "ingress serving");
+    Ok(role)
+}
+
+/// `start`, with a failure logged instead of stopping the agent: a node that cannot take
+/// ports 80/443 still runs its pods.
+pub async fn start_or_log(
+    args: &IngressArgs,
+    address: IpAddr,
+    control: Arc<ControlPlane>,
+) -> Option<Arc<IngressRole>> {
+    if args.disabled {
+        info!("ingress role off (--no-ingress)");
+        return None;
+    }
+    match start(args, address, control).await {
+        Ok(role) => Some(role),
+        Err(e) => {
+            error!(error = %e, "ingress role not started");
+            None
+        }
+    }
+}
