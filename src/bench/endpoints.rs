@@ -195,6 +195,18 @@ async fn measure(
     progress: &Progress,
 ) -> anyhow::Result<Report> {
     let api = client(cluster).await?;
+    // The default namespace is created by the first member shortly after it starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api
+        .call(Method::GET, "/api/v1/namespaces/default", None)
+        .await
+        .is_ok_and(|(status, _)| status.is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("the default namespace did not appear within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let first = Ipv4Addr::new(10, 42, 200, 1);
     create(
         &api,

@@ -6,4 +6,5 @@ pub mod backup;
 pub mod endpoints;
 pub mod load;
 pub mod peers;
+pub mod pods;
 pub mod store;

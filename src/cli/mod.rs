@@ -60,6 +60,8 @@ pub enum BenchCommand {
     Backup(crate::bench::backup::BackupBenchArgs),
     /// EndpointSlice change -> cluster DNS answer and -> nftables rule, p50/p99 (root).
     Endpoints(crate::bench::endpoints::EndpointsBenchArgs),
+    /// Pod startup latency (created -> Running and ready, seen by watch) and agent RSS.
+    Pods(crate::bench::pods::PodsBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -113,64 +113,115 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(args: &UpArgs) -> anyhow::Result<()> {
-    let (layout, fallback) = Layout::choose(args.runtime)?;
-    let root = is_root();
-    let dns_port = if root { 53 } else { UNPRIVILEGED_DNS_PORT };
-    let what = match layout {
-        Layout::Containerd => "network-namespace hosts, containerd".to_string(),
-        Layout::Process => format!(
-            "loopback, process runtime{}",
-            fallback
-                .map(|why| format!("; containerd mode needs root and containerd: {why}"))
-                .unwrap_or_default()
-        ),
-    };
-    let progress = Progress::spinner(&format!(
-        "starting {} control-plane members and {} agents ({what})",
-        args.nodes, args.agents
-    ));
-    let hosts = match layout {
-        Layout::Containerd => {
-            progress.step("making the hosts (network namespaces) and building the images");
-            let hosts = UpHosts::create(&args.data, args.nodes as usize, args.agents)?;
-            if let Err(e) = up_hosts::build_images(&args.data.join("images")) {
-                hosts.remove();
-                return Err(e);
-            }
-            Some(hosts)
-        }
-        Layout::Process => None,
-    };
-    let result = run_cluster(args, layout, dns_port, &progress).await;
-    if let Some(hosts) = hosts {
-        hosts.remove();
-    }
-    result
-}
-
-/// Starts members and agents, waits for them, and serves until Ctrl-C or a death. Ctrl-C
-/// during start-up abandons it: the children are killed as their handles drop.
-async fn run_cluster(
-    args: &UpArgs,
+/// A local cluster made by `skiff up`'s machinery: members, agents and (containerd layout)
+/// the hosts they run on. `skiff bench pods` uses it too.
+pub struct LocalUp {
+    pub cluster: LocalCluster,
+    agents: Agents,
+    hosts: Option<UpHosts>,
     layout: Layout,
     dns_port: u16,
-    progress: &Progress,
-) -> anyhow::Result<()> {
-    let started = tokio::select! {
-        started = start_all(args, layout, dns_port, progress) => started?,
-        _ = crate::server::shutdown_signal() => bail!("interrupted during start-up"),
-    };
-    let (mut cluster, mut agents) = started;
+    /// Where this process (and kubectl) reach the API.
+    pub api_address: String,
+}
+
+impl LocalUp {
+    /// Picks the layout, makes the hosts, starts members and agents and waits until every
+    /// node is Ready (and says whether DNS answers). Ctrl-C during start-up abandons it.
+    pub async fn start(args: &UpArgs, progress: &Progress) -> anyhow::Result<LocalUp> {
+        let (layout, fallback) = Layout::choose(args.runtime)?;
+        let dns_port = if is_root() { 53 } else { UNPRIVILEGED_DNS_PORT };
+        let what = match layout {
+            Layout::Containerd => "network-namespace hosts, containerd".to_string(),
+            Layout::Process => format!(
+                "loopback, process runtime{}",
+                fallback
+                    .map(|why| format!("; containerd mode needs root and containerd: {why}"))
+                    .unwrap_or_default()
+            ),
+        };
+        progress.step(&format!(
+            "starting {} control-plane members and {} agents ({what})",
+            args.nodes, args.agents
+        ));
+        let hosts = match layout {
+            Layout::Containerd => {
+                progress.step("making the hosts (network namespaces) and building the images");
+                let hosts = UpHosts::create(&args.data, args.nodes as usize, args.agents)?;
+                if let Err(e) = up_hosts::build_images(&args.data.join("images")) {
+                    hosts.remove();
+                    return Err(e);
+                }
+                Some(hosts)
+            }
+            Layout::Process => None,
+        };
+        let started = tokio::select! {
+            started = start_all(args, layout, dns_port, progress) => started,
+            _ = crate::server::shutdown_signal() => Err(anyhow!("interrupted during start-up")),
+        };
+        match started {
+            Ok((cluster, agents, api_address)) => Ok(LocalUp {
+                cluster,
+                agents,
+                hosts,
+                layout,
+                dns_port,
+                api_address,
+            }),
+            Err(e) => {
+                if let Some(hosts) = hosts {
+                    hosts.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// An admin client of the API.
+    pub async fn client(&self) -> anyhow::Result<ApiClient> {
+        client(&self.cluster, &self.api_address).await
+    }
+
+    /// "containerd" or "process".
+    pub fn runtime_name(&self) -> &'static str {
+        match self.layout {
+            Layout::Containerd => "containerd",
+            Layout::Process => "process",
+        }
+    }
+
+    /// The agents' process ids (for their RSS).
+    pub fn agent_pids(&self) -> Vec<Option<u32>> {
+        self.agents.iter().map(|(_, child)| child.id()).collect()
+    }
+
+    /// Until Ctrl-C/SIGTERM (None) or a member or agent dies (its name).
+    async fn wait_for_exit(&mut self) -> Option<String> {
+        tokio::select! {
+            member = self.cluster.wait_for_exit() => member,
+            agent = wait_for_agent_exit(&mut self.agents) => Some(agent),
+        }
+    }
+
+    /// Agents, then members, then the hosts.
+    pub async fn stop(mut self) {
+        stop_agents(&mut self.agents).await;
+        self.cluster.stop().await;
+        if let Some(hosts) = self.hosts.take() {
+            hosts.remove();
+        }
+    }
+}
+
+async fn serve(args: &UpArgs) -> anyhow::Result<()> {
+    let progress = Progress::spinner("skiff up");
+    let mut up = LocalUp::start(args, &progress).await?;
     progress.step("ready");
-    print_next_steps(args, layout, &cluster, dns_port);
-    let exited = tokio::select! {
-        member = cluster.wait_for_exit() => member,
-        agent = wait_for_agent_exit(&mut agents) => Some(agent),
-    };
+    print_next_steps(args, up.layout, &up.cluster, up.dns_port);
+    let exited = up.wait_for_exit().await;
     eprintln!("stopping agents and members");
-    stop_agents(&mut agents).await;
-    cluster.stop().await;
+    up.stop().await;
     eprintln!("stopped");
     match exited {
         Some(name) => Err(anyhow!(
@@ -189,7 +240,7 @@ async fn start_all(
     layout: Layout,
     dns_port: u16,
     progress: &Progress,
-) -> anyhow::Result<(LocalCluster, Agents)> {
+) -> anyhow::Result<(LocalCluster, Agents, String)> {
     // Every member's DNS on its own address; port 53 needs root.
     let member_args = vec!["--cluster-dns-listen".to_string(), format!(":{dns_port}")];
     let prefix = layout.member_prefix();
@@ -251,7 +302,7 @@ async fn start_all(
         cluster.stop().await;
         return Err(e);
     }
-    Ok((cluster, agents))
+    Ok((cluster, agents, api_address))
 }
 
 /// ./skiff.kubeconfig (pointing at `api_address`), and the user's merged one when asked.

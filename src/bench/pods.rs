@@ -1,0 +1,238 @@
+//! `skiff bench pods`: pod startup latency, as Kubernetes' SLO defines it — from the pod's
+//! creation to the moment a watcher sees it Running with every container ready (images are
+//! local, so no pull time is involved). A `skiff up` cluster (3 members, 2 agents; the
+//! containerd layout as root, else the process runtime, or as --runtime says) gets `--pods`
+//! pods created at `--rate` per second; the report has p50/p99 (goal p99 <= 1 s) and each
+//! agent's RSS before and with every pod running (goal: <= 50 MB + 1 MB per pod).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hyper::Method;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::api::{Latency, rss_mb, summarize};
+use crate::cli::up::LocalUp;
+use crate::cli::{UpArgs, UpRuntime};
+use crate::progress::Progress;
+
+#[derive(Args, Debug, Clone)]
+pub struct PodsBenchArgs {
+    /// Pods to start.
+    #[arg(long, default_value_t = 100)]
+    pub pods: usize,
+    /// Pods created per second.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u64,
+    /// containerd, process, or auto (containerd when it can run here).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: UpRuntime,
+    /// Working directory (the cluster's data, logs, results.json).
+    #[arg(long, default_value = "./skiff-bench-pods")]
+    pub dir: PathBuf,
+}
+
+#[derive(Serialize, Debug, Default)]
+struct Report {
+    runtime: String,
+    startup: Latency,
+    agent_rss_idle_mb: Vec<f64>,
+    agent_rss_loaded_mb: Vec<f64>,
+    pods_per_agent: Vec<usize>,
+}
+
+const NAMESPACE: &str = "default";
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": {"bench": "pods"}},
+           "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+               "name": "main", "image": "skiff/busybox:1.35",
+               "command": ["sh", "-c", "exec sleep 3600"]}]}})
+}
+
+fn running_and_ready(pod: &Value) -> bool {
+    pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+        && pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
+    if args.pods == 0 || args.rate == 0 {
+        bail!("--pods and --rate must be positive");
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let up_args = UpArgs {
+        data: args.dir.join("cluster"),
+        nodes: 3,
+        agents: 2,
+        runtime: args.runtime,
+        kubeconfig: args.dir.join("kubeconfig"),
+        merge_kubeconfig: false,
+        down: false,
+    };
+    std::fs::create_dir_all(&up_args.data)?;
+    let progress = Progress::spinner("skiff bench pods");
+    let up = LocalUp::start(&up_args, &progress).await?;
+    let result = measure(&args, &up, &progress).await;
+    progress.step("stopping the cluster");
+    up.stop().await;
+    let report = result?;
+    progress.finish("done");
+    println!(
+        "pod startup ({}, {} pods at {}/s over {} agents): p50 {:.0} ms, p99 {:.0} ms (goal p99 <= 1000 ms), {} errors",
+        report.runtime,
+        report.startup.samples,
+        args.rate,
+        report.pods_per_agent.len(),
+        report.startup.p50_ms,
+        report.startup.p99_ms,
+        report.startup.errors
+    );
+    for (i, (idle, loaded)) in report
+        .agent_rss_idle_mb
+        .iter()
+        .zip(&report.agent_rss_loaded_mb)
+        .enumerate()
+    {
+        let pods = report.pods_per_agent.get(i).copied().unwrap_or(0);
+        println!(
+            "  agent{} RSS: {idle:.1} MB idle, {loaded:.1} MB with {pods} pods (goal <= {} MB)",
+            i + 1,
+            50 + pods
+        );
+    }
+    let path = args.dir.join("results.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+async fn measure(
+    args: &PodsBenchArgs,
+    up: &LocalUp,
+    progress: &Progress,
+) -> anyhow::Result<Report> {
+    let api = Arc::new(up.client().await?);
+    let agent_rss_idle_mb: Vec<f64> = up.agent_pids().into_iter().map(rss_mb).collect();
+    // Created-at per pod name; the watcher turns it into a latency once the pod is ready.
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
+    let (_, list) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+            None,
+        )
+        .await?;
+    let list: Value = serde_json::from_slice(&list)?;
+    let revision = list
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("0")
+        .to_string();
+    let watcher = {
+        let (api, created, latencies) = (api.clone(), created.clone(), latencies.clone());
+        let path = format!(
+            "/api/v1/namespaces/{NAMESPACE}/pods?watch=true&labelSelector=bench%3Dpods&resourceVersion={revision}"
+        );
+        tokio::spawn(async move {
+            let _ = api
+                .watch(&path, |line| {
+                    let Ok(event) = serde_json::from_slice::<Value>(line) else {
+                        return true;
+                    };
+                    let object = &event["object"];
+                    if running_and_ready(object)
+                        && let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
+                    {
+                        let started = created.lock().ok().and_then(|c| c.get(name).copied());
+                        if let (Some(started), Ok(mut done)) = (started, latencies.lock()) {
+                            done.entry(name.to_string())
+                                .or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    true
+                })
+                .await;
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let began = Instant::now();
+    let mut errors = 0u64;
+    for i in 0..args.pods {
+        let name = format!("bench-{i}");
+        let due = began + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        if let Ok(mut c) = created.lock() {
+            c.insert(name.clone(), Instant::now());
+        }
+        let (status, body) = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+                Some(&pod(&name)),
+            )
+            .await
+            .context("creating a pod")?;
+        if !status.is_success() {
+            errors += 1;
+            tracing::warn!(pod = name, %status, body = %String::from_utf8_lossy(&body), "create failed");
+        }
+        if i % 20 == 0 {
+            progress.step(&format!("created {i}/{} pods", args.pods));
+        }
+    }
+    // Every created pod ready, or 60 s after the last create.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = latencies.lock().map(|l| l.len()).unwrap_or(0);
+        if done as u64 + errors >= args.pods as u64 || Instant::now() > deadline {
+            break;
+        }
+        progress.step(&format!("{done}/{} pods running", args.pods));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    watcher.abort();
+    let agent_rss_loaded_mb: Vec<f64> = up.agent_pids().into_iter().map(rss_mb).collect();
+    let samples: Vec<f64> = latencies
+        .lock()
+        .map(|l| l.values().copied().collect())
+        .unwrap_or_default();
+    let missing = args.pods as u64 - errors - samples.len() as u64;
+    // Pods per node, for the RSS goal.
+    let (_, body) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=bench%3Dpods"),
+            None,
+        )
+        .await?;
+    let pods: Value = serde_json::from_slice(&body)?;
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        if let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+            *per_node.entry(node.to_string()).or_default() += 1;
+        }
+    }
+    let pods_per_agent = (1..=agent_rss_idle_mb.len())
+        .map(|i| per_node.get(&format!("agent{i}")).copied().unwrap_or(0))
+        .collect();
+    Ok(Report {
+        runtime: up.runtime_name().to_string(),
+        startup: summarize(samples, errors + missing, seconds),
+        agent_rss_idle_mb,
+        agent_rss_loaded_mb,
+        pods_per_agent,
+    })
+}
