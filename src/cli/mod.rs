@@ -60,6 +60,8 @@ pub enum BenchCommand {
     Backup(crate::bench::backup::BackupBenchArgs),
     /// EndpointSlice change -> cluster DNS answer and -> nftables rule, p50/p99 (root).
     Endpoints(crate::bench::endpoints::EndpointsBenchArgs),
+    /// wrk through the built-in ingress vs straight to the pod: requests/s and p99 (root, wrk).
+    Ingress(crate::bench::ingress::IngressBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
