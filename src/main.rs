@@ -60,6 +60,9 @@ fn main() -> std::process::ExitCode {
             cli::Command::Up(args) => cli::up::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,
+            cli::Command::Bench(cli::BenchCommand::Ingress(args)) => {
+                bench::ingress::run(args).await
+            }
             cli::Command::Bench(cli::BenchCommand::Endpoints(args)) => {
                 bench::endpoints::run(args).await
             }

@@ -54,34 +54,16 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(args: EndpointsBenchArgs) -> anyhow::Result<()> {
     if !args.inside {
-        // A private network namespace for the whole run: re-execute inside `unshare -n`.
-        let exe = std::env::current_exe().context("locating the skiff binary")?;
-        let status = tokio::process::Command::new("unshare")
-            .arg("-n")
-            .arg(exe)
-            .args(["bench", "endpoints", "--inside", "--samples"])
-            .arg(args.samples.to_string())
-            .arg("--dir")
-            .arg(&args.dir)
-            .status()
-            .await
-            .context("running unshare -n (util-linux; needs root)")?;
-        if !status.success() {
-            bail!("the benchmark failed inside its network namespace ({status})");
-        }
-        return Ok(());
+        let samples = args.samples.to_string();
+        let mut again: Vec<std::ffi::OsString> = ["endpoints", "--inside", "--samples", &samples]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        again.extend(["--dir".into(), args.dir.clone().into_os_string()]);
+        return super::netns::run_unshared(again).await;
     }
-    let status = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()?;
-    if !status.success() {
-        bail!("cannot bring up loopback in the benchmark's namespace");
-    }
-    let _ = std::fs::remove_dir_all(&args.dir);
-    std::fs::create_dir_all(&args.dir)?;
     let progress = Progress::spinner("skiff: starting a member and an agent");
-    let mut cluster =
-        LocalCluster::start(&args.dir.join("skiff"), "127.0.0.", 1, &[], &progress).await?;
+    let mut cluster = super::netns::single_member(&args.dir, &progress).await?;
     let agent = start_agent(&args.dir, &cluster).await;
     let result = match agent {
         Ok(mut agent) => {

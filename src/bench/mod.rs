@@ -4,7 +4,9 @@
 pub mod api;
 pub mod backup;
 pub mod endpoints;
+pub mod ingress;
 pub mod load;
+pub mod netns;
 pub mod peers;
 pub mod pods;
 pub mod store;

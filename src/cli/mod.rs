@@ -62,6 +62,8 @@ pub enum BenchCommand {
     Endpoints(crate::bench::endpoints::EndpointsBenchArgs),
     /// Pod startup latency (created -> Running and ready, seen by watch) and agent RSS.
     Pods(crate::bench::pods::PodsBenchArgs),
+    /// wrk through the built-in ingress vs straight to the pod: requests/s and p99 (root, wrk).
+    Ingress(crate::bench::ingress::IngressBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -90,14 +90,13 @@ impl IngressRole {
     }
 
     /// Rebuilds routes and certificates whenever the objects change, forever; keeps the
-    /// Secret watches to the Secrets in use. Warnings are logged when they first appear.
+    /// Secret watches to the Secrets in use.
     async fn run(self: Arc<Self>, control: Arc<ControlPlane>) {
         let mut secrets = SecretWatches::new(control);
-        let mut reported: BTreeSet<String> = BTreeSet::new();
+        let (mut route_problems, mut cert_problems) = (Reported::default(), Reported::default());
         loop {
             self.changed.notified().await;
             tokio::time::sleep(COALESCE).await;
-            let mut warnings = Vec::new();
             let (table, certs) = {
                 let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
                 if !w.loaded() {
@@ -109,40 +108,49 @@ impl IngressRole {
                         classes: &w.classes,
                         services: &w.services,
                     };
-                    Table::build(&inputs, &mut warnings)
+                    let mut warnings = Vec::new();
+                    (Table::build(&inputs, &mut warnings), warnings)
                 });
                 let certs = std::mem::take(&mut w.certs_dirty).then(|| {
                     let served = table::served(&w.ingresses, &w.classes);
-                    (
-                        CertSet::build(&served, &w.secrets, &mut warnings),
-                        tls::wanted_secrets(&served),
-                    )
+                    let mut warnings = Vec::new();
+                    let set = CertSet::build(&served, &w.secrets, &mut warnings);
+                    (set, tls::wanted_secrets(&served), warnings)
                 });
                 (table, certs)
             };
-            if let Some(table) = table {
+            if let Some((table, warnings)) = table {
                 info!(
                     ingresses = table.ingresses,
                     paths = table.paths,
                     "ingress routes updated"
                 );
                 self.routes.replace(table);
+                route_problems.update(warnings);
             }
-            if let Some((set, wanted)) = certs {
+            if let Some((set, wanted, warnings)) = certs {
                 info!(secrets = set.secrets, "ingress certificates updated");
                 self.certificates.replace(set);
                 secrets.follow(&self, &wanted);
-            }
-            for warning in &warnings {
-                if !reported.contains(warning) {
-                    warn!("{warning}");
-                }
-            }
-            if !warnings.is_empty() || !reported.is_empty() {
-                // Keep only current problems, so one that comes back is logged again.
-                reported = warnings.into_iter().collect();
+                cert_problems.update(warnings);
             }
         }
+    }
+}
+
+/// Problems of one kind of rebuild already logged: each is logged when it appears, and again
+/// only after it went away and came back (rebuilds happen on every endpoint change).
+#[derive(Default)]
+struct Reported(BTreeSet<String>);
+
+impl Reported {
+    fn update(&mut self, current: Vec<String>) {
+        for problem in &current {
+            if !self.0.contains(problem) {
+                warn!("{problem}");
+            }
+        }
+        self.0 = current.into_iter().collect();
     }
 }
 
@@ -181,7 +189,7 @@ pub async fn start(
         role.metrics.clone(),
         Some(https_addr.port()),
     ));
-    let tls = Arc::new(role.certificates.server_config());
+    let tls = Arc::new(role.certificates.server_config()?);
     tokio::spawn(listen::serve_http(http, proxy.clone()));
     tokio::spawn(listen::serve_https(https, proxy, tls));
     tokio::spawn(role.clone().run(control.clone()));

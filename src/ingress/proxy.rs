@@ -186,9 +186,13 @@ impl Proxy {
             })
             .unwrap_or_default();
         let host = normalize_host(&authority);
-        let method = request.method().clone();
-        let path = request.uri().path().to_string();
-        let span = info_span!("ingress", %method, %host, %path, client = %connection.peer.ip());
+        let span = info_span!(
+            "ingress",
+            method = %request.method(),
+            %host,
+            path = %request.uri().path(),
+            client = %connection.peer.ip()
+        );
         let (response, outcome) = self
             .respond(request, connection, &authority, &host)
             .instrument(span.clone())
@@ -203,7 +207,7 @@ impl Proxy {
             status,
             ingress = %outcome.ingress,
             service = %outcome.service,
-            upstream = %outcome.upstream.map(|u| u.to_string()).unwrap_or_default(),
+            upstream = outcome.upstream.map(tracing::field::display),
             scheme = connection.scheme.as_str(),
             micros = elapsed.as_micros() as u64,
             "request"
@@ -513,3 +517,7 @@ mod tests {
         assert_eq!(without_port("[::1]"), "[::1]");
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod socket_tests;

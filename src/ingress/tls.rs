@@ -201,14 +201,13 @@ impl Certificates {
     }
 
     /// A rustls server configuration resolving through `self`, offering HTTP/2 and 1.1.
-    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| rustls::ServerConfig::builder())
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config
+        Ok(config)
     }
 }
 
