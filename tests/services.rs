@@ -105,6 +105,14 @@ spec:
   ports: [{port: 3000, targetPort: 80}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: service-hellok8s-clusterip-headless}
+spec:
+  clusterIP: None
+  selector: {app: hellok8s}
+  ports: [{port: 3000, targetPort: 80}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: client}
 spec:
@@ -221,6 +229,23 @@ fn readiness_and_scaling_change_backends(f: &ContainerdCluster) {
         !hosts.is_empty() && !hosts.contains(&victim),
         "{victim} still answers: {hosts:?}"
     );
+    // And the headless name drops its address.
+    let victim_ip = f.field("pod", &victim, "{.status.podIP}");
+    let others: Vec<String> = ready_pods(f)
+        .iter()
+        .map(|p| f.field("pod", p, "{.status.podIP}"))
+        .collect();
+    wait_for(
+        Duration::from_secs(10),
+        "the unready pod leaves the headless A records",
+        || {
+            let answer = f.exec_sh(
+                "client",
+                "nslookup service-hellok8s-clusterip-headless.default.svc.cluster.local",
+            );
+            others.iter().all(|ip| answer.contains(ip)) && !answer.contains(&victim_ip)
+        },
+    );
     f.kubectl.ok(&[
         "exec",
         &victim,
@@ -293,14 +318,6 @@ spec:
 fn dns_from_pods(f: &ContainerdCluster) {
     f.kubectl.apply(
         r#"
-apiVersion: v1
-kind: Service
-metadata: {name: service-hellok8s-clusterip-headless}
-spec:
-  clusterIP: None
-  selector: {app: hellok8s}
-  ports: [{port: 3000, targetPort: 80}]
----
 apiVersion: v1
 kind: Service
 metadata: {name: service-hellok8s-externalname}
@@ -436,7 +453,7 @@ spec:
         String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN")
     });
     assert!(
-        deleted.elapsed() < Duration::from_secs(2),
+        deleted.elapsed() < Duration::from_secs(1),
         "took {:?}",
         deleted.elapsed()
     );
