@@ -102,6 +102,22 @@ spec:
         pod_ip.starts_with("10.42."),
         "pod IP from the node's podCIDR: {pod_ip}"
     );
+    // metrics.k8s.io from the nodes' usage: kubectl top node and pod.
+    let top_nodes = k.ok(&["top", "node", "--no-headers"]);
+    assert_eq!(top_nodes.lines().count(), 2, "{top_nodes}");
+    assert!(
+        top_nodes
+            .lines()
+            .all(|l| l.contains('m') && l.contains("Mi")),
+        "{top_nodes}"
+    );
+    wait_for(Duration::from_secs(30), "kubectl top pod hello", || {
+        let out = k.run(&["top", "pod", "hello", "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.starts_with("hello ") && text.contains("Mi")
+    });
+    let containers = k.ok(&["top", "pod", "hello", "--containers", "--no-headers"]);
+    assert!(containers.contains("main"), "{containers}");
     let env = k.ok(&["exec", "hello", "--", "env"]);
     assert!(
         env.contains(&format!("POD_IP={pod_ip}")) && env.contains("MODE=fast"),

@@ -13,6 +13,7 @@
 use serde_json::{Value, json};
 
 use super::authz::reviews::REVIEWS;
+use super::resource_metrics;
 use crate::registry::{self, KindInfo};
 
 const VERBS: &[&str] = &[
@@ -45,6 +46,7 @@ pub fn core_versions(server_address: &str) -> Value {
 /// Group versions served: the registry's kinds, then the review-only groups.
 fn all_group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out = registry::group_versions();
+    out.push((resource_metrics::GROUP, resource_metrics::VERSION));
     for review in REVIEWS {
         if !out.contains(&(review.group, review.version)) {
             out.push((review.group, review.version));
@@ -148,6 +150,18 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             );
             out
         })
+        .chain(
+            [
+                &resource_metrics::NODE_METRICS,
+                &resource_metrics::POD_METRICS,
+            ]
+            .into_iter()
+            .filter(|i| i.group == group && i.version == version)
+            .map(|i| {
+                json!({"name": i.resource, "singularName": "", "namespaced": i.namespaced,
+                           "kind": i.kind, "verbs": ["get", "list"]})
+            }),
+        )
         .chain(
             REVIEWS
                 .iter()

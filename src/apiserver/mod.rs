@@ -20,6 +20,7 @@ pub mod patch;
 pub mod pod_streams;
 pub mod protobuf;
 pub mod request;
+pub mod resource_metrics;
 pub mod router;
 pub mod selector;
 pub mod service_network;
@@ -89,5 +90,6 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         tokens: tokens::TokenIssuer::new(objects.store().clone()),
         static_tokens: std::sync::Arc::new(static_tokens),
         kubelets,
+        usage_samples: resource_metrics::UsageSamples::default(),
     })
 }

@@ -46,7 +46,7 @@ impl Kubelets {
         }
     }
 
-    fn client(&self, address: &str) -> Result<KubeletClient<Channel>, ApiError> {
+    pub(super) fn client(&self, address: &str) -> Result<KubeletClient<Channel>, ApiError> {
         if let Some(channel) = self
             .channels
             .lock()
@@ -149,24 +149,29 @@ async fn locate(
     let node = objects
         .get(Scope::new(nodes, None), node_name, false)
         .await?;
+    let address = kubelet_address(&node)
+        .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} has no InternalIP")))?;
+    Ok((pod, container, address))
+}
+
+/// Where a node's Kubelet API listens: its InternalIP and the kubelet port it reported.
+pub fn kubelet_address(node: &Value) -> Option<String> {
     let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .find(|a| text(a, "/type") == "InternalIP")
-        .map(|a| text(a, "/address").to_string())
-        .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} has no InternalIP")))?;
+        .map(|a| text(a, "/address").to_string())?;
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
         .unwrap_or(10250);
-    let address = if ip.contains(':') {
+    Some(if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
         format!("{ip}:{port}")
-    };
-    Ok((pod, container, address))
+    })
 }
 
 /// `GET pods/<name>/log`.

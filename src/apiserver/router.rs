@@ -44,6 +44,8 @@ pub struct ApiState {
     pub tokens: TokenIssuer,
     pub static_tokens: Arc<StaticTokens>,
     pub kubelets: super::pod_streams::Kubelets,
+    /// The nodes' last usage samples (metrics.k8s.io rates).
+    pub usage_samples: super::resource_metrics::UsageSamples,
 }
 
 /// What a request turned out to be, filled in as `serve` learns it; read for metrics and the
@@ -316,6 +318,36 @@ async fn serve(
     if let Some(doc) = path.strip_prefix("/openapi/v3/") {
         let doc = discovery::openapi_v3_document(doc).ok_or(ApiError::NoRoute)?;
         return Ok(json_response(StatusCode::OK, &doc));
+    }
+    if let Some(metrics) = super::resource_metrics::parse(&path) {
+        use super::resource_metrics::MetricsTarget;
+        let (resource, namespace, name) = match &metrics {
+            MetricsTarget::Nodes { name } => ("nodes", None, name.clone()),
+            MetricsTarget::Pods { namespace, name } => ("pods", namespace.clone(), name.clone()),
+        };
+        info.attrs = Attributes {
+            verb: if name.is_some() { "get" } else { "list" }.into(),
+            api_group: super::resource_metrics::GROUP.into(),
+            resource: resource.into(),
+            name: name.unwrap_or_default(),
+            namespace: namespace.unwrap_or_default(),
+            ..Attributes::default()
+        };
+        authorize(&info.attrs)?;
+        if method != Method::GET {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "{resource}.metrics.k8s.io only supports get and list"
+            )));
+        }
+        let body = super::resource_metrics::serve(
+            &state.objects,
+            &state.kubelets,
+            &state.usage_samples,
+            metrics,
+            &query,
+        )
+        .await?;
+        return Ok(json_response(StatusCode::OK, &body));
     }
     let target = parse_path(&path)?;
     match &target {
