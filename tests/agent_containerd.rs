@@ -52,7 +52,10 @@ fn field(k: &Kubectl, kind: &str, name: &str, path: &str) -> String {
 
 fn flows(fixture: &mut ContainerdCluster) {
     let ContainerdCluster {
-        agents, kubectl, ..
+        agents,
+        kubectl,
+        hosts,
+        ..
     } = fixture;
     let k = &*kubectl;
     assert!(
@@ -165,6 +168,41 @@ spec:
     nodes.sort();
     nodes.dedup();
     assert_eq!(nodes, vec!["node-a", "node-b"], "spread: {placed}");
+
+    // kubectl port-forward (seed 004): a local port on the client's host reaches a pod's port
+    // through the API server and the pod's node; several connections, one session.
+    let target = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hellok8s",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let mut forward = k
+        .command(&["port-forward", &format!("pod/{target}"), "4000:80"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let answered = (|| {
+        wait_for(Duration::from_secs(20), "port-forward answers", || {
+            hosts
+                .http_get("cp", "http://127.0.0.1:4000/")
+                .contains(&format!("From host: {target}"))
+        });
+        (0..5).all(|_| {
+            hosts
+                .http_get("cp", "http://127.0.0.1:4000/")
+                .contains(&target)
+        })
+    })();
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(
+        answered,
+        "every connection through the port-forward answered"
+    );
 
     // Pods on node A reach pods on node B by IP.
     let hello_node = field(k, "pod", "hello", "{.spec.nodeName}");

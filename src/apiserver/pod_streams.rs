@@ -138,7 +138,17 @@ async fn locate(
             )));
         }
     };
-    let node_name = text(&pod, "/spec/nodeName");
+    let address = node_address(objects, &pod, name).await?;
+    Ok((pod, container, address))
+}
+
+/// The Kubelet address of the node `pod` (named `name`) is bound to.
+pub(super) async fn node_address(
+    objects: &Objects,
+    pod: &Value,
+    name: &str,
+) -> Result<String, ApiError> {
+    let node_name = text(pod, "/spec/nodeName");
     if node_name.is_empty() {
         return Err(ApiError::BadRequest(format!(
             "pod {name} does not have a host assigned"
@@ -149,9 +159,8 @@ async fn locate(
     let node = objects
         .get(Scope::new(nodes, None), node_name, false)
         .await?;
-    let address = kubelet_address(&node)
-        .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} has no InternalIP")))?;
-    Ok((pod, container, address))
+    kubelet_address(&node)
+        .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} has no InternalIP")))
 }
 
 /// Where a node's Kubelet API listens: its InternalIP and the kubelet port it reported.
