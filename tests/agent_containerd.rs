@@ -45,6 +45,16 @@ fn containerd_nodes_run_real_containers() {
     fixture.run_flows_mut(flows);
 }
 
+/// A child process (kubectl port-forward) that goes with the test, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn field(k: &Kubectl, kind: &str, name: &str, path: &str) -> String {
     let out = k.run(&["get", kind, name, "-o", &format!("jsonpath={path}")]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -179,30 +189,26 @@ spec:
         "-o",
         "jsonpath={.items[0].metadata.name}",
     ]);
-    let mut forward = k
-        .command(&["port-forward", &format!("pod/{target}"), "4000:80"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("kubectl port-forward");
-    let answered = (|| {
-        wait_for(Duration::from_secs(20), "port-forward answers", || {
-            hosts
-                .http_get("cp", "http://127.0.0.1:4000/")
-                .contains(&format!("From host: {target}"))
-        });
-        (0..5).all(|_| {
-            hosts
-                .http_get("cp", "http://127.0.0.1:4000/")
-                .contains(&target)
-        })
-    })();
-    let _ = forward.kill();
-    let _ = forward.wait();
-    assert!(
-        answered,
-        "every connection through the port-forward answered"
+    let forward = KillOnDrop(
+        k.command(&["port-forward", &format!("pod/{target}"), "4000:80"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward"),
     );
+    wait_for(Duration::from_secs(20), "port-forward answers", || {
+        hosts
+            .http_get("cp", "http://127.0.0.1:4000/")
+            .contains(&format!("From host: {target}"))
+    });
+    for _ in 0..5 {
+        let answer = hosts.http_get("cp", "http://127.0.0.1:4000/");
+        assert!(
+            answer.contains(&target),
+            "through the port-forward: {answer:?}"
+        );
+    }
+    drop(forward);
 
     // Pods on node A reach pods on node B by IP.
     let hello_node = field(k, "pod", "hello", "{.spec.nodeName}");
