@@ -60,6 +60,58 @@ fn field(k: &Kubectl, kind: &str, name: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl autoscale` on CPU: a busy pod (limited to 0.1 core, requesting 20m) is far above
+/// 50% utilization, so the autoscaler grows the Deployment to its maximum.
+fn horizontal_autoscaling(k: &Kubectl) {
+    k.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burner}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burner}}
+  template:
+    metadata: {labels: {app: burner}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: ["sh", "-c", "while :; do :; done"]
+        resources: {requests: {cpu: 20m}, limits: {cpu: 100m}}
+"#,
+    );
+    k.ok(&[
+        "autoscale",
+        "deployment",
+        "burner",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=3",
+    ]);
+    wait_for(
+        Duration::from_secs(120),
+        "the autoscaler grows burner to 3",
+        || {
+            field(k, "deployment", "burner", "{.spec.replicas}") == "3"
+                && field(k, "hpa", "burner", "{.status.desiredReplicas}") == "3"
+        },
+    );
+    let table = k.ok(&["get", "hpa", "burner", "--no-headers"]);
+    assert!(
+        table.contains("cpu: ") && table.contains("%/50%"),
+        "{table}"
+    );
+    let described = k.ok(&["describe", "hpa", "burner"]);
+    assert!(
+        described.contains("SuccessfulRescale") && described.contains("New size: 3"),
+        "{described}"
+    );
+    assert!(described.contains("TooManyReplicas"), "{described}");
+    k.ok(&["delete", "hpa", "burner"]);
+    k.ok(&["delete", "deployment", "burner"]);
+}
+
 fn flows(fixture: &mut ContainerdCluster) {
     let ContainerdCluster {
         agents,
@@ -131,6 +183,7 @@ spec:
     });
     let containers = k.ok(&["top", "pod", "hello", "--containers", "--no-headers"]);
     assert!(containers.contains("main"), "{containers}");
+    horizontal_autoscaling(k);
     let env = k.ok(&["exec", "hello", "--", "env"]);
     assert!(
         env.contains(&format!("POD_IP={pod_ip}")) && env.contains("MODE=fast"),
@@ -236,6 +289,75 @@ spec:
         ]);
         String::from_utf8_lossy(&out.stdout).contains("Hello, Kubernetes! From host: hellok8s-")
     });
+
+    // Dynamic provisioning (the default local-path class, WaitForFirstConsumer): a claim
+    // without a class gets a hostPath PV on its first pod's node; data outlives the pod.
+    k.apply(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: notes}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: busybox, command: ["sh", "-c", "echo kept > /data/note"], volumeMounts: [{name: data, mountPath: /data}]}
+  volumes:
+  - {name: data, persistentVolumeClaim: {claimName: notes}}
+"#,
+    );
+    wait_for(Duration::from_secs(60), "the writer pod succeeds", || {
+        field(k, "pod", "writer", "{.status.phase}") == "Succeeded"
+    });
+    assert_eq!(field(k, "pvc", "notes", "{.status.phase}"), "Bound");
+    assert_eq!(
+        field(k, "pvc", "notes", "{.spec.storageClassName}"),
+        "local-path"
+    );
+    let volume = field(k, "pvc", "notes", "{.spec.volumeName}");
+    let writer_node = field(k, "pod", "writer", "{.spec.nodeName}");
+    assert_eq!(
+        field(
+            k,
+            "pv",
+            &volume,
+            "{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}"
+        ),
+        writer_node,
+        "the volume lives on the writer's node"
+    );
+    k.ok(&["delete", "pod", "writer"]);
+    // The scheduler sends the next pod of the claim where the volume is.
+    k.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  containers:
+  - {name: main, image: busybox, command: ["sh", "-c", "cat /data/note; sleep 3600"], volumeMounts: [{name: data, mountPath: /data}]}
+  volumes:
+  - {name: data, persistentVolumeClaim: {claimName: notes}}
+"#,
+    );
+    wait_for(Duration::from_secs(60), "the reader sees the note", || {
+        String::from_utf8_lossy(&k.run(&["logs", "reader"]).stdout).contains("kept")
+    });
+    assert_eq!(field(k, "pod", "reader", "{.spec.nodeName}"), writer_node);
+    // Deleting the claim deletes its volume (reclaim policy Delete).
+    k.ok(&["delete", "pod", "reader", "--grace-period=1"]);
+    k.ok(&["delete", "pvc", "notes"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the provisioned volume is deleted",
+        || !k.run(&["get", "pv", &volume]).status.success(),
+    );
 
     // A crashing container backs off.
     k.apply(

@@ -168,6 +168,30 @@ fn kubectl_storage_rbac_and_networking_kinds_print_like_kube() {
     let out = k.apply(KINDS);
     assert!(!out.contains("configured"), "{out}");
 
+    // The binder pairs the claim with the PV of its class.
+    wait_for(
+        Duration::from_secs(20),
+        "claim data bound to data-pv",
+        || {
+            k.ok(&[
+                "get",
+                "pvc",
+                "data",
+                "-o",
+                "jsonpath={.status.phase}/{.spec.volumeName}",
+            ]) == "Bound/data-pv"
+        },
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pv",
+            "data-pv",
+            "-o",
+            "jsonpath={.status.phase}/{.spec.claimRef.name}"
+        ]),
+        "Bound/data"
+    );
     // (kubectl get arguments, header words, a cell the table must show)
     let tables: &[(&[&str], &str, &str)] = &[
         (
@@ -183,7 +207,7 @@ fn kubectl_storage_rbac_and_networking_kinds_print_like_kube() {
         (
             &["get", "pvc"],
             "NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS VOLUMEATTRIBUTESCLASS AGE",
-            "Pending",
+            "Bound",
         ),
         (
             &["get", "pvc", "-o", "wide"],

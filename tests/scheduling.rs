@@ -159,6 +159,49 @@ fn scheduling(k: &Kubectl) {
     });
 }
 
+/// The VolumeBinding filter: a pod waits for its claim, then goes where the claim's local
+/// volume is (and nowhere else, even when another node has more room).
+fn volumes(k: &Kubectl) {
+    let claim_user =
+        json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "local"}}]});
+    k.apply(&pod_manifest("uses-local", "100m", claim_user));
+    let expected = r#"0/4 nodes are available: persistentvolumeclaim "local" not found."#;
+    wait_for(Duration::from_secs(30), "waits for its claim", || {
+        k.ok(&["describe", "pod", "uses-local"]).contains(expected)
+    });
+    assert_eq!(node_of(k, "uses-local"), "");
+    k.apply(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-on-small}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {path: /tmp/local-on-small}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [small]}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: local}
+spec:
+  storageClassName: manual
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the pod follows its volume",
+        || node_of(k, "uses-local") == "small",
+    );
+    k.ok(&["delete", "pod", "uses-local", "--grace-period=0", "--force"]);
+}
+
 const JOB: &str = r#"apiVersion: batch/v1
 kind: Job
 metadata: {name: pi}
@@ -448,6 +491,7 @@ fn workloads_are_scheduled_and_run_on_fake_nodes() {
         k.apply(CRONJOB);
         let cron_created = Instant::now();
         scheduling(&k);
+        volumes(&k);
         job(&k);
         statefulset(&k);
         daemonset(&k);

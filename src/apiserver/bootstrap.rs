@@ -1,5 +1,6 @@
 //! Objects every cluster starts with: the `default`, `kube-system` and `kube-public`
-//! namespaces, the `default/kubernetes` Service and the default IngressClass `skiff`, created
+//! namespaces, the `default/kubernetes` Service, the default IngressClass `skiff` and the
+//! default StorageClass `local-path`, created
 //! by the leader if absent (create-if-absent transactions, so any number of members or
 //! restarts running this at once is harmless).
 
@@ -34,6 +35,42 @@ pub async fn ensure_system_namespaces(node: RaftNode) {
         Ok(class) => ensure_stored(&node, "default IngressClass", vec![class]).await,
         Err(e) => tracing::error!(error = %e, "no default IngressClass"),
     }
+    match default_storage_class() {
+        Ok(class) => ensure_stored(&node, "default StorageClass", vec![class]).await,
+        Err(e) => tracing::error!(error = %e, "no default StorageClass"),
+    }
+}
+
+/// The `local-path` StorageClass, marked default: claims without a class get a hostPath
+/// volume on the node of their first pod (controllers/volume_binding.rs). Created once; an
+/// operator may delete or unmark it.
+fn default_storage_class() -> Result<(String, serde_json::Value), ApiError> {
+    use crate::controllers::volume_binding::{
+        DEFAULT_CLASS, DEFAULT_CLASS_ANNOTATION, PROVISIONER,
+    };
+    let kind = registry::lookup("storage.k8s.io", "v1", "storageclasses")
+        .ok_or_else(|| ApiError::Internal("storageclasses are not registered".into()))?;
+    let object = json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": DEFAULT_CLASS,
+            "uid": super::objects::new_uid(),
+            "creationTimestamp": super::objects::now_rfc3339(),
+            "labels": {"app.kubernetes.io/managed-by": "skiff"},
+            "annotations": {DEFAULT_CLASS_ANNOTATION: "true"},
+        },
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    });
+    let admitted = kind
+        .admit_create(object)
+        .map_err(|e| ApiError::Internal(format!("StorageClass {DEFAULT_CLASS}: {e}")))?;
+    Ok((
+        super::store::object_key(kind.info(), None, DEFAULT_CLASS),
+        admitted,
+    ))
 }
 
 /// The `skiff` IngressClass, marked default: an Ingress without a class is served by the

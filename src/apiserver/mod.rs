@@ -55,8 +55,9 @@ pub struct ApiOptions {
     pub audit_log: Option<std::path::PathBuf>,
     /// Bearer tokens from `--token-auth-file`.
     pub static_tokens: static_tokens::StaticTokens,
-    /// How this member reaches the nodes' Kubelet APIs (logs, exec).
-    pub kubelets: pod_streams::Kubelets,
+    /// How this member reaches the nodes' Kubelet APIs (logs, exec, metrics), and the usage
+    /// samples it keeps.
+    pub pod_metrics: resource_metrics::PodMetrics,
     /// This member's cluster DNS, whose query counters /metrics shows.
     pub cluster_dns: Option<skiff_dns::ClusterDns>,
 }
@@ -66,7 +67,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         server_address,
         audit_log,
         static_tokens,
-        kubelets,
+        pod_metrics,
         cluster_dns,
     } = options;
     // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
@@ -91,7 +92,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
         tokens: tokens::TokenIssuer::new(objects.store().clone()),
         static_tokens: std::sync::Arc::new(static_tokens),
-        kubelets,
-        usage_samples: resource_metrics::UsageSamples::default(),
+        kubelets: pod_metrics.kubelets,
+        usage_samples: pod_metrics.samples,
     })
 }

@@ -314,6 +314,31 @@ mod tests {
     }
 
     #[test]
+    fn decodes_an_autoscaler_as_kubectl_autoscale_sends_it() {
+        let hpa = message(
+            "k8s.io.api.autoscaling.v2.HorizontalPodAutoscaler",
+            serde_json::json!({
+                "metadata": {"name": "web", "creationTimestamp": {}},
+                "spec": {
+                    "scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                    "minReplicas": 1,
+                    "maxReplicas": 3,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 50}}}]
+                },
+                "status": {"currentReplicas": 0, "desiredReplicas": 0}
+            }),
+        );
+        let json = decode(&body("autoscaling/v2", "HorizontalPodAutoscaler", hpa)).expect("decode");
+        assert_eq!(json["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(json["spec"]["maxReplicas"], 3);
+        assert_eq!(
+            json["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            50
+        );
+    }
+
+    #[test]
     fn decodes_a_deployment_as_kubectl_create_sends_it() {
         let deployment = message(
             "k8s.io.api.apps.v1.Deployment",

@@ -298,36 +298,8 @@ pub async fn serve(
                 Some(name) => vec![objects.get(scope, name, false).await?],
                 None => objects.list(scope, &options).await?.items,
             };
-            // One sample per node the pods run on.
-            let mut by_node: HashMap<String, Option<NodeRates>> = HashMap::new();
             let mut items = Vec::new();
-            for pod in pods {
-                let node_name = pod
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                if node_name.is_empty() {
-                    continue;
-                }
-                if !by_node.contains_key(&node_name) {
-                    let rates = match objects
-                        .get(Scope::new(nodes_kind, None), &node_name, false)
-                        .await
-                    {
-                        Ok(node) => match kubelet_address(&node) {
-                            Some(address) => {
-                                samples.rates(kubelets, &node_name, &address).await.ok()
-                            }
-                            None => None,
-                        },
-                        Err(_) => None,
-                    };
-                    by_node.insert(node_name.clone(), rates);
-                }
-                let Some(Some(rates)) = by_node.get(&node_name) else {
-                    continue;
-                };
+            for (pod, rates) in pods_with_rates(objects, kubelets, samples, &pods).await {
                 let ns = pod
                     .pointer("/metadata/namespace")
                     .and_then(Value::as_str)
@@ -357,6 +329,87 @@ pub async fn serve(
             }
             finish(name, items, &POD_METRICS, "PodMetrics")
         }
+    }
+}
+
+/// Each bound pod with its node's rates (one sample per node), for the pods whose node
+/// answered.
+async fn pods_with_rates<'a>(
+    objects: &Objects,
+    kubelets: &Kubelets,
+    samples: &UsageSamples,
+    pods: &'a [Value],
+) -> Vec<(&'a Value, Arc<NodeRates>)> {
+    let Some(nodes_kind) = registry::lookup("", "v1", "nodes") else {
+        return Vec::new();
+    };
+    let mut by_node: HashMap<String, Option<Arc<NodeRates>>> = HashMap::new();
+    let mut out = Vec::new();
+    for pod in pods {
+        let node_name = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if node_name.is_empty() {
+            continue;
+        }
+        if !by_node.contains_key(node_name) {
+            let rates = match objects
+                .get(Scope::new(nodes_kind, None), node_name, false)
+                .await
+            {
+                Ok(node) => match kubelet_address(&node) {
+                    Some(address) => samples
+                        .rates(kubelets, node_name, &address)
+                        .await
+                        .ok()
+                        .map(Arc::new),
+                    None => None,
+                },
+                Err(_) => None,
+            };
+            by_node.insert(node_name.to_string(), rates);
+        }
+        if let Some(Some(rates)) = by_node.get(node_name) {
+            out.push((pod, rates.clone()));
+        }
+    }
+    out
+}
+
+/// What one pod uses now, summed over its containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PodUsage {
+    pub cpu_cores: f64,
+    pub memory_bytes: f64,
+}
+
+/// The resource metrics of pods, for in-process readers (the HorizontalPodAutoscaler
+/// controller) — the same numbers the API serves, from the same samples.
+#[derive(Clone)]
+pub struct PodMetrics {
+    pub kubelets: Kubelets,
+    pub samples: UsageSamples,
+}
+
+impl PodMetrics {
+    /// Usage by pod name for the pods (of one namespace) that have metrics.
+    pub async fn usage(&self, objects: &Objects, pods: &[Value]) -> HashMap<String, PodUsage> {
+        let mut usage = HashMap::new();
+        for (pod, rates) in pods_with_rates(objects, &self.kubelets, &self.samples, pods).await {
+            let text = |f: &str| pod.pointer(f).and_then(Value::as_str).unwrap_or("");
+            let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
+            if let Some(containers) = rates.containers.get(&(ns.to_string(), name.to_string())) {
+                let total = containers
+                    .iter()
+                    .fold(PodUsage::default(), |sum, (_, r)| PodUsage {
+                        cpu_cores: sum.cpu_cores + r.cpu_nanocores as f64 / 1e9,
+                        memory_bytes: sum.memory_bytes + r.memory_bytes as f64,
+                    });
+                usage.insert(name.to_string(), total);
+            }
+        }
+        usage
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ownership::{controller_uid, labels, string_map};
+use super::volume_fit::volumes_allow;
 use crate::apiserver::objects::name_of;
 use crate::registry::quantity;
 
@@ -312,7 +313,7 @@ impl NodeInfo {
 
     /// Why `pod` cannot go here (empty: it fits): the first failing filter's reasons.
     /// `takes` is what the pod takes, worked out once for all nodes.
-    fn filter(&self, pod: &Value, takes: &PodUsage) -> Vec<String> {
+    fn filter(&self, pod: &Value, takes: &PodUsage, volumes: &[Vec<Value>]) -> Vec<String> {
         let node = &*self.node;
         let tolerations_unschedulable = || {
             let taint = json!({"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"});
@@ -360,6 +361,9 @@ impl NodeInfo {
         {
             reasons.push("Insufficient memory".into());
         }
+        if reasons.is_empty() && !volumes_allow(volumes, node) {
+            reasons.push("node(s) had volume node affinity conflict".into());
+        }
         reasons
     }
 
@@ -397,12 +401,17 @@ pub fn unschedulable_message(total: usize, reasons: &[Vec<String>]) -> String {
 }
 
 /// The chosen node, or the reasons each node was rejected.
-pub fn select_node(pod: &Value, infos: &[NodeInfo]) -> Result<usize, Vec<Vec<String>>> {
+/// `volumes`: the node selector terms of the volumes the pod uses (`volume_fit`).
+pub fn select_node(
+    pod: &Value,
+    infos: &[NodeInfo],
+    volumes: &[Vec<Value>],
+) -> Result<usize, Vec<Vec<String>>> {
     let takes = PodUsage::of(pod);
     let mut rejected = Vec::new();
     let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
-        let reasons = info.filter(pod, &takes);
+        let reasons = info.filter(pod, &takes, volumes);
         if reasons.is_empty() {
             feasible.push(i);
         } else {
@@ -496,16 +505,16 @@ mod tests {
         tainted["spec"]["taints"] =
             json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
         let mut nodes = infos(vec![tainted, node("b", "1", "1Gi"), node("c", "2", "1Gi")]);
-        assert_eq!(select_node(&pod("1500m"), &nodes).ok(), Some(2));
+        assert_eq!(select_node(&pod("1500m"), &nodes, &[]).ok(), Some(2));
         nodes[2].add_pod(&pod("1500m"));
-        let reasons = select_node(&pod("1500m"), &nodes).expect_err("no fit");
+        let reasons = select_node(&pod("1500m"), &nodes, &[]).expect_err("no fit");
         assert_eq!(
             unschedulable_message(3, &reasons),
             "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu."
         );
         let mut tolerant = pod("3");
         tolerant["spec"]["tolerations"] = json!([{"key": "dedicated", "operator": "Exists"}]);
-        assert_eq!(select_node(&tolerant, &nodes).ok(), Some(0));
+        assert_eq!(select_node(&tolerant, &nodes, &[]).ok(), Some(0));
     }
 
     #[test]
@@ -528,16 +537,16 @@ mod tests {
         ]);
         let mut p = pod("1");
         p["spec"]["nodeSelector"] = json!({"disk": "ssd"});
-        assert_eq!(select_node(&p, &nodes).ok(), Some(0));
+        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(0));
         let mut p = pod("1");
         p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "cores", "operator": "Gt", "values": ["8"]},
                 {"key": "disk", "operator": "NotIn", "values": ["hdd"]}]}]}}});
-        assert_eq!(select_node(&p, &nodes).ok(), Some(0));
+        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(0));
         p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
             [0]["matchExpressions"][0]["operator"] = json!("Lt");
-        let reasons = select_node(&p, &nodes).expect_err("no fit");
+        let reasons = select_node(&p, &nodes, &[]).expect_err("no fit");
         let message = unschedulable_message(4, &reasons);
         assert!(
             message.contains("2 node(s) didn't match Pod's node affinity/selector"),
@@ -555,9 +564,9 @@ mod tests {
         web["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
         let mut nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
         nodes[0].add_pod(&web);
-        assert_eq!(select_node(&web, &nodes).ok(), Some(1));
+        assert_eq!(select_node(&web, &nodes, &[]).ok(), Some(1));
         nodes[1].add_pod(&web);
-        let reasons = select_node(&web, &nodes).expect_err("ports taken");
+        let reasons = select_node(&web, &nodes, &[]).expect_err("ports taken");
         assert!(unschedulable_message(2, &reasons).contains("2 node(s) didn't have free ports"));
     }
 
@@ -567,12 +576,32 @@ mod tests {
         owned["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
         let mut nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
         nodes[0].add_pod(&owned);
-        assert_eq!(select_node(&owned, &nodes).ok(), Some(1));
+        assert_eq!(select_node(&owned, &nodes, &[]).ok(), Some(1));
         let mut p = pod("100m");
         p["spec"]["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 50, "preference": {"matchFields": [
                 {"key": "metadata.name", "operator": "In", "values": ["b"]}]}}]}});
         let nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
-        assert_eq!(select_node(&p, &nodes).ok(), Some(1));
+        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(1));
+    }
+
+    #[test]
+    fn a_local_volume_pins_the_pod_to_its_node() {
+        let nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
+        let on_b = vec![json!({"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}
+        ]})];
+        assert_eq!(
+            select_node(&pod("1"), &nodes, std::slice::from_ref(&on_b)).ok(),
+            Some(1)
+        );
+        let on_c = vec![json!({"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["c"]}
+        ]})];
+        let reasons = select_node(&pod("1"), &nodes, &[on_c]).expect_err("no node holds it");
+        assert_eq!(
+            unschedulable_message(2, &reasons),
+            "0/2 nodes are available: 2 node(s) had volume node affinity conflict."
+        );
     }
 }

@@ -16,6 +16,8 @@
 //! Controllers write through `Objects`, the same admission, validation and optimistic
 //! concurrency path as kubectl; a lost race is an error, retried with backoff.
 
+pub mod autoscale_math;
+pub mod autoscaler;
 pub mod deployment;
 pub mod deployment_status;
 pub mod endpoints;
@@ -32,6 +34,8 @@ pub mod replicaset;
 pub mod rollout;
 pub mod service_lb;
 pub mod serviceaccounts;
+pub mod volume_binding;
+pub mod volume_fit;
 // The scheduler and the batch, stateful and daemon workloads, started by `workloads::start`.
 pub mod cronjob;
 pub mod daemonset;
@@ -148,11 +152,14 @@ pub async fn run_workers<R: Reconcile>(controller: Arc<R>, queue: Arc<WorkQueue>
     while tasks.join_next().await.is_some() {}
 }
 
-/// What the operator chose for the controllers (`skiff server` flags).
-#[derive(Clone, Debug, Default)]
+/// What the operator chose for the controllers (`skiff server` flags), and what they read
+/// besides the store.
+#[derive(Clone, Default)]
 pub struct Config {
     /// Addresses for LoadBalancer Services; none: the nodes' own addresses.
     pub lb_pool: Option<service_lb::AddressPool>,
+    /// The pods' resource usage, for the HorizontalPodAutoscaler (none: no autoscaling).
+    pub pod_metrics: Option<crate::apiserver::resource_metrics::PodMetrics>,
 }
 
 /// Starts the leadership loop: the controllers run while this member leads.
@@ -306,6 +313,31 @@ fn start_cluster_controllers(
         let (is, is_queue) =
             ingress_status::IngressStatusController::new(objects.clone(), informers, kinds);
         tasks.spawn(start_when_synced(is, is_queue, informers.clone()));
+    }
+    if let (Some(volumes), Some(claims), Some(classes), Some(pods)) = (
+        core("persistentvolumes"),
+        core("persistentvolumeclaims"),
+        registry::lookup("storage.k8s.io", "v1", "storageclasses"),
+        core("pods"),
+    ) {
+        let kinds = volume_binding::Kinds {
+            volumes,
+            claims,
+            classes,
+            pods,
+        };
+        let (binder, binder_queue) =
+            volume_binding::VolumeBinder::new(objects.clone(), informers, kinds);
+        tasks.spawn(start_when_synced(binder, binder_queue, informers.clone()));
+    }
+    if let (Some(autoscalers), Some(pods), Some(metrics)) = (
+        registry::lookup("autoscaling", "v2", "horizontalpodautoscalers"),
+        core("pods"),
+        config.pod_metrics.clone(),
+    ) {
+        let (hpa, hpa_queue) =
+            autoscaler::Autoscaler::new(objects.clone(), informers, autoscalers, pods, metrics);
+        tasks.spawn(start_when_synced(hpa, hpa_queue, informers.clone()));
     }
     if let Some(events) = core("events") {
         tasks.spawn(event_ttl::run(objects.clone(), events));

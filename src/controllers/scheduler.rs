@@ -9,7 +9,8 @@
 //! 2. filter, in kube's plugin order, stopping at a node's first failing plugin:
 //!    NodeUnschedulable, NodeName, TaintToleration (a not-Ready node counts as tainted
 //!    `node.kubernetes.io/not-ready`, as the node lifecycle controller would taint it),
-//!    NodeAffinity (nodeSelector and required affinity), NodePorts, NodeResourcesFit;
+//!    NodeAffinity (nodeSelector and required affinity), NodePorts, NodeResourcesFit,
+//!    VolumeBinding (the claims exist, and the node is one their volumes allow: `volume_fit`);
 //! 3. score the feasible nodes: least requested (cpu and memory, with kube's non-zero defaults
 //!    for pods that request nothing), spreading the pods of one controller across nodes, and
 //!    preferred node affinity; the best score wins, ties go to the first name;
@@ -20,7 +21,7 @@
 //!
 //! The pods of one scheduler are placed by a single worker: two placements at once could both
 //! take the last free cpu of a node. Not yet: pod (anti-)affinity, topologySpreadConstraints,
-//! volume node affinity, preemption.
+//! preemption.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use super::ownership::is_deleting;
 use super::queue::WorkQueue;
 use super::recorder::{EventType, Recorder};
 use super::replicaset::is_active;
+use super::volume_fit::VolumeInformers;
 use super::{Action, Error, Reconcile, modify, run_workers};
 use crate::apiserver::objects::{Objects, Part, Scope, name_of};
 use crate::apiserver::status::ApiError;
@@ -132,6 +134,8 @@ pub struct Scheduler {
     pod_kind: &'static dyn Kind,
     pods: Arc<Informer>,
     nodes: Arc<Informer>,
+    /// Claims, volumes and classes, when this build serves them (the VolumeBinding filter).
+    volumes: Option<VolumeInformers>,
     placement: Arc<Mutex<Placement>>,
     recorder: Recorder,
     queue: Arc<WorkQueue>,
@@ -214,20 +218,36 @@ impl Scheduler {
         informers: &Informers,
         pod_kind: &'static dyn Kind,
         node_kind: &'static dyn Kind,
+        volume_kinds: Option<[&'static dyn Kind; 3]>,
     ) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = Arc::new(WorkQueue::default());
         let pods = informers.of(pod_kind);
         let nodes = informers.of(node_kind);
+        let volumes = volume_kinds.map(|[claims, volumes, classes]| VolumeInformers {
+            claims: informers.of(claims),
+            volumes: informers.of(volumes),
+            classes: informers.of(classes),
+        });
         let placement = Arc::new(Mutex::new(Placement::default()));
         pods.add_handler(pod_handler(queue.clone(), placement.clone()));
-        let (q, p) = (queue.clone(), placement.clone());
-        nodes.add_handler(Arc::new(move |_, _| retry_unschedulable(&q, &p)));
+        let retry = || {
+            let (q, p) = (queue.clone(), placement.clone());
+            Arc::new(move |_: Option<&Value>, _: Option<&Value>| retry_unschedulable(&q, &p))
+        };
+        nodes.add_handler(retry());
+        for informer in volumes
+            .iter()
+            .flat_map(|v| [&v.claims, &v.volumes, &v.classes])
+        {
+            informer.add_handler(retry());
+        }
         let scheduler = Arc::new(Scheduler {
             recorder: Recorder::new(objects.clone(), DEFAULT_SCHEDULER),
             objects,
             pod_kind,
             pods,
             nodes,
+            volumes,
             placement,
             queue: queue.clone(),
             binds: Mutex::new(JoinSet::new()),
@@ -398,7 +418,15 @@ impl Reconcile for Scheduler {
             return Ok(Action::Done);
         }
         let infos = self.snapshot();
-        match select_node(&pod, &infos) {
+        let volume_terms = match self.volumes.as_ref().map(|v| v.requirements(&pod)) {
+            None => Vec::new(),
+            Some(Ok(terms)) => terms,
+            Some(Err(reason)) => {
+                let message = format!("0/{} nodes are available: {reason}.", infos.len());
+                return self.unschedulable(key, &pod, &message).await;
+            }
+        };
+        match select_node(&pod, &infos, &volume_terms) {
             Ok(i) => {
                 let node = name_of(&infos[i].node).to_string();
                 tracing::debug!(node, "binding");
@@ -437,6 +465,11 @@ impl Reconcile for Scheduler {
 pub async fn run(scheduler: Arc<Scheduler>, queue: Arc<WorkQueue>) {
     scheduler.pods.wait_synced().await;
     scheduler.nodes.wait_synced().await;
+    if let Some(v) = &scheduler.volumes {
+        for informer in [&v.claims, &v.volumes, &v.classes] {
+            informer.wait_synced().await;
+        }
+    }
     tracing::info!("caches synced; scheduling");
     run_workers(scheduler, queue, 1).await;
 }

@@ -25,7 +25,16 @@ pub fn start(objects: &Objects, informers: &Arc<Informers>, tasks: &mut JoinSet<
         tracing::warn!("pods or nodes are not served; scheduler and workloads disabled");
         return;
     };
-    let (s, s_queue) = scheduler::Scheduler::new(objects.clone(), informers, pods, nodes);
+    let volume_kinds = match (
+        kind("", "persistentvolumeclaims"),
+        kind("", "persistentvolumes"),
+        kind("storage.k8s.io", "storageclasses"),
+    ) {
+        (Some(claims), Some(volumes), Some(classes)) => Some([claims, volumes, classes]),
+        _ => None,
+    };
+    let (s, s_queue) =
+        scheduler::Scheduler::new(objects.clone(), informers, pods, nodes, volume_kinds);
     tasks.spawn(scheduler::run(s, s_queue));
     if let Some(jobs) = kind("batch", "jobs") {
         let base = job::DEFAULT_BACKOFF_BASE;

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
@@ -43,8 +42,6 @@ use tls::{CertSet, Certificates};
 
 /// How long a burst of watch events may take to land before the table is rebuilt.
 const COALESCE: Duration = Duration::from_millis(10);
-/// How often idle backend connections are swept.
-const SWEEP_PERIOD: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct IngressArgs {
@@ -70,6 +67,8 @@ pub enum IngressError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start an ingress worker: {0}")]
+    Worker(std::io::Error),
 }
 
 /// The ingress of one node: the watched objects, a wake-up for the rebuild loop, and what the
@@ -154,27 +153,19 @@ impl Reported {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, IngressError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngressError::Listen { addr, source })
-}
-
 /// Starts the ingress role: listeners on the node's ports, the watches, the rebuild loop.
-/// Returns the role (its metrics) once both listeners are bound.
+/// Returns the role (its metrics) once the listeners are bound.
 pub async fn start(
     args: &IngressArgs,
     address: IpAddr,
     control: Arc<ControlPlane>,
 ) -> Result<Arc<IngressRole>, IngressError> {
-    let http_addr = args
+    let http = args
         .ingress_http_listen
         .unwrap_or(SocketAddr::new(address, 80));
-    let https_addr = args
+    let https = args
         .ingress_https_listen
         .unwrap_or(SocketAddr::new(address, 443));
-    let http = bind(http_addr).await?;
-    let https = bind(https_addr).await?;
     let role = Arc::new(IngressRole {
         watched: Mutex::new(Watched::default()),
         changed: Notify::new(),
@@ -182,26 +173,21 @@ pub async fn start(
         certificates: Arc::new(Certificates::new()?),
         metrics: Arc::new(IngressMetrics::default()),
     });
-    let upstreams = Arc::new(upstream::Upstreams::default());
-    let proxy = Arc::new(Proxy::new(
-        role.routes.clone(),
-        upstreams.clone(),
-        role.metrics.clone(),
-        Some(https_addr.port()),
-    ));
     let tls = Arc::new(role.certificates.server_config()?);
-    tokio::spawn(listen::serve_http(http, proxy.clone()));
-    tokio::spawn(listen::serve_https(https, proxy, tls));
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let make_proxy = || {
+        Arc::new(Proxy::new(
+            role.routes.clone(),
+            Arc::new(upstream::Upstreams::default()),
+            role.metrics.clone(),
+            Some(https.port()),
+        ))
+    };
+    let listeners = listen::Listeners { http, https, tls };
+    listen::start_workers(workers, listeners, make_proxy).await?;
     tokio::spawn(role.clone().run(control.clone()));
     feed::start(&role, &control);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(SWEEP_PERIOD);
-        loop {
-            every.tick().await;
-            upstreams.sweep();
-        }
-    });
-    info!(http = %http_addr, https = %https_addr, "ingress serving");
+    info!(%http, %https, workers, "ingress serving");
     Ok(role)
 }
 

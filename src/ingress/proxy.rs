@@ -64,6 +64,7 @@ impl Routes {
 
 pub struct Proxy {
     pub routes: Arc<Routes>,
+    /// This worker's backend connections.
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<IngressMetrics>,
     /// The HTTPS listener's port (redirects name it unless it is 443).

@@ -92,10 +92,15 @@ impl Strategy for PersistentVolumeClaimStrategy {
         if old_spec.volume_name.as_deref().unwrap_or("").is_empty() {
             fixed.volume_name = old_spec.volume_name.clone();
         }
+        // A claim without a class may be given the default one (retroactive default
+        // StorageClass assignment, as Kubernetes 1.28+ does).
+        if old_spec.storage_class_name.is_none() {
+            fixed.storage_class_name = None;
+        }
         if fixed != *old_spec {
             errors.push(FieldError::forbidden(
                 "spec",
-                "spec is immutable after creation except resources.requests and volumeName when it was empty",
+                "spec is immutable after creation except resources.requests, and volumeName and storageClassName when they were unset",
             ));
         }
         if let (Some(now), Some(before)) =

@@ -225,6 +225,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::pki::ClusterCa::from_pem(pki.ca.clone()),
         token.clone(),
     );
+    // The nodes' usage, read by the metrics API and by the autoscaler alike.
+    let pod_metrics = crate::apiserver::resource_metrics::PodMetrics {
+        kubelets: crate::apiserver::pod_streams::Kubelets::new(
+            pki.ca.cert_pem.clone(),
+            crate::pki::ClusterCa::from_pem(pki.ca.clone())
+                .issue_client("kube-apiserver-kubelet-client", Some("system:masters"))?,
+        ),
+        samples: Default::default(),
+    };
     let router: Router = tonic::service::Routes::new(AdminServer::new(admin))
         .add_service(node_api)
         .into_axum_router()
@@ -244,17 +253,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             node.clone(),
             objects.clone(),
             crate::apiserver::ApiOptions {
+                pod_metrics: pod_metrics.clone(),
                 server_address: addrs.api_advertised.clone(),
                 audit_log: Some(args.data.join("audit.log")),
                 static_tokens: match &args.token_auth_file {
                     Some(path) => crate::apiserver::static_tokens::StaticTokens::load(path)?,
                     None => Default::default(),
                 },
-                kubelets: crate::apiserver::pod_streams::Kubelets::new(
-                    pki.ca.cert_pem.clone(),
-                    crate::pki::ClusterCa::from_pem(pki.ca.clone())
-                        .issue_client("kube-apiserver-kubelet-client", Some("system:masters"))?,
-                ),
                 cluster_dns: cluster_dns.as_ref().map(|(dns, _)| dns.clone()),
             },
         ));
@@ -292,6 +297,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node.clone(),
         crate::controllers::Config {
             lb_pool: args.service_lb_pool.clone(),
+            pod_metrics: Some(pod_metrics),
         },
     );
     if let Some((dns, server)) = cluster_dns {
