@@ -73,6 +73,10 @@ fn main() -> std::process::ExitCode {
             cli::Command::Chaos(command) => cli::chaos::run(command).await,
             cli::Command::Kubeconfig(args) => cli::kubeconfig::run(args),
             cli::Command::Agent(args) => agent::run(*args).await,
+            cli::Command::Completion(args) => {
+                cli::print_completion(&args);
+                Ok(())
+            }
         }
     });
     match outcome {

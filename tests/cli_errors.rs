@@ -1,5 +1,5 @@
 //! Every long-running role exits non-zero with a clear message on bad flags, a used port, or a
-//! data dir that belongs to another cluster.
+//! data dir that belongs to another cluster; shell completion scripts load in the real shell.
 
 mod common;
 
@@ -91,4 +91,29 @@ fn a_data_dir_of_another_cluster_is_refused() {
     ]);
     assert!(!ok);
     assert!(text.contains("belongs to cluster"), "{text}");
+}
+
+#[test]
+fn completion_scripts_load_in_bash_and_unknown_shells_are_refused() {
+    let (ok, script) = run(&["completion", "bash"]);
+    assert!(ok && script.contains("skiff"), "{script}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("skiff.bash");
+    std::fs::write(&path, &script).expect("write script");
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p skiff", path.display()))
+        .output()
+        .expect("run bash");
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let (ok, script) = run(&["completion", shell]);
+        assert!(ok && script.contains("server"), "{shell}: {script}");
+    }
+    let (ok, text) = run(&["completion", "tcsh"]);
+    assert!(!ok && text.contains("invalid value"), "{text}");
 }

@@ -3,7 +3,7 @@
 //! maxUnavailable (pods made ready through the status subresource, as there is no kubelet yet),
 //! rolls back with `rollout undo`, survives the leader being killed without duplicate pods, and
 //! is deleted in foreground with everything it owns. A bare ReplicaSet's pods are orphaned and
-//! adopted again.
+//! adopted again; a ReplicationController keeps and scales its pods.
 
 mod common;
 
@@ -46,6 +46,20 @@ spec:
   template:
     metadata:
       labels: {app: solo}
+    spec:
+      containers:
+      - {name: c, image: "busybox:1.36"}
+"#;
+
+const REPLICATION_CONTROLLER: &str = r#"apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: legacy
+spec:
+  replicas: 3
+  template:
+    metadata:
+      labels: {app: legacy}
     spec:
       containers:
       - {name: c, image: "busybox:1.36"}
@@ -416,6 +430,24 @@ fn deployments_roll_out_scale_undo_and_survive_the_leader() {
     // Background deletion: the garbage collector removes the pods after their owner.
     k.ok(&["delete", "rs", "solo"]);
     wait_pods(&k, "app=solo", 0);
+
+    // A ReplicationController (plain-map selector, defaulted from the template) keeps its
+    // replicas like a ReplicaSet, scales, and takes its pods with it.
+    k.apply(REPLICATION_CONTROLLER);
+    let pods = wait_pods(&k, "app=legacy", 3);
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController"),
+        "{pods:?}"
+    );
+    k.ok(&["scale", "rc", "legacy", "--replicas=1"]);
+    wait_pods(&k, "app=legacy", 1);
+    wait_for(Duration::from_secs(30), "rc status", || {
+        let table = k.ok(&["get", "rc", "legacy", "--no-headers"]);
+        table.split_whitespace().take(3).collect::<Vec<_>>() == ["legacy", "1", "1"]
+    });
+    k.ok(&["delete", "rc", "legacy"]);
+    wait_pods(&k, "app=legacy", 0);
 
     // Recreate: the old pods are all gone before any new one exists.
     k.apply(RECREATE);

@@ -31,7 +31,7 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Show the cluster's members, leader, terms, indexes and revisions.
     Status(StatusArgs),
-    /// Start a local 3-member control plane on 127.0.0.1-3 and stop it on Ctrl-C.
+    /// Start a local cluster (3 members, 2 agents) and stop it on Ctrl-C.
     Up(UpArgs),
     /// Benchmarks against a peer system run side by side.
     #[command(subcommand)]
@@ -47,6 +47,21 @@ pub enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Run a node agent (kubelet): joins with the token, registers the node, runs its pods.
     Agent(Box<crate::agent::AgentArgs>),
+    /// Print a shell completion script: `source <(skiff completion bash)`.
+    Completion(CompletionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell` to stdout.
+pub fn print_completion(args: &CompletionArgs) {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(args.shell, &mut command, "skiff", &mut std::io::stdout());
 }
 
 #[derive(Subcommand, Debug)]

@@ -226,6 +226,11 @@ fn start_all(objects: &Objects, config: &Config, tasks: &mut JoinSet<()>) {
                 pods,
             );
             tasks.spawn(start_when_synced(rs, rs_queue, informers.clone()));
+            if let Some(rcs) = registry::lookup("", "v1", "replicationcontrollers") {
+                let (rc, rc_queue) =
+                    replicaset::ReplicaSetController::new(objects.clone(), &informers, rcs, pods);
+                tasks.spawn(start_when_synced(rc, rc_queue, informers.clone()));
+            }
             let (deploy, deploy_queue) = deployment::DeploymentController::new(
                 objects.clone(),
                 &informers,

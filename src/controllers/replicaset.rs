@@ -1,4 +1,5 @@
-//! The ReplicaSet controller: keeps `spec.replicas` live pods matching the template.
+//! The ReplicaSet controller: keeps `spec.replicas` live pods matching the template. It runs
+//! ReplicationControllers too (their selector is a plain label map; the rest is the same).
 //!
 //! One reconcile, after Kubernetes' syncReplicaSet:
 //! 1. claim pods: own the ones whose controller reference names this ReplicaSet and that still
@@ -66,13 +67,22 @@ impl ReplicaSetController {
         (controller, queue)
     }
 
+    /// The selector as a LabelSelector: a ReplicationController's map is its matchLabels.
+    fn selector_of(&self, rs: &Value) -> Option<Value> {
+        let selector = rs.pointer("/spec/selector")?;
+        if self.rs_kind.info().kind == "ReplicationController" {
+            return Some(json!({"matchLabels": selector}));
+        }
+        Some(selector.clone())
+    }
+
     /// Step 1: the active pods this ReplicaSet owns after adopting and releasing.
     async fn claim_pods(&self, rs: &Value, namespace: &str) -> Result<Vec<Arc<Value>>, Error> {
         let rs_uid = uid_of(rs);
-        let selector = rs.pointer("/spec/selector");
+        let selector = self.selector_of(rs);
         let mut owned = Vec::new();
         for pod in self.pods.list_namespace(namespace) {
-            let matches = selector_matches(selector, &labels(&pod));
+            let matches = selector_matches(selector.as_ref(), &labels(&pod));
             match controller_uid(&pod) {
                 Some(uid) if uid == rs_uid => {
                     if matches {
@@ -228,7 +238,11 @@ impl ReplicaSetController {
 
 impl Reconcile for ReplicaSetController {
     fn name(&self) -> &'static str {
-        "replicaset"
+        if self.rs_kind.info().kind == "ReplicationController" {
+            "replicationcontroller"
+        } else {
+            "replicaset"
+        }
     }
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {

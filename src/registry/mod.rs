@@ -37,6 +37,7 @@ pub mod pod_template;
 pub mod poddisruptionbudget;
 pub mod quantity;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod role;
 pub mod rolebinding;
@@ -336,6 +337,7 @@ static KINDS: &[&dyn Kind] = &[
     &limitrange::LimitRangeStrategy,
     &deployment::DeploymentStrategy,
     &replicaset::ReplicaSetStrategy,
+    &replicationcontroller::ReplicationControllerStrategy,
     &statefulset::StatefulSetStrategy,
     &daemonset::DaemonSetStrategy,
     &controllerrevision::ControllerRevisionStrategy,
