@@ -757,6 +757,14 @@ pub fn finalizers(object: &Value) -> Vec<String> {
     strings_at(object, "/metadata/finalizers")
 }
 
+/// The string at `pointer` ("" when absent or not a string).
+pub fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 /// The strings of the list at `pointer` (empty when absent).
 pub fn strings_at(object: &Value, pointer: &str) -> Vec<String> {
     object

@@ -23,7 +23,7 @@ use super::queue::WorkQueue;
 use super::recorder::{EventType, Recorder};
 use super::scheduler::set_condition;
 use super::{Action, Error, Reconcile, modify};
-use crate::apiserver::objects::{Objects, Part, Scope, now_rfc3339};
+use crate::apiserver::objects::{Objects, Part, Scope, now_rfc3339, str_at};
 use crate::apiserver::resource_metrics::{PodMetrics, PodUsage};
 use crate::apiserver::status::ApiError;
 use crate::registry::{self, Kind, quantity};
@@ -41,10 +41,6 @@ pub struct Autoscaler {
     metrics: PodMetrics,
     recorder: Recorder,
     recommendations: Mutex<HashMap<String, Recommendations>>,
-}
-
-fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// What the autoscaler worked out in one round.
@@ -68,9 +64,9 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
 
 /// The scale target's kind, from its apiVersion and kind.
 fn target_kind(reference: &Value) -> Option<&'static dyn Kind> {
-    let api_version = text(reference, "/apiVersion");
+    let api_version = str_at(reference, "/apiVersion");
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let kind = text(reference, "/kind");
+    let kind = str_at(reference, "/kind");
     registry::all_kinds().into_iter().find(|k| {
         let info = k.info();
         info.kind == kind && info.group == group && (version.is_empty() || info.version == version)
@@ -96,8 +92,8 @@ fn total_requests(pods: &[Value], resource: &str) -> Result<f64, String> {
                 None => {
                     return Err(format!(
                         "missing request for {resource} in container {} of Pod {}",
-                        text(container, "/name"),
-                        text(pod, "/metadata/name")
+                        str_at(container, "/name"),
+                        str_at(pod, "/metadata/name")
                     ));
                 }
             }
@@ -112,16 +108,16 @@ fn measure(
     pods: &[Value],
     usage: &HashMap<String, PodUsage>,
 ) -> Result<(Measured, Value), String> {
-    let metric_type = text(spec, "/type");
+    let metric_type = str_at(spec, "/type");
     if metric_type != "Resource" {
         return Err(format!(
             "the {metric_type} metric type needs a custom metrics API, which skiff does not serve"
         ));
     }
-    let resource = text(spec, "/resource/name");
+    let resource = str_at(spec, "/resource/name");
     let measured: Vec<Value> = pods
         .iter()
-        .filter(|p| usage.contains_key(text(p, "/metadata/name")))
+        .filter(|p| usage.contains_key(str_at(p, "/metadata/name")))
         .cloned()
         .collect();
     if measured.is_empty() {
@@ -132,7 +128,7 @@ fn measure(
     let used: f64 = measured
         .iter()
         .map(|p| {
-            let u = usage[text(p, "/metadata/name")];
+            let u = usage[str_at(p, "/metadata/name")];
             match resource {
                 "cpu" => u.cpu_cores,
                 _ => u.memory_bytes,
@@ -149,7 +145,7 @@ fn measure(
         .pointer("/resource/target")
         .cloned()
         .unwrap_or_default();
-    match text(&target, "/type") {
+    match str_at(&target, "/type") {
         "Utilization" => {
             let requested = total_requests(&measured, resource)?;
             if requested <= 0.0 {
@@ -236,7 +232,7 @@ impl Autoscaler {
             .filter(|p| !is_deleting(p) && selector_matches(selector, &labels(p)))
             .filter(|p| {
                 !matches!(
-                    text(p, "/status/phase"),
+                    str_at(p, "/status/phase"),
                     "Succeeded" | "Failed" | "Pending" | ""
                 )
             })
@@ -246,7 +242,7 @@ impl Autoscaler {
 
     /// One round for an autoscaler whose target currently has `current` replicas.
     async fn evaluate(&self, key: &str, hpa: &Value, target: &Value, current: i32) -> Round {
-        let namespace = text(hpa, "/metadata/namespace");
+        let namespace = str_at(hpa, "/metadata/namespace");
         let spec = hpa.get("spec").cloned().unwrap_or_default();
         let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1) as i32;
         let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(1) as i32;
@@ -351,7 +347,7 @@ impl Autoscaler {
         };
         let first = metrics
             .first()
-            .map(|m| text(m, "/resource/name").to_string())
+            .map(|m| str_at(m, "/resource/name").to_string())
             .unwrap_or_default();
         Round {
             current,
@@ -387,7 +383,7 @@ impl Autoscaler {
     /// Writes the round into the autoscaler's status, keeping each condition's transition time
     /// while its status stays.
     async fn report(&self, hpa: &Value, round: &Round, rescaled: bool) -> Result<(), Error> {
-        let namespace = text(hpa, "/metadata/namespace").to_string();
+        let namespace = str_at(hpa, "/metadata/namespace").to_string();
         let change = |h: &mut Value| {
             let previous = h.get("status").cloned().unwrap_or_default();
             let mut status = json!({
@@ -422,7 +418,7 @@ impl Autoscaler {
             &self.objects,
             self.kind,
             Some(&namespace),
-            text(hpa, "/metadata/name"),
+            str_at(hpa, "/metadata/name"),
             Part::Status,
             change,
         )
@@ -472,12 +468,12 @@ impl Reconcile for Autoscaler {
         let Some(kind) = target_kind(&reference) else {
             let missing = format!(
                 "no kind {} in {}",
-                text(&reference, "/kind"),
-                text(&reference, "/apiVersion")
+                str_at(&reference, "/kind"),
+                str_at(&reference, "/apiVersion")
             );
             return self.cannot_get_scale(&hpa, &missing).await;
         };
-        let target_name = text(&reference, "/name");
+        let target_name = str_at(&reference, "/name");
         let target = match self
             .objects
             .get(Scope::new(kind, namespace), target_name, false)

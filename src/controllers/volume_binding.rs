@@ -21,7 +21,7 @@ use super::informer::{Informer, Informers, split_key};
 use super::ownership::{is_deleting, selector_matches};
 use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
-use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope};
+use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, str_at};
 use crate::apiserver::status::ApiError;
 use crate::registry::Kind;
 use crate::registry::quantity;
@@ -55,18 +55,14 @@ pub struct VolumeBinder {
     claimed: std::sync::Mutex<BTreeSet<String>>,
 }
 
-fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 const CLAIM: &str = "claim:";
 const VOLUME: &str = "volume:";
 
 fn claim_key(claim: &Value) -> String {
     format!(
         "{CLAIM}{}/{}",
-        text(claim, "/metadata/namespace"),
-        text(claim, "/metadata/name")
+        str_at(claim, "/metadata/namespace"),
+        str_at(claim, "/metadata/name")
     )
 }
 
@@ -89,13 +85,13 @@ fn strings(v: &Value, pointer: &str) -> BTreeSet<String> {
 
 /// Whether `volume` can serve `claim` of class `class` (not whether it is free).
 fn fits(volume: &Value, claim: &Value, class: &str) -> bool {
-    text(volume, "/spec/storageClassName") == class
+    str_at(volume, "/spec/storageClassName") == class
         && strings(claim, "/spec/accessModes").is_subset(&strings(volume, "/spec/accessModes"))
         && storage(volume, "/spec/capacity/storage")
             >= storage(claim, "/spec/resources/requests/storage")
-        && (text(volume, "/spec/volumeMode").is_empty()
-            || text(volume, "/spec/volumeMode") == text(claim, "/spec/volumeMode")
-            || text(claim, "/spec/volumeMode").is_empty())
+        && (str_at(volume, "/spec/volumeMode").is_empty()
+            || str_at(volume, "/spec/volumeMode") == str_at(claim, "/spec/volumeMode")
+            || str_at(claim, "/spec/volumeMode").is_empty())
         && claim
             .pointer("/spec/selector")
             .is_none_or(|s| selector_matches(Some(s), &super::ownership::labels(volume)))
@@ -109,19 +105,19 @@ fn is_free(volume: &Value) -> bool {
 fn claimed_by(volume: &Value, claim: &Value) -> bool {
     let reference = volume.pointer("/spec/claimRef");
     reference.is_some_and(|r| {
-        text(r, "/namespace") == text(claim, "/metadata/namespace")
-            && text(r, "/name") == text(claim, "/metadata/name")
-            && (text(r, "/uid").is_empty() || text(r, "/uid") == text(claim, "/metadata/uid"))
+        str_at(r, "/namespace") == str_at(claim, "/metadata/namespace")
+            && str_at(r, "/name") == str_at(claim, "/metadata/name")
+            && (str_at(r, "/uid").is_empty() || str_at(r, "/uid") == str_at(claim, "/metadata/uid"))
     })
 }
 
 fn claim_ref(claim: &Value) -> Value {
     json!({
         "kind": "PersistentVolumeClaim", "apiVersion": "v1",
-        "namespace": text(claim, "/metadata/namespace"),
-        "name": text(claim, "/metadata/name"),
-        "uid": text(claim, "/metadata/uid"),
-        "resourceVersion": text(claim, "/metadata/resourceVersion"),
+        "namespace": str_at(claim, "/metadata/namespace"),
+        "name": str_at(claim, "/metadata/name"),
+        "uid": str_at(claim, "/metadata/uid"),
+        "resourceVersion": str_at(claim, "/metadata/resourceVersion"),
     })
 }
 
@@ -140,8 +136,8 @@ pub fn class_of(claim: &Value, classes: &Informer) -> String {
     classes
         .list()
         .iter()
-        .find(|c| text(c, &marker) == "true")
-        .map(|c| text(c, "/metadata/name").to_string())
+        .find(|c| str_at(c, &marker) == "true")
+        .map(|c| str_at(c, "/metadata/name").to_string())
         .unwrap_or_default()
 }
 
@@ -162,7 +158,7 @@ impl VolumeBinder {
             claims.add_handler(Arc::new(move |old, new| {
                 for claim in [old, new].into_iter().flatten() {
                     queue.add(claim_key(claim));
-                    let volume = text(claim, "/spec/volumeName");
+                    let volume = str_at(claim, "/spec/volumeName");
                     if !volume.is_empty() {
                         queue.add(format!("{VOLUME}{volume}"));
                     }
@@ -174,10 +170,10 @@ impl VolumeBinder {
             let (queue, all_claims) = (queue.clone(), claims.clone());
             volumes.add_handler(Arc::new(move |old, new| {
                 for volume in [old, new].into_iter().flatten() {
-                    queue.add(format!("{VOLUME}{}", text(volume, "/metadata/name")));
+                    queue.add(format!("{VOLUME}{}", str_at(volume, "/metadata/name")));
                 }
                 for claim in all_claims.list() {
-                    if text(&claim, "/spec/volumeName").is_empty() {
+                    if str_at(&claim, "/spec/volumeName").is_empty() {
                         queue.add(claim_key(&claim));
                     }
                 }
@@ -188,7 +184,7 @@ impl VolumeBinder {
             let queue = queue.clone();
             pods.add_handler(Arc::new(move |_, new| {
                 let Some(pod) = new else { return };
-                if text(pod, "/spec/nodeName").is_empty() {
+                if str_at(pod, "/spec/nodeName").is_empty() {
                     return;
                 }
                 for volume in pod
@@ -197,11 +193,11 @@ impl VolumeBinder {
                     .into_iter()
                     .flatten()
                 {
-                    let name = text(volume, "/persistentVolumeClaim/claimName");
+                    let name = str_at(volume, "/persistentVolumeClaim/claimName");
                     if !name.is_empty() {
                         queue.add(format!(
                             "{CLAIM}{}/{name}",
-                            text(pod, "/metadata/namespace")
+                            str_at(pod, "/metadata/namespace")
                         ));
                     }
                 }
@@ -226,8 +222,8 @@ impl VolumeBinder {
 
     /// The node of a pod that uses the claim, if one is bound.
     fn consumer_node(&self, claim: &Value) -> Option<String> {
-        let namespace = text(claim, "/metadata/namespace");
-        let name = text(claim, "/metadata/name");
+        let namespace = str_at(claim, "/metadata/namespace");
+        let name = str_at(claim, "/metadata/name");
         self.pods
             .list_namespace(namespace)
             .into_iter()
@@ -237,8 +233,8 @@ impl VolumeBinder {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .any(|v| text(v, "/persistentVolumeClaim/claimName") == name);
-                let node = text(&pod, "/spec/nodeName");
+                    .any(|v| str_at(v, "/persistentVolumeClaim/claimName") == name);
+                let node = str_at(&pod, "/spec/nodeName");
                 (uses && !node.is_empty()).then(|| node.to_string())
             })
     }
@@ -259,7 +255,7 @@ impl VolumeBinder {
             .await?;
             return Ok(Action::Done);
         }
-        let bound_to = text(&claim, "/spec/volumeName").to_string();
+        let bound_to = str_at(&claim, "/spec/volumeName").to_string();
         if !bound_to.is_empty() {
             return self.finish_binding(&claim, &bound_to).await;
         }
@@ -272,14 +268,14 @@ impl VolumeBinder {
             .or_else(|| {
                 volumes
                     .iter()
-                    .filter(|v| is_free(v) && !claimed.contains(text(v, "/metadata/name")))
+                    .filter(|v| is_free(v) && !claimed.contains(str_at(v, "/metadata/name")))
                     .filter(|v| fits(v, &claim, &class))
                     .min_by(|a, b| {
                         storage(a, "/spec/capacity/storage")
                             .total_cmp(&storage(b, "/spec/capacity/storage"))
                     })
             })
-            .map(|v| text(v, "/metadata/name").to_string());
+            .map(|v| str_at(v, "/metadata/name").to_string());
         if let Some(volume) = chosen {
             self.claim_volume(&volume, &claim).await?;
             return self.finish_binding(&claim, &volume).await;
@@ -287,10 +283,10 @@ impl VolumeBinder {
         let Some(storage_class) = self.classes.get(&class) else {
             return Ok(Action::Done);
         };
-        if text(&storage_class, "/provisioner") != PROVISIONER {
+        if str_at(&storage_class, "/provisioner") != PROVISIONER {
             return Ok(Action::Done);
         }
-        let node = match text(&storage_class, "/volumeBindingMode") {
+        let node = match str_at(&storage_class, "/volumeBindingMode") {
             "WaitForFirstConsumer" => match self.consumer_node(&claim) {
                 Some(node) => Some(node),
                 None => return Ok(Action::Done),
@@ -341,11 +337,11 @@ impl VolumeBinder {
         class: &Value,
         node: Option<&str>,
     ) -> Result<String, Error> {
-        let uid = text(claim, "/metadata/uid");
+        let uid = str_at(claim, "/metadata/uid");
         let name = format!("pvc-{uid}");
-        let namespace = text(claim, "/metadata/namespace");
-        let claim_name = text(claim, "/metadata/name");
-        let base = match text(class, "/parameters/path") {
+        let namespace = str_at(claim, "/metadata/namespace");
+        let claim_name = str_at(claim, "/metadata/name");
+        let base = match str_at(class, "/parameters/path") {
             "" => DEFAULT_PATH,
             path => path,
         };
@@ -355,8 +351,8 @@ impl VolumeBinder {
             "spec": {
                 "capacity": {"storage": claim.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
                 "accessModes": claim.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
-                "persistentVolumeReclaimPolicy": match text(class, "/reclaimPolicy") { "" => "Delete", p => p },
-                "storageClassName": text(class, "/metadata/name"),
+                "persistentVolumeReclaimPolicy": match str_at(class, "/reclaimPolicy") { "" => "Delete", p => p },
+                "storageClassName": str_at(class, "/metadata/name"),
                 "volumeMode": "Filesystem",
                 "hostPath": {"path": format!("{base}/{name}_{namespace}_{claim_name}"), "type": "DirectoryOrCreate"},
                 "claimRef": claim_ref(claim),
@@ -394,8 +390,8 @@ impl VolumeBinder {
 
     /// The claim's side of a binding: volumeName, then phase, capacity and access modes.
     async fn finish_binding(&self, claim: &Value, volume_name: &str) -> Result<Action, Error> {
-        let namespace = text(claim, "/metadata/namespace").to_string();
-        let name = text(claim, "/metadata/name").to_string();
+        let namespace = str_at(claim, "/metadata/namespace").to_string();
+        let name = str_at(claim, "/metadata/name").to_string();
         let volume = match self.volumes.get(volume_name) {
             Some(v) => (*v).clone(),
             None => match self
@@ -405,7 +401,7 @@ impl VolumeBinder {
             {
                 Ok(v) => v,
                 Err(ApiError::NotFound { .. }) => {
-                    if text(claim, "/status/phase") != "Lost" {
+                    if str_at(claim, "/status/phase") != "Lost" {
                         self.update_claim(Part::Status, &namespace, &name, |c| {
                             c["status"] = json!({"phase": "Lost"})
                         })
@@ -416,14 +412,14 @@ impl VolumeBinder {
                 Err(e) => return Err(e.into()),
             },
         };
-        if text(claim, "/spec/volumeName").is_empty() {
+        if str_at(claim, "/spec/volumeName").is_empty() {
             let volume_name = volume_name.to_string();
             self.update_claim(Part::Main, &namespace, &name, move |c| {
                 c["spec"]["volumeName"] = json!(volume_name.clone());
             })
             .await?;
         }
-        if text(claim, "/status/phase") != "Bound" {
+        if str_at(claim, "/status/phase") != "Bound" {
             let capacity = volume
                 .pointer("/spec/capacity")
                 .cloned()
@@ -473,7 +469,7 @@ impl VolumeBinder {
         if is_deleting(&volume) {
             return Ok(Action::Done);
         }
-        let phase = text(&volume, "/status/phase");
+        let phase = str_at(&volume, "/status/phase");
         let Some(reference) = volume.pointer("/spec/claimRef").filter(|r| !r.is_null()) else {
             if phase != "Available" {
                 modify(
@@ -495,19 +491,19 @@ impl VolumeBinder {
         }
         let claim_key = format!(
             "{}/{}",
-            text(reference, "/namespace"),
-            text(reference, "/name")
+            str_at(reference, "/namespace"),
+            str_at(reference, "/name")
         );
         let claim = self.claims.get(&claim_key);
-        let uid = text(reference, "/uid");
+        let uid = str_at(reference, "/uid");
         let gone = claim
             .as_ref()
-            .is_none_or(|c| !uid.is_empty() && text(c, "/metadata/uid") != uid);
+            .is_none_or(|c| !uid.is_empty() && str_at(c, "/metadata/uid") != uid);
         if !gone {
             return Ok(Action::Done);
         }
         // Re-read before acting on a deletion the cache may be ahead of or behind.
-        let (namespace, claim_name) = (text(reference, "/namespace"), text(reference, "/name"));
+        let (namespace, claim_name) = (str_at(reference, "/namespace"), str_at(reference, "/name"));
         let current = self
             .objects
             .get(
@@ -516,10 +512,10 @@ impl VolumeBinder {
                 true,
             )
             .await;
-        if current.is_ok_and(|c| uid.is_empty() || text(&c, "/metadata/uid") == uid) {
+        if current.is_ok_and(|c| uid.is_empty() || str_at(&c, "/metadata/uid") == uid) {
             return Ok(Action::Done);
         }
-        match text(&volume, "/spec/persistentVolumeReclaimPolicy") {
+        match str_at(&volume, "/spec/persistentVolumeReclaimPolicy") {
             "Delete" => {
                 match self
                     .objects

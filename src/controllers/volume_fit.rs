@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::fit::term_matches;
 use super::informer::Informer;
 use super::volume_binding::class_of;
+use crate::apiserver::objects::str_at;
 
 /// The caches the filter reads.
 pub struct VolumeInformers {
@@ -31,21 +32,17 @@ pub struct VolumeInformers {
 /// every entry.
 pub type VolumeTerms = Vec<Vec<Value>>;
 
-fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 impl VolumeInformers {
     /// The constraints the pod's claims put on its node, or why it cannot be placed yet.
     pub fn requirements(&self, pod: &Value) -> Result<VolumeTerms, String> {
-        let namespace = text(pod, "/metadata/namespace");
+        let namespace = str_at(pod, "/metadata/namespace");
         let mut terms = VolumeTerms::new();
         let claim_names = pod
             .pointer("/spec/volumes")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|v| text(v, "/persistentVolumeClaim/claimName"))
+            .map(|v| str_at(v, "/persistentVolumeClaim/claimName"))
             .filter(|name| !name.is_empty());
         for name in claim_names {
             let claim = self
@@ -55,7 +52,7 @@ impl VolumeInformers {
             if claim.pointer("/metadata/deletionTimestamp").is_some() {
                 return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
             }
-            let volume_name = text(&claim, "/spec/volumeName");
+            let volume_name = str_at(&claim, "/spec/volumeName");
             if volume_name.is_empty() {
                 if self.waits_for_first_consumer(&claim) {
                     continue;
