@@ -216,10 +216,6 @@ impl VolumeBinder {
         (binder, queue)
     }
 
-    fn class_of(&self, claim: &Value) -> String {
-        class_of(claim, &self.classes)
-    }
-
     /// The node of a pod that uses the claim, if one is bound.
     fn consumer_node(&self, claim: &Value) -> Option<String> {
         let namespace = str_at(claim, "/metadata/namespace");
@@ -246,7 +242,7 @@ impl VolumeBinder {
         if is_deleting(&claim) {
             return Ok(Action::Done);
         }
-        let class = self.class_of(&claim);
+        let class = class_of(&claim, &self.classes);
         if claim.pointer("/spec/storageClassName").is_none() && !class.is_empty() {
             // Retroactive default class; the next event binds it.
             self.update_claim(Part::Main, namespace, name, move |c| {
@@ -459,6 +455,20 @@ impl VolumeBinder {
         Ok(())
     }
 
+    async fn set_volume_phase(&self, name: &str, phase: &'static str) -> Result<(), Error> {
+        let change = |v: &mut Value| v["status"]["phase"] = json!(phase);
+        modify(
+            &self.objects,
+            self.kinds.volumes,
+            None,
+            name,
+            Part::Status,
+            change,
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn reconcile_volume(&self, name: &str) -> Result<Action, Error> {
         let Some(volume) = self.volumes.get(name) else {
             if let Ok(mut claimed) = self.claimed.lock() {
@@ -472,28 +482,15 @@ impl VolumeBinder {
         let phase = str_at(&volume, "/status/phase");
         let Some(reference) = volume.pointer("/spec/claimRef").filter(|r| !r.is_null()) else {
             if phase != "Available" {
-                modify(
-                    &self.objects,
-                    self.kinds.volumes,
-                    None,
-                    name,
-                    Part::Status,
-                    |v| {
-                        v["status"]["phase"] = json!("Available");
-                    },
-                )
-                .await?;
+                self.set_volume_phase(name, "Available").await?;
             }
             return Ok(Action::Done);
         };
         if let Ok(mut claimed) = self.claimed.lock() {
             claimed.remove(name);
         }
-        let claim_key = format!(
-            "{}/{}",
-            str_at(reference, "/namespace"),
-            str_at(reference, "/name")
-        );
+        let (namespace, claim_name) = (str_at(reference, "/namespace"), str_at(reference, "/name"));
+        let claim_key = format!("{namespace}/{claim_name}");
         let claim = self.claims.get(&claim_key);
         let uid = str_at(reference, "/uid");
         let gone = claim
@@ -503,7 +500,6 @@ impl VolumeBinder {
             return Ok(Action::Done);
         }
         // Re-read before acting on a deletion the cache may be ahead of or behind.
-        let (namespace, claim_name) = (str_at(reference, "/namespace"), str_at(reference, "/name"));
         let current = self
             .objects
             .get(
@@ -532,17 +528,7 @@ impl VolumeBinder {
                 tracing::info!(volume = name, claim = %claim_key, "claim gone; volume deleted (reclaim policy Delete)");
             }
             _ if phase != "Released" => {
-                modify(
-                    &self.objects,
-                    self.kinds.volumes,
-                    None,
-                    name,
-                    Part::Status,
-                    |v| {
-                        v["status"]["phase"] = json!("Released");
-                    },
-                )
-                .await?;
+                self.set_volume_phase(name, "Released").await?;
                 tracing::info!(volume = name, claim = %claim_key, "claim gone; volume released");
             }
             _ => {}
