@@ -6,11 +6,13 @@
 //! store over raft (`store`), server-side printing (`table`), selectors and Status errors.
 //! Per-kind rules live in `crate::registry`.
 
+pub mod admission;
 pub mod apply;
 pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
+pub mod bootstrap_tokens;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;
@@ -55,6 +57,8 @@ pub struct ApiOptions {
     pub audit_log: Option<std::path::PathBuf>,
     /// Bearer tokens from `--token-auth-file`.
     pub static_tokens: static_tokens::StaticTokens,
+    /// The cluster's join token, accepted as a bootstrap bearer token.
+    pub join_token: Option<crate::pki::JoinToken>,
     /// How this member reaches the nodes' Kubelet APIs (logs, exec, metrics), and the usage
     /// samples it keeps.
     pub pod_metrics: resource_metrics::PodMetrics,
@@ -67,6 +71,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         server_address,
         audit_log,
         static_tokens,
+        join_token,
         pod_metrics,
         cluster_dns,
     } = options;
@@ -92,6 +97,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(router::MAX_IN_FLIGHT)),
         tokens: tokens::TokenIssuer::new(objects.store().clone()),
         static_tokens: std::sync::Arc::new(static_tokens),
+        join_token,
         kubelets: pod_metrics.kubelets,
         usage_samples: pod_metrics.samples,
     })

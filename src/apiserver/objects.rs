@@ -10,6 +10,7 @@ use base64::Engine as _;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
+use super::admission;
 use super::selector::{FieldSelector, LabelSelector};
 use super::service_network::{self, ServiceNetwork, claim_changes, claims_of};
 use super::status::{ApiError, MODIFIED};
@@ -335,21 +336,37 @@ impl Objects {
             super::apply::record_update(&mut object, None, manager, &info.api_version());
         }
         self.check_namespace_active(scope, &name).await?;
+        if let Some(namespace) = scope.namespace {
+            admission::limit_ranges(self, info, &name, namespace, &mut object).await?;
+        }
         let admitted = scope
             .kind
             .admit_create(object)
             .map_err(|e| admit_error(info, &name, e))?;
         // Values the client chose itself; anything else assign() picks may be re-picked.
         let chosen = claims_of(info, &admitted);
-        for _ in 0..MAX_RETRIES {
+        for attempt in 0..MAX_RETRIES {
             let mut object = admitted.clone();
             self.network
                 .assign(info, &self.store, &mut object, None)
                 .await?;
+            let mut claims = claim_changes(info, &object, None);
+            if let Some(namespace) = scope.namespace {
+                let linearizable = admission::read_linearizable(self, attempt);
+                claims.guarded = admission::quota::charge(
+                    self,
+                    info,
+                    &name,
+                    namespace,
+                    &object,
+                    None,
+                    linearizable,
+                )
+                .await?;
+            }
             if dry_run {
                 return Ok(object);
             }
-            let claims = claim_changes(info, &object, None);
             let key = scope.key(&name);
             match self
                 .store
@@ -372,6 +389,10 @@ impl Objects {
                 }
                 CreateOutcome::ClaimTaken(claim) => {
                     tracing::debug!(claim, "an assigned value was taken meanwhile; re-assigning");
+                }
+                CreateOutcome::LostRace => {
+                    tracing::debug!(key, "a quota changed meanwhile; charging again");
+                    lost_race_pause(attempt).await;
                 }
             }
         }
@@ -409,7 +430,7 @@ impl Objects {
         let dry_run = options.dry_run;
         let info = scope.kind.info();
         let key = scope.key(name);
-        for _ in 0..MAX_RETRIES {
+        for attempt in 0..MAX_RETRIES {
             let Stored {
                 object: current,
                 mod_revision,
@@ -501,7 +522,20 @@ impl Objects {
                     None => UpdateOutcome::LostRace,
                 }
             } else {
-                let claims = claim_changes(info, &new, Some(&current));
+                let mut claims = claim_changes(info, &new, Some(&current));
+                if let (Part::Main, Some(namespace)) = (part, scope.namespace) {
+                    let linearizable = admission::read_linearizable(self, attempt);
+                    claims.guarded = admission::quota::charge(
+                        self,
+                        info,
+                        name,
+                        namespace,
+                        &new,
+                        Some(&current),
+                        linearizable,
+                    )
+                    .await?;
+                }
                 self.store
                     .update_claiming(&key, &new, mod_revision, &claims)
                     .await?
@@ -516,10 +550,10 @@ impl Objects {
                 }
                 UpdateOutcome::LostRace => {}
             }
-            if client_rv.is_some() {
-                return Err(ApiError::conflict(info, name, MODIFIED));
-            }
+            // The next read answers a client's resourceVersion with 409 if the object moved
+            // on; a race lost only on a charged quota is simply retried.
             tracing::debug!(key, "lost an update race; retrying");
+            lost_race_pause(attempt).await;
         }
         Err(ApiError::conflict(info, name, MODIFIED))
     }
@@ -747,6 +781,14 @@ fn pod_grace_period(info: &KindInfo, pod: &Value, options: &DeleteOptions) -> Op
     });
     // Kubernetes turns a negative grace into 1 second.
     Some(grace.max(1))
+}
+
+/// A short random pause before retrying a lost race on a shared object (a quota many creates
+/// charge), so the racers spread out instead of colliding again.
+async fn lost_race_pause(attempt: usize) {
+    let ceiling = 2u64 << attempt.min(6);
+    let pause = rand::rng().random_range(0..ceiling);
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }
 
 pub fn is_deleting(object: &Value) -> bool {

@@ -23,7 +23,7 @@ use super::request::{Query, Target, negotiate, parse_path};
 use super::static_tokens::StaticTokens;
 use super::status::ApiError;
 use super::tokens::TokenIssuer;
-use super::{auth, subresources, watch};
+use super::{auth, bootstrap_tokens, subresources, watch};
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -43,6 +43,8 @@ pub struct ApiState {
     pub in_flight: Arc<Semaphore>,
     pub tokens: TokenIssuer,
     pub static_tokens: Arc<StaticTokens>,
+    /// The cluster's join token (a bootstrap bearer token).
+    pub join_token: Option<crate::pki::JoinToken>,
     pub kubelets: super::pod_streams::Kubelets,
     /// The nodes' last usage samples (metrics.k8s.io rates).
     pub usage_samples: super::resource_metrics::UsageSamples,
@@ -144,11 +146,22 @@ fn record(state: &ApiState, info: &RequestInfo, uri: &str, code: u16, elapsed: D
     }
 }
 
-/// The user a bearer token stands for: a static token, or a ServiceAccount token whose account
-/// still exists with the uid it was issued to.
+/// The user a bearer token stands for: a static token, a bootstrap token (the cluster's join
+/// token or a `bootstrap-token-<id>` Secret), or a ServiceAccount token whose account still
+/// exists with the uid it was issued to.
 async fn token_user(state: &ApiState, token: &str) -> Result<auth::UserInfo, ApiError> {
     if let Some(user) = state.static_tokens.user(token) {
         return Ok(user.clone());
+    }
+    if let Some(user) = state
+        .join_token
+        .as_ref()
+        .and_then(|join| bootstrap_tokens::join_token_user(join, token))
+    {
+        return Ok(user);
+    }
+    if let Some((id, secret)) = bootstrap_tokens::parse(token) {
+        return bootstrap_token_user(state, id, secret).await;
     }
     let subject = state
         .tokens
@@ -222,6 +235,23 @@ fn impersonate(
         }
     }
     Ok(auth::UserInfo::authenticated(name.clone(), groups))
+}
+
+/// A `abcdef.0123456789abcdef` token, checked against its Secret in kube-system.
+async fn bootstrap_token_user(
+    state: &ApiState,
+    id: &str,
+    secret: &str,
+) -> Result<auth::UserInfo, ApiError> {
+    let kind = crate::registry::lookup("", "v1", "secrets").ok_or(ApiError::Unauthorized)?;
+    let scope = Scope::new(kind, Some(bootstrap_tokens::SECRET_NAMESPACE));
+    let stored = state
+        .objects
+        .get(scope, &bootstrap_tokens::secret_name(id), false)
+        .await
+        .map_err(|_| ApiError::Unauthorized)?;
+    bootstrap_tokens::user_from_secret(id, secret, &stored, jiff::Timestamp::now())
+        .ok_or(ApiError::Unauthorized)
 }
 
 async fn serve(

@@ -119,6 +119,7 @@ pub fn claim_changes(info: &KindInfo, new: &Value, old: Option<&Value>) -> Claim
             .filter(|c| !new_claims.contains(c))
             .cloned()
             .collect(),
+        guarded: Vec::new(),
     }
 }
 

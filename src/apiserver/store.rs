@@ -38,6 +38,9 @@ pub enum CreateOutcome {
     NamespaceMissing,
     /// A unique claim (see `Claims`) is held by another object.
     ClaimTaken(String),
+    /// Something the write was guarded on changed since it was read (a quota it charges):
+    /// read again and retry.
+    LostRace,
 }
 
 /// Unique values an object holds (a Service's cluster IP, its node ports), each a key under
@@ -49,11 +52,36 @@ pub struct Claims {
     pub take: Vec<String>,
     /// Keys this write gives up.
     pub release: Vec<String>,
+    /// Other objects rewritten by this write, each only if unchanged since it was read.
+    pub guarded: Vec<GuardedPut>,
+}
+
+/// Another object rewritten in the same transaction as a write, only if it is still at the
+/// revision it was read at: a ResourceQuota whose usage the write charges.
+#[derive(Clone, Debug)]
+pub struct GuardedPut {
+    key: String,
+    expected: Revision,
+    value: Vec<u8>,
+}
+
+impl GuardedPut {
+    pub fn new(key: String, expected: Revision, object: &Value) -> Result<Self, ApiError> {
+        Ok(GuardedPut {
+            key,
+            expected,
+            value: encode(object)?,
+        })
+    }
 }
 
 impl Claims {
     fn compares(&self) -> impl Iterator<Item = Compare> + '_ {
-        self.take.iter().map(|k| key_exists(k, false))
+        self.take.iter().map(|k| key_exists(k, false)).chain(
+            self.guarded
+                .iter()
+                .map(|g| Compare::mod_revision_equals(g.key.as_str(), g.expected)),
+        )
     }
 
     fn ops(&self, owner: &str) -> impl Iterator<Item = Op> + '_ {
@@ -70,6 +98,7 @@ impl Claims {
                 range: KeyRange::single(k.as_str()),
                 prev_kv: false,
             }))
+            .chain(self.guarded.iter().map(|g| put(&g.key, g.value.clone())))
     }
 }
 
@@ -297,8 +326,9 @@ impl ObjectStore {
         }
         match self.taken_claim(claims).await? {
             Some(claim) => Ok(CreateOutcome::ClaimTaken(claim)),
-            // Something changed between the transaction and this read: let the caller retry.
-            None => Ok(CreateOutcome::AlreadyExists),
+            // A guarded object changed, or something changed between the transaction and
+            // this read: let the caller read again and retry.
+            None => Ok(CreateOutcome::LostRace),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod nodelifecycle;
 pub mod ownership;
 pub mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rollout;
 pub mod service_lb;
 pub mod serviceaccounts;
@@ -293,6 +294,16 @@ fn start_cluster_controllers(
         };
         let (ep, ep_queue) = endpoints::EndpointsController::new(objects.clone(), informers, kinds);
         tasks.spawn(start_when_synced(ep, ep_queue, informers.clone()));
+    }
+    if let Some(quotas) = core("resourcequotas") {
+        let counted = ["pods", "services", "persistentvolumeclaims", "configmaps"]
+            .into_iter()
+            .filter_map(core)
+            .collect();
+        let kinds = resourcequota::Kinds { quotas, counted };
+        let (rq, rq_queue) =
+            resourcequota::ResourceQuotaController::new(objects.clone(), informers, kinds);
+        tasks.spawn(start_when_synced(rq, rq_queue, informers.clone()));
     }
     if let (Some(services), Some(nodes)) = (core("services"), core("nodes")) {
         let (lb, lb_queue) = service_lb::ServiceLbController::new(

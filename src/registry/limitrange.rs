@@ -31,6 +31,32 @@ impl Strategy for LimitRangeStrategy {
         &INFO
     }
 
+    /// kube's SetDefaults_LimitRangeItem for Container limits: a max is the default limit, a
+    /// default limit is the default request, and a min is the default request when neither
+    /// gives one — so `kubectl describe limitrange` shows what pods will get.
+    fn default_fields(&self, lr: &mut LimitRange) {
+        let items = lr.spec.iter_mut().flat_map(|s| s.limits.iter_mut());
+        for item in items.filter(|i| i.type_ == "Container") {
+            let default = item.default.get_or_insert_with(Default::default);
+            for (name, max) in item.max.iter().flatten() {
+                default.entry(name.clone()).or_insert_with(|| max.clone());
+            }
+            let request = item.default_request.get_or_insert_with(Default::default);
+            for (name, limit) in default.iter() {
+                request.entry(name.clone()).or_insert_with(|| limit.clone());
+            }
+            for (name, min) in item.min.iter().flatten() {
+                request.entry(name.clone()).or_insert_with(|| min.clone());
+            }
+            if default.is_empty() {
+                item.default = None;
+            }
+            if item.default_request.as_ref().is_some_and(|r| r.is_empty()) {
+                item.default_request = None;
+            }
+        }
+    }
+
     fn validate(&self, lr: &LimitRange) -> FieldErrors {
         let mut errors = validate_meta(&lr.metadata, NameRule::Subdomain);
         let limits = lr
@@ -100,6 +126,20 @@ mod tests {
             .admit_create(limits(json!([{"type": "Node"}])))
             .expect_err("invalid");
         assert!(matches!(err, AdmitError::Invalid(e) if e.0[0].field == "spec.limits[0].type"));
+    }
+
+    #[test]
+    fn container_defaults_follow_max_then_default_then_min() {
+        let item = json!([{"type": "Container", "max": {"cpu": "1"}, "min": {"memory": "64Mi"}}]);
+        let out = LimitRangeStrategy
+            .admit_create(limits(item))
+            .expect("admitted");
+        let item = &out["spec"]["limits"][0];
+        assert_eq!(item["default"], json!({"cpu": "1"}));
+        assert_eq!(
+            item["defaultRequest"],
+            json!({"cpu": "1", "memory": "64Mi"})
+        );
     }
 
     #[test]

@@ -69,6 +69,78 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     }
 }
 
+/// ServiceAccount admission's defaulting: a pod runs as `default` unless it names an account
+/// (in either the current or the deprecated field, kept equal as kube-apiserver does).
+fn default_service_account(spec: &mut PodSpec) {
+    let name = [&spec.service_account_name, &spec.service_account]
+        .into_iter()
+        .flatten()
+        .find(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    spec.service_account_name = Some(name.clone());
+    spec.service_account = Some(name);
+}
+
+/// A resource with a limit but no request is requested at its limit (kube's SetDefaults_Pod;
+/// pods only, not templates).
+fn default_requests_to_limits(c: &mut Container) {
+    let Some(resources) = c.resources.as_mut() else {
+        return;
+    };
+    let Some(limits) = resources.limits.as_ref().filter(|l| !l.is_empty()) else {
+        return;
+    };
+    let requests = resources.requests.get_or_insert_with(Default::default);
+    for (name, limit) in limits {
+        requests
+            .entry(name.clone())
+            .or_insert_with(|| limit.clone());
+    }
+}
+
+/// The pod's QoS class from its containers' cpu and memory (kube's GetPodQOS): no requests or
+/// limits at all is BestEffort; limits on both for every container, equal to the requests, is
+/// Guaranteed; anything else Burstable.
+pub fn qos_class(spec: &PodSpec) -> &'static str {
+    const COMPUTE: [&str; 2] = ["cpu", "memory"];
+    let amount = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+        super::quantity::millis(&q.0).unwrap_or(0)
+    };
+    let mut requests = std::collections::BTreeMap::new();
+    let mut limits = std::collections::BTreeMap::new();
+    let mut guaranteed = true;
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        let resources = c.resources.clone().unwrap_or_default();
+        for (name, q) in resources.requests.iter().flatten() {
+            if COMPUTE.contains(&name.as_str()) && amount(q) != 0 {
+                *requests.entry(name.clone()).or_insert(0) += amount(q);
+            }
+        }
+        let mut found = 0;
+        for (name, q) in resources.limits.iter().flatten() {
+            if COMPUTE.contains(&name.as_str()) && amount(q) != 0 {
+                found += 1;
+                *limits.entry(name.clone()).or_insert(0) += amount(q);
+            }
+        }
+        if found < COMPUTE.len() {
+            guaranteed = false;
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        "BestEffort"
+    } else if guaranteed && requests == limits {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// How long a pod stays on a not-ready or unreachable node before eviction, unless it says
 /// otherwise (kube-apiserver's DefaultTolerationSeconds admission: 300 s).
 pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
@@ -121,6 +193,18 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> FieldErrors {
             )));
         }
     }
+    let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| ("initContainers", c)),
+    );
+    let mut index = std::collections::HashMap::<&str, usize>::new();
+    for (field, c) in containers {
+        let i = index.entry(field).or_default();
+        validate_resources(c, &format!("{path}.{field}[{i}].resources"), &mut errors);
+        *i += 1;
+    }
     if let Some(policy) = spec.restart_policy.as_deref()
         && !matches!(policy, "Always" | "OnFailure" | "Never")
     {
@@ -133,6 +217,39 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> FieldErrors {
     errors
 }
 
+/// Requests and limits are quantities of at least zero, and no request exceeds its limit
+/// (kube's messages).
+fn validate_resources(c: &Container, path: &str, errors: &mut FieldErrors) {
+    let Some(resources) = c.resources.as_ref() else {
+        return;
+    };
+    super::resourcequota::validate_resource_list(
+        &format!("{path}.limits"),
+        resources.limits.as_ref(),
+        errors,
+    );
+    super::resourcequota::validate_resource_list(
+        &format!("{path}.requests"),
+        resources.requests.as_ref(),
+        errors,
+    );
+    for (name, limit) in resources.limits.iter().flatten() {
+        let Some(request) = resources.requests.as_ref().and_then(|r| r.get(name)) else {
+            continue;
+        };
+        let parse = super::quantity::parse;
+        if let (Some(asked), Some(max)) = (parse(&request.0), parse(&limit.0))
+            && asked > max
+        {
+            errors.push(FieldError::invalid(
+                format!("{path}.requests"),
+                &request.0,
+                &format!("must be less than or equal to {name} limit of {}", limit.0),
+            ));
+        }
+    }
+}
+
 impl Strategy for PodStrategy {
     type Object = Pod;
 
@@ -141,18 +258,26 @@ impl Strategy for PodStrategy {
     }
 
     fn default_fields(&self, pod: &mut Pod) {
+        let mut qos = "BestEffort";
         if let Some(spec) = pod.spec.as_mut() {
             default_pod_spec(spec);
+            let containers = spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten());
+            containers.for_each(default_requests_to_limits);
+            qos = qos_class(spec);
         }
         let status = pod.status.get_or_insert_with(PodStatus::default);
         status.phase.get_or_insert_with(|| "Pending".into());
-        status.qos_class.get_or_insert_with(|| "BestEffort".into());
+        status.qos_class.get_or_insert_with(|| qos.into());
     }
 
     fn prepare_for_create(&self, pod: &mut Pod) {
         pod.status = None;
         if let Some(spec) = pod.spec.as_mut() {
             add_default_tolerations(spec);
+            default_service_account(spec);
         }
     }
 

@@ -260,6 +260,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     Some(path) => crate::apiserver::static_tokens::StaticTokens::load(path)?,
                     None => Default::default(),
                 },
+                join_token: Some(token.clone()),
                 cluster_dns: cluster_dns.as_ref().map(|(dns, _)| dns.clone()),
             },
         ));

@@ -1,0 +1,67 @@
+//! Admission that needs other objects than the one written: LimitRanger (defaults and bounds
+//! from a namespace's LimitRanges) and ResourceQuota (usage charged in the write's own
+//! transaction). NamespaceLifecycle stays with the verbs in `objects`; per-kind defaults and
+//! validation are the registry's.
+//!
+//! Both read the namespace's policy objects from this member's replica when it leads (every
+//! acknowledged write is applied there) and through read index otherwise, so a LimitRange or
+//! quota created a moment ago applies to the very next request on any member.
+
+pub mod limit_ranger;
+pub mod quota;
+pub mod usage;
+
+use serde_json::Value;
+
+use super::objects::Objects;
+use super::status::ApiError;
+use super::store::list_prefix;
+use crate::registry::{self, KindInfo};
+
+/// Whether admission must read through read index: on a follower, or after a lost race.
+pub fn read_linearizable(objects: &Objects, attempt: usize) -> bool {
+    attempt > 0 || !objects.store().node().is_leader()
+}
+
+/// LimitRanger for a new pod or claim in `namespace`: defaults applied to `object`, then its
+/// bounds checked (403 Forbidden with kube's message when outside them).
+pub async fn limit_ranges(
+    objects: &Objects,
+    info: &KindInfo,
+    name: &str,
+    namespace: &str,
+    object: &mut Value,
+) -> Result<(), ApiError> {
+    let is_pod = (info.group, info.resource) == ("", "pods");
+    let is_claim = (info.group, info.resource) == ("", "persistentvolumeclaims");
+    let kind = registry::lookup("", "v1", "limitranges");
+    let Some(kind) = kind.filter(|_| is_pod || is_claim) else {
+        return Ok(());
+    };
+    let prefix = list_prefix(kind.info(), Some(namespace));
+    let ranges: Vec<Value> = objects
+        .store()
+        .list(&prefix, None, 0, 0, read_linearizable(objects, 0))
+        .await?
+        .items
+        .into_iter()
+        .map(|s| s.object)
+        .collect();
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let errors = if is_pod {
+        limit_ranger::default_pod(object, &ranges);
+        limit_ranger::check_pod(object, &ranges)
+    } else {
+        limit_ranger::check_claim(object, &ranges)
+    };
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{} \"{name}\" is forbidden: {}",
+        info.qualified_resource(),
+        limit_ranger::aggregate(&errors)
+    )))
+}
