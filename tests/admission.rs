@@ -186,6 +186,14 @@ fn quotas_limit_ranges_and_bootstrap_tokens() {
     assert_eq!(resources["limits"]["cpu"], "500m", "{resources}");
     assert_eq!(resources["requests"]["cpu"], "100m", "{resources}");
     assert_eq!(resources["requests"]["memory"], "256Mi", "{resources}");
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
+    let ghost = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ghost\n  namespace: lr\nspec:\n  serviceAccountName: ghost\n  containers:\n  - name: app\n    image: busybox\n";
+    let out = apply_fails(&k, ghost);
+    assert!(
+        out.contains("pods \"ghost\" is forbidden: error looking up service account lr/ghost: serviceaccount \"ghost\" not found"),
+        "{out}"
+    );
     let big = pod_manifest("big", "lr", "    resources:\n      limits: {cpu: '2'}\n");
     let out = apply_fails(&k, &big);
     assert!(

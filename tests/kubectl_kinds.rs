@@ -134,6 +134,7 @@ spec:
   limits:
   - type: Container
     default: {cpu: 500m}
+    defaultRequest: {cpu: 500m}
 "#;
 
 #[test]

@@ -323,6 +323,13 @@ impl ControlPlane {
         self.checked(client.delete_pod(request).await).map(|_| ())
     }
 
+    /// Creates (or keeps) the mirror pod of a static pod; returns the stored mirror.
+    pub async fn create_mirror_pod(&self, pod: &Value) -> Result<Value, Status> {
+        let mut client = self.client().await?;
+        let reply = self.checked(client.create_mirror_pod(object(pod)).await)?;
+        parse(&reply.object)
+    }
+
     pub async fn record_event(&self, event: &Value) -> Result<(), Status> {
         let mut client = self.client().await?;
         self.checked(client.record_event(object(event)).await)

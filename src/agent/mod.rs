@@ -16,6 +16,7 @@ pub mod node;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
+pub mod static_pods;
 pub mod volumes;
 pub(crate) mod watch;
 
@@ -104,6 +105,10 @@ pub struct AgentArgs {
     /// Where the agent serves Prometheus metrics, GET /metrics (default ADDRESS:10249).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// A directory of Pod manifests run on this node as static pods (mirrored to the API as
+    /// `<name>-<node>`), like the kubelet's --pod-manifest-path.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 fn host_name() -> String {
@@ -231,6 +236,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         name.clone(),
         PodManager::new(context),
     ));
+    if let Some(dir) = args.pod_manifest_path.clone() {
+        tokio::spawn(static_pods::run(control.clone(), name.clone(), dir));
+    }
     let proxy = match proxy_mode {
         ProxyMode::Nftables => Some(crate::proxy::DataPlane::Nftables),
         ProxyMode::Iptables => Some(crate::proxy::DataPlane::Iptables),

@@ -343,6 +343,9 @@ impl Objects {
             .kind
             .admit_create(object)
             .map_err(|e| admit_error(info, &name, e))?;
+        if let Some(namespace) = scope.namespace {
+            admission::service_account(self, info, &name, namespace, &admitted).await?;
+        }
         // Values the client chose itself; anything else assign() picks may be re-picked.
         let chosen = claims_of(info, &admitted);
         for attempt in 0..MAX_RETRIES {

@@ -7,6 +7,7 @@
 //! validation, resourceVersions and watches behave the same.
 
 mod access;
+pub mod mirror_pods;
 pub mod pod_cidr;
 
 use std::pin::Pin;
@@ -441,6 +442,20 @@ impl NodeAgent for NodeApi {
         let stored = self
             .objects
             .update_with(scope, &request.name, Part::Status, &update, &agent_write())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(encode(&stored)))
+    }
+
+    #[instrument(skip_all)]
+    async fn create_mirror_pod(
+        &self,
+        request: Request<Object>,
+    ) -> Result<Response<Object>, Status> {
+        let node_name = caller(&request)?;
+        let pod = decode(&request.get_ref().object)?;
+        let kinds = (kind("pods")?, kind("nodes")?);
+        let stored = mirror_pods::create(&self.objects, kinds, &node_name, pod, &agent_write())
             .await
             .map_err(status)?;
         Ok(Response::new(encode(&stored)))

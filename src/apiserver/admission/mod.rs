@@ -1,6 +1,6 @@
-//! Admission that needs other objects than the one written: LimitRanger (defaults and bounds
-//! from a namespace's LimitRanges) and ResourceQuota (usage charged in the write's own
-//! transaction). NamespaceLifecycle stays with the verbs in `objects`; per-kind defaults and
+//! Admission that needs other objects than the one written: ServiceAccount (a pod's account
+//! must exist), LimitRanger (defaults and bounds from a namespace's LimitRanges) and
+//! ResourceQuota (usage charged in the write's own transaction). NamespaceLifecycle stays with the verbs in `objects`; per-kind defaults and
 //! validation are the registry's.
 //!
 //! Both read the namespace's policy objects from this member's replica when it leads (every
@@ -21,6 +21,38 @@ use crate::registry::{self, KindInfo};
 /// Whether admission must read through read index: on a follower, or after a lost race.
 pub fn read_linearizable(objects: &Objects, attempt: usize) -> bool {
     attempt > 0 || !objects.store().node().is_leader()
+}
+
+/// ServiceAccount admission: a new pod may only run as an account that exists. The `default`
+/// account is let through even before the serviceaccount controller has made it (kube refuses
+/// such pods for the moment it takes; nothing is gained by making users retry).
+pub async fn service_account(
+    objects: &Objects,
+    info: &KindInfo,
+    name: &str,
+    namespace: &str,
+    pod: &Value,
+) -> Result<(), ApiError> {
+    if (info.group, info.resource) != ("", "pods") {
+        return Ok(());
+    }
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let Some(kind) = registry::lookup("", "v1", "serviceaccounts").filter(|_| account != "default")
+    else {
+        return Ok(());
+    };
+    let key = super::store::object_key(kind.info(), Some(namespace), account);
+    let linearizable = read_linearizable(objects, 0);
+    if objects.store().get(&key, linearizable).await?.is_some() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{} \"{name}\" is forbidden: error looking up service account {namespace}/{account}: serviceaccount \"{account}\" not found",
+        info.qualified_resource()
+    )))
 }
 
 /// LimitRanger for a new pod or claim in `namespace`: defaults applied to `object`, then its
