@@ -12,6 +12,7 @@ pub mod auth;
 pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
+pub mod eviction;
 pub mod handlers;
 pub mod metrics;
 pub mod mirror;
