@@ -10,6 +10,7 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fake_nodes::items;
 use common::kubectl::{Kubectl, kubectl};
 use common::{Cluster, wait_for};
 use serde_json::Value;
@@ -81,18 +82,6 @@ spec:
       containers:
       - {name: worker, image: "busybox:1.36"}
 "#;
-
-fn items(k: &Kubectl, resource: &str, selector: &str) -> Vec<Value> {
-    let out = k.ok(&["get", resource, "-l", selector, "-o", "json"]);
-    let list: Value = serde_json::from_str(&out).expect("list json");
-    list["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|o| o.pointer("/metadata/deletionTimestamp").is_none())
-        .collect()
-}
 
 fn names(objects: &[Value]) -> Vec<String> {
     let mut names: Vec<String> = objects

@@ -14,6 +14,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod bootstrap_tokens;
 pub mod discovery;
+pub mod eviction;
 pub mod handlers;
 pub mod metrics;
 pub mod mirror;

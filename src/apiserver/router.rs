@@ -23,7 +23,7 @@ use super::request::{Query, Target, negotiate, parse_path};
 use super::static_tokens::StaticTokens;
 use super::status::ApiError;
 use super::tokens::TokenIssuer;
-use super::{auth, bootstrap_tokens, subresources, watch};
+use super::{auth, bootstrap_tokens, eviction, subresources, watch};
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -469,7 +469,7 @@ async fn serve(
                 subresources::bind(objects, &target, name, &headers, &body).await
             }
             ("eviction", &Method::POST) => {
-                subresources::evict(objects, &target, name, &headers, &body).await
+                eviction::evict(objects, &target, name, &headers, &body).await
             }
             ("token", &Method::POST) => {
                 subresources::create_token(objects, &state.tokens, &target, name, &headers, &body)

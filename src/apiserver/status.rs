@@ -54,6 +54,10 @@ pub enum ApiError {
     /// Too many requests in flight; the client should retry after a second.
     #[error("Too many requests, please try again later.")]
     TooManyRequests,
+    /// An eviction a PodDisruptionBudget refuses (429, as kube-apiserver answers it); `cause`
+    /// is the DisruptionBudget cause's message, naming the budget.
+    #[error("Cannot evict pod as it would violate the pod's disruption budget.")]
+    DisruptionBudget { cause: String },
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -124,7 +128,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests | ApiError::DisruptionBudget { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -144,7 +150,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge => "RequestEntityTooLarge",
             ApiError::Unavailable(_) => "ServiceUnavailable",
-            ApiError::TooManyRequests => "TooManyRequests",
+            ApiError::TooManyRequests | ApiError::DisruptionBudget { .. } => "TooManyRequests",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Internal(_) => "InternalError",
         }
@@ -182,6 +188,9 @@ impl ApiError {
                 }
                 Some(d)
             }
+            ApiError::DisruptionBudget { cause } => Some(json!({
+                "causes": [{"reason": "DisruptionBudget", "message": cause}],
+            })),
             _ => None,
         }
     }

@@ -1,13 +1,13 @@
 //! Subresources beyond `/status` (which is a `Part` of the ordinary update): `/scale` for the
-//! replicated workloads, and the pod verbs the scheduler and `kubectl drain` use,
-//! `pods/binding` and `pods/eviction`.
+//! replicated workloads, and the pod verb the scheduler uses, `pods/binding`
+//! (`pods/eviction` has its own module, `eviction`).
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::handlers::json_response;
-use super::objects::{DeleteOptions, Objects, Part, Scope, WriteOptions, name_of, strings_at};
+use super::objects::{Objects, Part, Scope, WriteOptions, name_of, strings_at};
 use super::patch::{self, PatchType};
 use super::request::{Query, ResourceTarget, decode_body};
 use super::status::ApiError;
@@ -196,7 +196,8 @@ pub async fn update_scale(
     Ok(json_response(StatusCode::OK, &scale_of(&updated)))
 }
 
-fn success() -> Value {
+/// The Status a successful binding or eviction answers with.
+pub fn success() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
 }
 
@@ -245,24 +246,6 @@ pub async fn bind(
     objects
         .update(scope(target), name, Part::Binding, &transform, false)
         .await?;
-    Ok(json_response(StatusCode::CREATED, &success()))
-}
-
-/// `POST pods/<name>/eviction`: deletes the pod (with the Eviction's DeleteOptions).
-/// PodDisruptionBudgets are consulted once their controller computes allowed disruptions.
-pub async fn evict(
-    objects: &Objects,
-    target: &ResourceTarget,
-    name: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let eviction = decode_body(headers, body)?;
-    let options = match eviction.get("deleteOptions") {
-        Some(o) => DeleteOptions::from_body(o.to_string().as_bytes())?,
-        None => DeleteOptions::default(),
-    };
-    objects.delete(scope(target), name, &options).await?;
     Ok(json_response(StatusCode::CREATED, &success()))
 }
 

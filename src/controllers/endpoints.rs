@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::informer::{Handler, Informer, Informers, split_key, uid_of};
-use super::ownership::{enqueue_self, is_deleting, labels, string_map};
+use super::informer::{Informer, Informers, split_key, uid_of};
+use super::ownership::{enqueue_selecting, enqueue_self, is_deleting, labels, string_map};
 use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile};
 use crate::apiserver::bootstrap::DNS_MEMBERS_SLICE;
@@ -37,25 +37,6 @@ pub struct EndpointsController {
     kinds: Kinds,
     services: Arc<Informer>,
     pods: Arc<Informer>,
-}
-
-/// A handler queueing every Service in the pod's namespace whose selector matches the pod
-/// (before or after the change).
-fn enqueue_services_of_pod(queue: Arc<WorkQueue>, services: Arc<Informer>) -> Handler {
-    Arc::new(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            let namespace = pod
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let pod_labels = labels(pod);
-            for service in services.list_namespace(namespace) {
-                if selects(&service, &pod_labels) {
-                    queue.add(format!("{namespace}/{}", name_of(&service)));
-                }
-            }
-        }
-    })
 }
 
 fn name_of(object: &Value) -> &str {
@@ -245,7 +226,7 @@ impl EndpointsController {
         let services = informers.of(kinds.services);
         let pods = informers.of(kinds.pods);
         services.add_handler(enqueue_self(queue.clone()));
-        pods.add_handler(enqueue_services_of_pod(queue.clone(), services.clone()));
+        pods.add_handler(enqueue_selecting(queue.clone(), services.clone(), selects));
         let controller = Arc::new(EndpointsController {
             objects,
             kinds,

@@ -1,7 +1,9 @@
 //! Whether a pod fits a node and how well: the scheduler's filter and score plugins as pure
 //! functions over JSON objects, after kube-scheduler's NodeUnschedulable, NodeName,
 //! TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit (filters, in that order, a node
-//! failing at its first) and LeastAllocated, default spreading and NodeAffinity (scores).
+//! failing at its first), then PodTopologySpread and InterPodAffinity (`topology_spread`,
+//! `pod_affinity`, which look at the other pods: `PodRules`), and LeastAllocated, default
+//! spreading, NodeAffinity, PodTopologySpread and InterPodAffinity (scores).
 //! Kept apart from `scheduler` (queueing, assuming, binding) so each can be read and tested on
 //! its own; the DaemonSet controller uses the same node selection and taint rules.
 
@@ -11,6 +13,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ownership::{controller_uid, labels, string_map};
+use super::pod_affinity::{self, InterPodAffinity, NamespaceLabels, PlacedPod};
+use super::topology_spread::{self, TopologySpread};
 use super::volume_fit::volumes_allow;
 use crate::apiserver::objects::name_of;
 use crate::registry::quantity;
@@ -232,6 +236,8 @@ pub struct PodUsage {
     scored: Resources,
     ports: Vec<(String, i64)>,
     owner: Option<String>,
+    /// Namespace, labels and pod (anti-)affinity terms, for the rules of the pods after it.
+    pub pod: Arc<PlacedPod>,
 }
 
 impl PodUsage {
@@ -241,7 +247,56 @@ impl PodUsage {
             scored: pod_requests(pod, true),
             ports: host_ports(pod),
             owner: controller_uid(pod).map(str::to_string),
+            pod: Arc::new(PlacedPod::of(pod)),
         }
+    }
+}
+
+/// The rules that look at the pods already placed (topology spreading, inter-pod affinity),
+/// worked out once per scheduling cycle; the default applies none.
+#[derive(Default)]
+pub struct PodRules {
+    /// Labels of each node, parallel to the cycle's `NodeInfo`s.
+    node_labels: Vec<BTreeMap<String, String>>,
+    spread: Option<TopologySpread>,
+    affinity: Option<InterPodAffinity>,
+}
+
+impl PodRules {
+    /// Whether a cycle for `pod` needs them: it has pod (anti-)affinity or spread
+    /// constraints, or some placed pod has pod (anti-)affinity (which may concern it).
+    pub fn needed(pod: &Value, placed_with_affinity: bool) -> bool {
+        let spec = |p: &str| pod.pointer(p).is_some_and(|v| !v.is_null());
+        placed_with_affinity
+            || spec("/spec/affinity/podAffinity")
+            || spec("/spec/affinity/podAntiAffinity")
+            || spec("/spec/topologySpreadConstraints")
+    }
+
+    /// `placed`: (index into `infos`, pod) for every pod on a node.
+    pub fn new(
+        pod: &Value,
+        infos: &[NodeInfo],
+        placed: &[(usize, Arc<PlacedPod>)],
+        namespace_labels: &NamespaceLabels,
+    ) -> Self {
+        let incoming = Arc::new(PlacedPod::of(pod));
+        let node_labels: Vec<_> = infos.iter().map(|i| labels(&i.node)).collect();
+        let nodes: Vec<&Value> = infos.iter().map(|i| &*i.node).collect();
+        let spread = TopologySpread::new(pod, &incoming, &nodes, &node_labels, placed);
+        let affinity = InterPodAffinity::new(incoming, &node_labels, placed, namespace_labels);
+        PodRules {
+            node_labels,
+            spread,
+            affinity,
+        }
+    }
+
+    /// kube's filter order: PodTopologySpread, then InterPodAffinity.
+    fn filter(&self, node: usize) -> Option<&'static str> {
+        let labels = self.node_labels.get(node)?;
+        let spread = self.spread.as_ref().and_then(|s| s.filter(labels));
+        spread.or_else(|| self.affinity.as_ref().and_then(|a| a.filter(labels)))
     }
 }
 
@@ -386,6 +441,17 @@ impl NodeInfo {
     }
 }
 
+/// Whether a filter reason comes from a rule about other pods (a pod arriving may lift it).
+pub fn depends_on_pods(reason: &str) -> bool {
+    [
+        pod_affinity::AFFINITY_NOT_MATCHED,
+        pod_affinity::ANTI_AFFINITY_NOT_MATCHED,
+        pod_affinity::EXISTING_ANTI_AFFINITY_NOT_MATCHED,
+        topology_spread::SPREAD_NOT_MATCHED,
+    ]
+    .contains(&reason)
+}
+
 /// Kube's failure message: "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) ...".
 pub fn unschedulable_message(total: usize, reasons: &[Vec<String>]) -> String {
     if total == 0 {
@@ -406,12 +472,18 @@ pub fn select_node(
     pod: &Value,
     infos: &[NodeInfo],
     volumes: &[Vec<Value>],
+    rules: &PodRules,
 ) -> Result<usize, Vec<Vec<String>>> {
     let takes = PodUsage::of(pod);
     let mut rejected = Vec::new();
     let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
-        let reasons = info.filter(pod, &takes, volumes);
+        let mut reasons = info.filter(pod, &takes, volumes);
+        if reasons.is_empty()
+            && let Some(reason) = rules.filter(i)
+        {
+            reasons.push(reason.to_string());
+        }
         if reasons.is_empty() {
             feasible.push(i);
         } else {
@@ -434,24 +506,35 @@ pub fn select_node(
         .map(|&i| preferred_affinity_weight(pod, &infos[i].node))
         .max()
         .unwrap_or(0);
-    let score = |i: usize| {
-        let spread = if max_owned == 0 {
-            100.0
-        } else {
-            (max_owned - owned_on(i)) as f64 * 100.0 / max_owned as f64
+    let feasible_labels: Vec<&BTreeMap<String, String>> = feasible
+        .iter()
+        .filter_map(|&i| rules.node_labels.get(i))
+        .collect();
+    // Explicit spread constraints replace the default spreading of a controller's pods.
+    let spread_scores = rules.spread.as_ref().map(|s| s.scores(&feasible_labels));
+    let affinity_scores = rules.affinity.as_ref().map(|a| a.scores(&feasible_labels));
+    let score = |n: usize, i: usize| {
+        let spread = match &spread_scores {
+            Some(scores) => scores.get(n).copied().unwrap_or(0.0),
+            None if max_owned == 0 => 100.0,
+            None => (max_owned - owned_on(i)) as f64 * 100.0 / max_owned as f64,
         };
+        let inter_pod = affinity_scores
+            .as_ref()
+            .and_then(|s| s.get(n).copied())
+            .unwrap_or(0.0);
         let preferred = if max_preferred <= 0 {
             0.0
         } else {
             preferred_affinity_weight(pod, &infos[i].node) as f64 * 100.0 / max_preferred as f64
         };
-        // kube's default weights: spreading counts twice.
-        infos[i].least_requested(&takes) + 2.0 * spread + preferred
+        // kube's default weights: spreading and inter-pod affinity count twice.
+        infos[i].least_requested(&takes) + 2.0 * spread + 2.0 * inter_pod + preferred
     };
     let mut best = feasible[0];
-    let mut best_score = score(best);
-    for &i in &feasible[1..] {
-        let s = score(i);
+    let mut best_score = score(0, best);
+    for (n, &i) in feasible.iter().enumerate().skip(1) {
+        let s = score(n, i);
         let better = s > best_score + 1e-9
             || ((s - best_score).abs() <= 1e-9
                 && name_of(&infos[i].node) < name_of(&infos[best].node));
@@ -505,16 +588,23 @@ mod tests {
         tainted["spec"]["taints"] =
             json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
         let mut nodes = infos(vec![tainted, node("b", "1", "1Gi"), node("c", "2", "1Gi")]);
-        assert_eq!(select_node(&pod("1500m"), &nodes, &[]).ok(), Some(2));
+        assert_eq!(
+            select_node(&pod("1500m"), &nodes, &[], &PodRules::default()).ok(),
+            Some(2)
+        );
         nodes[2].add_pod(&pod("1500m"));
-        let reasons = select_node(&pod("1500m"), &nodes, &[]).expect_err("no fit");
+        let reasons =
+            select_node(&pod("1500m"), &nodes, &[], &PodRules::default()).expect_err("no fit");
         assert_eq!(
             unschedulable_message(3, &reasons),
             "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu."
         );
         let mut tolerant = pod("3");
         tolerant["spec"]["tolerations"] = json!([{"key": "dedicated", "operator": "Exists"}]);
-        assert_eq!(select_node(&tolerant, &nodes, &[]).ok(), Some(0));
+        assert_eq!(
+            select_node(&tolerant, &nodes, &[], &PodRules::default()).ok(),
+            Some(0)
+        );
     }
 
     #[test]
@@ -537,16 +627,22 @@ mod tests {
         ]);
         let mut p = pod("1");
         p["spec"]["nodeSelector"] = json!({"disk": "ssd"});
-        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(0));
+        assert_eq!(
+            select_node(&p, &nodes, &[], &PodRules::default()).ok(),
+            Some(0)
+        );
         let mut p = pod("1");
         p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "cores", "operator": "Gt", "values": ["8"]},
                 {"key": "disk", "operator": "NotIn", "values": ["hdd"]}]}]}}});
-        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(0));
+        assert_eq!(
+            select_node(&p, &nodes, &[], &PodRules::default()).ok(),
+            Some(0)
+        );
         p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
             [0]["matchExpressions"][0]["operator"] = json!("Lt");
-        let reasons = select_node(&p, &nodes, &[]).expect_err("no fit");
+        let reasons = select_node(&p, &nodes, &[], &PodRules::default()).expect_err("no fit");
         let message = unschedulable_message(4, &reasons);
         assert!(
             message.contains("2 node(s) didn't match Pod's node affinity/selector"),
@@ -564,9 +660,13 @@ mod tests {
         web["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
         let mut nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
         nodes[0].add_pod(&web);
-        assert_eq!(select_node(&web, &nodes, &[]).ok(), Some(1));
+        assert_eq!(
+            select_node(&web, &nodes, &[], &PodRules::default()).ok(),
+            Some(1)
+        );
         nodes[1].add_pod(&web);
-        let reasons = select_node(&web, &nodes, &[]).expect_err("ports taken");
+        let reasons =
+            select_node(&web, &nodes, &[], &PodRules::default()).expect_err("ports taken");
         assert!(unschedulable_message(2, &reasons).contains("2 node(s) didn't have free ports"));
     }
 
@@ -576,13 +676,19 @@ mod tests {
         owned["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
         let mut nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
         nodes[0].add_pod(&owned);
-        assert_eq!(select_node(&owned, &nodes, &[]).ok(), Some(1));
+        assert_eq!(
+            select_node(&owned, &nodes, &[], &PodRules::default()).ok(),
+            Some(1)
+        );
         let mut p = pod("100m");
         p["spec"]["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 50, "preference": {"matchFields": [
                 {"key": "metadata.name", "operator": "In", "values": ["b"]}]}}]}});
         let nodes = infos(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
-        assert_eq!(select_node(&p, &nodes, &[]).ok(), Some(1));
+        assert_eq!(
+            select_node(&p, &nodes, &[], &PodRules::default()).ok(),
+            Some(1)
+        );
     }
 
     #[test]
@@ -592,13 +698,20 @@ mod tests {
             {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}
         ]})];
         assert_eq!(
-            select_node(&pod("1"), &nodes, std::slice::from_ref(&on_b)).ok(),
+            select_node(
+                &pod("1"),
+                &nodes,
+                std::slice::from_ref(&on_b),
+                &PodRules::default()
+            )
+            .ok(),
             Some(1)
         );
         let on_c = vec![json!({"matchExpressions": [
             {"key": "kubernetes.io/hostname", "operator": "In", "values": ["c"]}
         ]})];
-        let reasons = select_node(&pod("1"), &nodes, &[on_c]).expect_err("no node holds it");
+        let reasons = select_node(&pod("1"), &nodes, &[on_c], &PodRules::default())
+            .expect_err("no node holds it");
         assert_eq!(
             unschedulable_message(2, &reasons),
             "0/2 nodes are available: 2 node(s) had volume node affinity conflict."

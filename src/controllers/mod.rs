@@ -20,6 +20,7 @@ pub mod autoscale_math;
 pub mod autoscaler;
 pub mod deployment;
 pub mod deployment_status;
+pub mod disruption;
 pub mod endpoints;
 pub mod event_ttl;
 pub mod expectations;
@@ -29,6 +30,7 @@ pub mod ingress_status;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod ownership;
+pub mod pod_affinity;
 pub mod queue;
 pub mod replicaset;
 pub mod resourcequota;
@@ -46,6 +48,7 @@ pub mod recorder;
 pub mod scheduler;
 pub mod statefulset;
 pub mod templates;
+pub mod topology_spread;
 pub mod workloads;
 
 use std::future::Future;
@@ -354,6 +357,26 @@ fn start_cluster_controllers(
         let (hpa, hpa_queue) =
             autoscaler::Autoscaler::new(objects.clone(), informers, autoscalers, pods, metrics);
         tasks.spawn(start_when_synced(hpa, hpa_queue, informers.clone()));
+    }
+    if let (Some(budgets), Some(pods)) = (
+        registry::lookup("policy", "v1", "poddisruptionbudgets"),
+        core("pods"),
+    ) {
+        let apps = |resource: &str| registry::lookup("apps", "v1", resource);
+        let scaled = [
+            apps("replicasets"),
+            apps("deployments"),
+            apps("statefulsets"),
+            core("replicationcontrollers"),
+        ];
+        let kinds = disruption::Kinds {
+            budgets,
+            pods,
+            scaled: scaled.into_iter().flatten().collect(),
+        };
+        let (dc, dc_queue) =
+            disruption::DisruptionController::new(objects.clone(), informers, kinds);
+        tasks.spawn(start_when_synced(dc, dc_queue, informers.clone()));
     }
     if let Some(events) = core("events") {
         tasks.spawn(event_ttl::run(objects.clone(), events));

@@ -97,6 +97,30 @@ pub fn enqueue_self(queue: Arc<WorkQueue>) -> Handler {
     })
 }
 
+/// A handler queueing every object of `selectors`' kind, in the changed object's namespace,
+/// whose selector covers the object before or after the change (`selects(selector_object,
+/// labels)`): the Services of a pod, the disruption budgets of a pod.
+pub fn enqueue_selecting(
+    queue: Arc<WorkQueue>,
+    selectors: Arc<Informer>,
+    selects: fn(&Value, &BTreeMap<String, String>) -> bool,
+) -> Handler {
+    Arc::new(move |old, new| {
+        for object in [old, new].into_iter().flatten() {
+            let namespace = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let object_labels = labels(object);
+            for selector in selectors.list_namespace(namespace) {
+                if selects(&selector, &object_labels) {
+                    queue.add(object_key(&selector));
+                }
+            }
+        }
+    })
+}
+
 /// A handler queueing the owner (of `owners`' kind) of a changed dependent: its controller,
 /// or for an orphan every owner whose selector matches it (it may be adopted).
 pub fn enqueue_controller(queue: Arc<WorkQueue>, owners: Arc<Informer>) -> Handler {

@@ -10,20 +10,23 @@
 //!    NodeUnschedulable, NodeName, TaintToleration (a not-Ready node counts as tainted
 //!    `node.kubernetes.io/not-ready`, as the node lifecycle controller would taint it),
 //!    NodeAffinity (nodeSelector and required affinity), NodePorts, NodeResourcesFit,
-//!    VolumeBinding (the claims exist, and the node is one their volumes allow: `volume_fit`);
+//!    VolumeBinding (the claims exist, and the node is one their volumes allow: `volume_fit`),
+//!    PodTopologySpread and InterPodAffinity (`PodRules`, over every placed pod, worked out
+//!    only when the pod or a placed pod has such rules);
 //! 3. score the feasible nodes: least requested (cpu and memory, with kube's non-zero defaults
-//!    for pods that request nothing), spreading the pods of one controller across nodes, and
-//!    preferred node affinity; the best score wins, ties go to the first name;
+//!    for pods that request nothing), spreading (the pod's ScheduleAnyway constraints, or by
+//!    default the pods of one controller across nodes), preferred node affinity and preferred
+//!    inter-pod (anti-)affinity; the best score wins, ties go to the first name;
 //! 4. assume the pod on the chosen node and bind it in a task of its own (kube's asynchronous
 //!    binding cycle: the next pod is placed while the write commits); or, when no node fits, set PodScheduled=False (reason Unschedulable) with kube's
 //!    "0/N nodes are available: ..." message, record a FailedScheduling event when the message
-//!    changed, and retry after a backoff or as soon as a node or a pod changes.
+//!    changed, and retry after a backoff or as soon as a node changes or a pod leaves a node
+//!    (or, for a pod refused by the rules about other pods, a pod arrives on one).
 //!
 //! The pods of one scheduler are placed by a single worker: two placements at once could both
-//! take the last free cpu of a node. Not yet: pod (anti-)affinity, topologySpreadConstraints,
-//! preemption.
+//! take the last free cpu of a node. Not yet: preemption.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,9 +36,12 @@ use tracing::Instrument;
 
 use serde_json::{Value, json};
 
-use super::fit::{NodeInfo, PodUsage, Usage, select_node, unschedulable_message};
+use super::fit::{
+    NodeInfo, PodRules, PodUsage, Usage, depends_on_pods, select_node, unschedulable_message,
+};
 use super::informer::{Handler, Informer, Informers, object_key};
 use super::ownership::is_deleting;
+use super::pod_affinity::{PlacedPod, namespace_labels_of};
 use super::queue::WorkQueue;
 use super::recorder::{EventType, Recorder};
 use super::replicaset::is_active;
@@ -69,6 +75,10 @@ struct Placement {
     assumed: HashMap<String, String>,
     /// Pods that did not fit, with their failed attempts.
     unschedulable: HashMap<String, u32>,
+    /// Those of them refused by a rule about other pods: a pod arriving may let them in.
+    wait_for_pods: HashSet<String>,
+    /// How many of the placed pods have pod (anti-)affinity terms.
+    with_affinity: usize,
     /// Every pod counted on a node (bound, or assumed): pod key -> (node, what it takes).
     placed: HashMap<String, (String, PodUsage)>,
     /// The sum of `placed` per node.
@@ -79,13 +89,16 @@ impl Placement {
     fn place(&mut self, key: &str, node: &str, pod: PodUsage) {
         self.unplace(key);
         self.usage.entry(node.to_string()).or_default().add(&pod);
+        self.with_affinity += usize::from(pod.pod.terms.is_some());
         self.placed.insert(key.to_string(), (node.to_string(), pod));
     }
 
     fn unplace(&mut self, key: &str) {
-        if let Some((node, pod)) = self.placed.remove(key)
-            && let Some(usage) = self.usage.get_mut(&node)
-        {
+        if let Some((node, pod)) = self.placed.remove(key) {
+            self.with_affinity -= usize::from(pod.pod.terms.is_some());
+            let Some(usage) = self.usage.get_mut(&node) else {
+                return;
+            };
             usage.remove(&pod);
             if usage.pods == 0 {
                 self.usage.remove(&node);
@@ -116,8 +129,26 @@ impl Placement {
             }
         }
         if pod.is_none() {
-            self.unschedulable.remove(key);
+            self.forget_unschedulable(key);
         }
+    }
+
+    fn forget_unschedulable(&mut self, key: &str) {
+        self.unschedulable.remove(key);
+        self.wait_for_pods.remove(key);
+    }
+
+    /// (node index, pod) for every placed pod on one of `infos`' nodes.
+    fn placed_on(&self, infos: &[NodeInfo]) -> Vec<(usize, Arc<PlacedPod>)> {
+        let index: HashMap<&str, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, info)| (name_of(&info.node), i))
+            .collect();
+        self.placed
+            .values()
+            .filter_map(|(node, usage)| Some((*index.get(node.as_str())?, usage.pod.clone())))
+            .collect()
     }
 }
 
@@ -134,6 +165,8 @@ pub struct Scheduler {
     pod_kind: &'static dyn Kind,
     pods: Arc<Informer>,
     nodes: Arc<Informer>,
+    /// For terms with a namespaceSelector.
+    namespaces: Option<Arc<Informer>>,
     /// Claims, volumes and classes, when this build serves them (the VolumeBinding filter).
     volumes: Option<VolumeInformers>,
     placement: Arc<Mutex<Placement>>,
@@ -218,11 +251,13 @@ impl Scheduler {
         informers: &Informers,
         pod_kind: &'static dyn Kind,
         node_kind: &'static dyn Kind,
+        namespace_kind: Option<&'static dyn Kind>,
         volume_kinds: Option<[&'static dyn Kind; 3]>,
     ) -> (Arc<Self>, Arc<WorkQueue>) {
         let queue = Arc::new(WorkQueue::default());
         let pods = informers.of(pod_kind);
         let nodes = informers.of(node_kind);
+        let namespaces = namespace_kind.map(|kind| informers.of(kind));
         let volumes = volume_kinds.map(|[claims, volumes, classes]| VolumeInformers {
             claims: informers.of(claims),
             volumes: informers.of(volumes),
@@ -247,6 +282,7 @@ impl Scheduler {
             pod_kind,
             pods,
             nodes,
+            namespaces,
             volumes,
             placement,
             queue: queue.clone(),
@@ -279,11 +315,34 @@ impl Scheduler {
         let mut placement = self.lock();
         placement.assumed.insert(key.to_string(), node.to_string());
         placement.place(key, node, PodUsage::of(pod));
-        placement.unschedulable.remove(key);
+        placement.forget_unschedulable(key);
+    }
+
+    /// Step 2's rules about other pods, when the pod or a placed pod has any.
+    fn pod_rules(&self, pod: &Value, infos: &[NodeInfo]) -> PodRules {
+        let placed = {
+            let placement = self.lock();
+            if !PodRules::needed(pod, placement.with_affinity > 0) {
+                return PodRules::default();
+            }
+            placement.placed_on(infos)
+        };
+        let namespace_labels = |name: &str| {
+            let namespace = self.namespaces.as_ref().and_then(|n| n.get(name));
+            namespace_labels_of(namespace.as_deref())
+        };
+        PodRules::new(pod, infos, &placed, &namespace_labels)
     }
 
     /// Step 4, no fit: the PodScheduled condition, an event when the reason is new, a retry.
-    async fn unschedulable(&self, key: &str, pod: &Value, message: &str) -> Result<Action, Error> {
+    /// `waits_for_pods`: a rule about other pods refused it somewhere.
+    async fn unschedulable(
+        &self,
+        key: &str,
+        pod: &Value,
+        message: &str,
+        waits_for_pods: bool,
+    ) -> Result<Action, Error> {
         let current = pod
             .pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -320,6 +379,9 @@ impl Scheduler {
         }
         let attempts = {
             let mut placement = self.lock();
+            if waits_for_pods {
+                placement.wait_for_pods.insert(key.to_string());
+            }
             let n = placement.unschedulable.entry(key.to_string()).or_insert(0);
             *n = n.saturating_add(1);
             *n
@@ -366,6 +428,21 @@ fn retry_unschedulable(queue: &WorkQueue, placement: &Mutex<Placement>) {
     }
 }
 
+/// Queues the pods refused by a rule about other pods: a pod arrived on a node or changed
+/// its labels there, which may satisfy an affinity or even out a spread.
+fn retry_waiting_for_pods(queue: &WorkQueue, placement: &Mutex<Placement>) {
+    let keys: Vec<String> = placement
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .wait_for_pods
+        .iter()
+        .cloned()
+        .collect();
+    for key in keys {
+        queue.add(key);
+    }
+}
+
 /// Queues new pending pods; forgets assumptions the cache caught up with; a pod leaving a node
 /// (deleted or finished) may make room for the unschedulable ones.
 fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handler {
@@ -379,6 +456,17 @@ fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handl
             (Some(o), Some(n)) => occupies(o) && !occupies(n),
             _ => false,
         };
+        let bound = |p: &Value| {
+            p.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+        };
+        let arrived = new.is_some_and(|n| {
+            bound(n)
+                && old.is_none_or(|o| {
+                    !bound(o) || o.pointer("/metadata/labels") != n.pointer("/metadata/labels")
+                })
+        });
         placement
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -399,6 +487,8 @@ fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handl
         }
         if freed {
             retry_unschedulable(&queue, &placement);
+        } else if arrived {
+            retry_waiting_for_pods(&queue, &placement);
         }
     })
 }
@@ -410,11 +500,11 @@ impl Reconcile for Scheduler {
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {
         let Some(pod) = self.pods.get(key) else {
-            self.lock().unschedulable.remove(key);
+            self.lock().forget_unschedulable(key);
             return Ok(Action::Done);
         };
         if !is_ours_and_pending(&pod) || self.lock().assumed.contains_key(key) {
-            self.lock().unschedulable.remove(key);
+            self.lock().forget_unschedulable(key);
             return Ok(Action::Done);
         }
         let infos = self.snapshot();
@@ -423,10 +513,11 @@ impl Reconcile for Scheduler {
             Some(Ok(terms)) => terms,
             Some(Err(reason)) => {
                 let message = format!("0/{} nodes are available: {reason}.", infos.len());
-                return self.unschedulable(key, &pod, &message).await;
+                return self.unschedulable(key, &pod, &message, false).await;
             }
         };
-        match select_node(&pod, &infos, &volume_terms) {
+        let rules = self.pod_rules(&pod, &infos);
+        match select_node(&pod, &infos, &volume_terms, &rules) {
             Ok(i) => {
                 let node = name_of(&infos[i].node).to_string();
                 tracing::debug!(node, "binding");
@@ -455,7 +546,8 @@ impl Reconcile for Scheduler {
             }
             Err(reasons) => {
                 let message = unschedulable_message(infos.len(), &reasons);
-                self.unschedulable(key, &pod, &message).await
+                let waits = reasons.iter().flatten().any(|r| depends_on_pods(r));
+                self.unschedulable(key, &pod, &message, waits).await
             }
         }
     }
@@ -465,6 +557,9 @@ impl Reconcile for Scheduler {
 pub async fn run(scheduler: Arc<Scheduler>, queue: Arc<WorkQueue>) {
     scheduler.pods.wait_synced().await;
     scheduler.nodes.wait_synced().await;
+    if let Some(namespaces) = &scheduler.namespaces {
+        namespaces.wait_synced().await;
+    }
     if let Some(v) = &scheduler.volumes {
         for informer in [&v.claims, &v.volumes, &v.classes] {
             informer.wait_synced().await;

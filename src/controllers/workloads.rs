@@ -33,8 +33,14 @@ pub fn start(objects: &Objects, informers: &Arc<Informers>, tasks: &mut JoinSet<
         (Some(claims), Some(volumes), Some(classes)) => Some([claims, volumes, classes]),
         _ => None,
     };
-    let (s, s_queue) =
-        scheduler::Scheduler::new(objects.clone(), informers, pods, nodes, volume_kinds);
+    let (s, s_queue) = scheduler::Scheduler::new(
+        objects.clone(),
+        informers,
+        pods,
+        nodes,
+        kind("", "namespaces"),
+        volume_kinds,
+    );
     tasks.spawn(scheduler::run(s, s_queue));
     if let Some(jobs) = kind("batch", "jobs") {
         let base = job::DEFAULT_BACKOFF_BASE;

@@ -2,12 +2,16 @@
 //! non-negative count or a percentage, a well-formed selector; status is the disruption
 //! controller's.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::fields::{FieldError, NameRule, validate_meta};
-use super::pod_template::validate_label_selector;
+use super::pod_template::{selector_matches, validate_label_selector};
 use super::{Column, FieldErrors, KindInfo, Strategy};
 
 pub struct PodDisruptionBudgetStrategy;
@@ -25,6 +29,61 @@ static INFO: KindInfo = KindInfo {
 };
 
 const EVICTION_POLICIES: &[&str] = &["AlwaysAllow", "IfHealthyBudget"];
+
+/// Whether a budget (JSON) covers a pod with these labels: in policy/v1 an empty selector
+/// covers every pod of the namespace, and a missing one none.
+pub fn selects(pdb: &Value, labels: &BTreeMap<String, String>) -> bool {
+    pdb.pointer("/spec/selector")
+        .and_then(|s| LabelSelector::deserialize(s).ok())
+        .is_some_and(|s| selector_matches(&s, labels))
+}
+
+/// Sets the DisruptionAllowed condition from `status.disruptionsAllowed` (after kube's
+/// UpdateDisruptionAllowedCondition); the transition time moves only when the status flips.
+/// `failure`: the sync failed (reason SyncFailed with this message) and nothing is allowed.
+/// `now`: the RFC 3339 time a transition gets.
+pub fn set_disruption_allowed(status: &mut Value, failure: Option<&str>, now: &str) {
+    let allowed = status
+        .get("disruptionsAllowed")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        > 0;
+    let (state, reason, message) = match failure {
+        Some(message) => ("False", "SyncFailed", message),
+        None if allowed => ("True", "SufficientPods", ""),
+        None => ("False", "InsufficientPods", ""),
+    };
+    let generation = status
+        .get("observedGeneration")
+        .cloned()
+        .unwrap_or(Value::from(0));
+    if !status.get("conditions").is_some_and(Value::is_array) {
+        status["conditions"] = Value::Array(Vec::new());
+    }
+    let Some(conditions) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    let old = conditions
+        .iter()
+        .position(|c| c.get("type").and_then(Value::as_str) == Some("DisruptionAllowed"));
+    let since = old
+        .map(|i| &conditions[i])
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some(state))
+        .and_then(|c| c.get("lastTransitionTime").cloned())
+        .unwrap_or_else(|| Value::from(now));
+    let condition = serde_json::json!({
+        "type": "DisruptionAllowed",
+        "status": state,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    });
+    match old {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
 
 /// A count (>= 0) or a percentage `N%` with N in 0..=100.
 fn validate_int_or_percent(value: &IntOrString, field: &str) -> FieldErrors {
