@@ -23,8 +23,12 @@ mod server;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+/// Logs to stderr in the chosen format, filtered by SKIFF_LOG (default info).
+fn init_logging(format: cli::LogFormat) {
+    // SAFETY: no other thread exists yet (the async runtime starts later), so nothing reads
+    // the environment concurrently. Processes this one starts (`skiff up`'s members and
+    // agents, benchmarks') inherit the format through it.
+    unsafe { std::env::set_var("SKIFF_LOG_FORMAT", format.as_str()) };
     let mut filter = EnvFilter::try_from_env("SKIFF_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     // hickory-server logs every DNS query at info (an access log): off unless named in SKIFF_LOG.
@@ -33,10 +37,27 @@ fn main() -> std::process::ExitCode {
     {
         filter = filter.add_directive(quiet);
     }
-    tracing_subscriber::fmt()
+    // Colours only for a terminal: log files and journald get plain text.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        // The event's fields at the top level, and every enclosing span with its fields, so a
+        // line carries its request's request_id without a lookup.
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    init_logging(args.log_format);
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()
@@ -57,6 +78,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             cli::Command::Server(args) => server::run(*args).await,
             cli::Command::Status(args) => cli::status::run(args).await,
+            cli::Command::Doctor(args) => cli::doctor::run(args).await,
             cli::Command::Up(args) => cli::up::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Store(args)) => bench::store::run(args).await,
             cli::Command::Bench(cli::BenchCommand::Api(args)) => bench::api::run(args).await,

@@ -1,7 +1,7 @@
 //! The agent's Prometheus endpoint (`--metrics-listen`, default ADDRESS:10249, kube-proxy's
-//! metrics port): plain HTTP `GET /metrics` with the series of the roles that keep any (the
-//! ingress today). Counters only, no pod data or secrets, so it is unauthenticated like
-//! kube-proxy's.
+//! metrics port): plain HTTP `GET /metrics` with the series of each role the agent plays
+//! (kubelet, proxy, ingress), under the names the Kubernetes components use. Counters only, no
+//! pod data or secrets, so it is unauthenticated like kube-proxy's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
+
+use super::pods::PodRegistry;
 
 /// One role's exposition text, rendered on each scrape.
 pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
@@ -18,6 +20,19 @@ pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct MetricsListenError {
     addr: SocketAddr,
     source: std::io::Error,
+}
+
+/// The kubelet's gauges: which node, pods and running containers it holds.
+pub fn kubelet_source(node: String, registry: Arc<PodRegistry>) -> Source {
+    Arc::new(move || {
+        let (pods, containers) = registry.counts();
+        format!(
+            "# HELP kubelet_node_name The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\nkubelet_node_name{{node=\"{}\"}} 1\n\
+             # HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {pods}\n\
+             # HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {containers}\n",
+            node.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    })
 }
 
 /// Binds `listen` and serves /metrics in the background.

@@ -263,14 +263,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         tokio::spawn(watch::nodes(control.clone(), sinks));
     }
-    let service_watch = tokio::spawn(watch::services(control.clone(), services, proxy));
-    let metrics_sources: Vec<metrics_server::Source> = ingress
-        .iter()
-        .map(|role| {
-            let metrics = role.metrics.clone();
-            Arc::new(move || metrics.render()) as metrics_server::Source
-        })
-        .collect();
+    let service_watch = tokio::spawn(watch::services(control.clone(), services, proxy.clone()));
+    let mut metrics_sources = vec![metrics_server::kubelet_source(
+        name.clone(),
+        registry.clone(),
+    )];
+    if let Some(proxy) = &proxy {
+        let proxy = proxy.clone();
+        metrics_sources.push(Arc::new(move || proxy.metrics.render()));
+    }
+    metrics_sources.extend(ingress.iter().map(|role| {
+        let metrics = role.metrics.clone();
+        Arc::new(move || metrics.render()) as metrics_server::Source
+    }));
     let metrics_listen = args
         .metrics_listen
         .unwrap_or(SocketAddr::new(node_ip, 10249));

@@ -23,6 +23,8 @@ const QUEUE: usize = 16 * 1024;
 
 /// One request, as audit.k8s.io Event's essentials.
 pub struct Record<'a> {
+    /// The request's id (X-Request-Id / Audit-Id), also on its log span.
+    pub audit_id: &'a str,
     pub user: &'a str,
     pub groups: &'a [String],
     pub verb: &'a str,
@@ -76,6 +78,7 @@ impl AuditLog {
         let line = json!({
             "kind": "Event",
             "apiVersion": "audit.k8s.io/v1",
+            "auditID": r.audit_id,
             "stage": "ResponseComplete",
             "requestReceivedTimestamp": jiff::Timestamp::now().to_string(),
             "user": {"username": r.user, "groups": r.groups},
@@ -152,6 +155,7 @@ mod tests {
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(path.clone()).expect("open");
         log.record(&Record {
+            audit_id: "0f3a",
             user: "bob",
             groups: &["dev".to_string()],
             verb: "create",
@@ -176,6 +180,7 @@ mod tests {
         let line: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
         assert_eq!(line["user"]["username"], "bob");
         assert_eq!(line["responseStatus"]["code"], 201);
+        assert_eq!(line["auditID"], "0f3a");
 
         let mut writer = Writer {
             out: BufWriter::new(open_append(&path).expect("open")),

@@ -55,13 +55,23 @@ impl Histogram {
     }
 
     /// The `_bucket`, `_sum` and `_count` lines of series `name{labels}`.
+    /// `labels` may be empty (a series without labels).
     pub(crate) fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let (le_prefix, braced) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+            let _ = writeln!(out, "{name}_bucket{{{le_prefix}le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.total);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{le_prefix}le=\"+Inf\"}} {}",
+            self.total
+        );
+        let _ = writeln!(out, "{name}_sum{braced} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braced} {}", self.total);
     }
 }
 

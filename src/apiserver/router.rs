@@ -61,6 +61,8 @@ struct RequestInfo {
 pub fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/version", get(dispatch))
+        // The OpenAPI spec names it /version/ (getCode), which generated clients call.
+        .route("/version/", get(dispatch))
         .route("/api", any(dispatch))
         .route("/api/{*rest}", any(dispatch))
         .route("/apis", any(dispatch))
@@ -80,7 +82,8 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_else(|| path.clone());
-    let span = tracing::info_span!("api", %method, %path);
+    let request_id = request_id(request.headers());
+    let span = tracing::info_span!("api", %method, %path, %request_id);
     async move {
         let started = Instant::now();
         let mut info = RequestInfo::default();
@@ -101,18 +104,71 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         };
         let result = serve(&state, request, &mut info).await;
         drop(permit);
-        let response = result.unwrap_or_else(IntoResponse::into_response);
+        let mut response = result.unwrap_or_else(IntoResponse::into_response);
+        if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, value.clone());
+            response.headers_mut().insert(AUDIT_ID_HEADER, value);
+        }
         let code = response.status().as_u16();
+        let elapsed = started.elapsed();
         tracing::debug!(code, "served");
-        record(&state, &info, &uri, code, started.elapsed());
+        if elapsed > SLOW_REQUEST && !is_watch && !long_running(&info.attrs) {
+            let user = info.user.as_ref().map_or("", |u| u.name.as_str());
+            tracing::warn!(
+                code,
+                verb = %info.attrs.verb,
+                user,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "slow request"
+            );
+        }
+        record(&state, &info, &uri, &request_id, code, elapsed);
         response
     }
     .instrument(span)
     .await
 }
 
+/// Requests slower than this are logged at warn: Kubernetes' API latency SLO gives
+/// single-object mutating calls 1 s at the 99th percentile (reads of one object too).
+const SLOW_REQUEST: Duration = Duration::from_secs(1);
+
+/// Where a client may name its request (and where the name is echoed back); `Audit-Id` is the
+/// header kube-apiserver uses for the same id.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const AUDIT_ID_HEADER: &str = "audit-id";
+
+/// The client's request id when it sent a usable one (printable ASCII, at most 128 bytes),
+/// else a new UUID: logged on the request's span, echoed in the response, the audit auditID.
+fn request_id(headers: &http::HeaderMap) -> String {
+    [REQUEST_ID_HEADER, AUDIT_ID_HEADER]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .find(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(super::objects::new_uid, str::to_string)
+}
+
+/// Requests that stream for as long as the client wants (kube-apiserver's long-running
+/// check: watch, proxy, log, exec, attach, port-forward), never "slow".
+fn long_running(attrs: &Attributes) -> bool {
+    attrs.verb == "watch"
+        || matches!(
+            attrs.subresource.as_str(),
+            "log" | "exec" | "attach" | "portforward" | "proxy"
+        )
+}
+
 /// Metrics and the audit line of one finished request.
-fn record(state: &ApiState, info: &RequestInfo, uri: &str, code: u16, elapsed: Duration) {
+fn record(
+    state: &ApiState,
+    info: &RequestInfo,
+    uri: &str,
+    request_id: &str,
+    code: u16,
+    elapsed: Duration,
+) {
     let a = &info.attrs;
     let resource = if a.subresource.is_empty() {
         a.resource.clone()
@@ -131,6 +187,7 @@ fn record(state: &ApiState, info: &RequestInfo, uri: &str, code: u16, elapsed: D
         let anonymous = auth::UserInfo::anonymous();
         let user = info.user.as_ref().unwrap_or(&anonymous);
         audit.record(&audit::Record {
+            audit_id: request_id,
             user: &user.name,
             groups: &user.groups,
             verb,
@@ -329,7 +386,7 @@ async fn serve(
         )
             .into_response());
     }
-    if path == "/version" {
+    if path == "/version" || path == "/version/" {
         authorize(&Attributes::of_path(&path, &method))?;
         return Ok(json_response(StatusCode::OK, &discovery::version()));
     }
@@ -501,5 +558,41 @@ async fn serve(
             handlers::delete_collection(objects, &target, &body, &query).await
         }
         _ => Err(not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_come_from_the_client_when_usable() {
+        let mut headers = http::HeaderMap::new();
+        let generated = request_id(&headers);
+        assert_eq!(generated.len(), 36, "a UUID: {generated}");
+        headers.insert("audit-id", http::HeaderValue::from_static("from-audit"));
+        assert_eq!(request_id(&headers), "from-audit");
+        headers.insert("x-request-id", http::HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123", "X-Request-Id wins");
+        headers.insert("x-request-id", http::HeaderValue::from_static("has space"));
+        assert_eq!(
+            request_id(&headers),
+            "from-audit",
+            "unprintable ids are ignored"
+        );
+    }
+
+    #[test]
+    fn streaming_requests_are_never_slow() {
+        let attrs = |verb: &str, subresource: &str| Attributes {
+            verb: verb.into(),
+            subresource: subresource.into(),
+            ..Default::default()
+        };
+        assert!(long_running(&attrs("watch", "")));
+        assert!(long_running(&attrs("get", "log")));
+        assert!(long_running(&attrs("create", "exec")));
+        assert!(!long_running(&attrs("list", "")));
+        assert!(!long_running(&attrs("update", "status")));
     }
 }

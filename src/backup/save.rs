@@ -3,7 +3,7 @@
 //! land in FILE.part, which is fsynced and renamed to FILE only when all of it checked out.
 
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::error::BackupError;
 use super::files::write_atomically;
-use crate::pki::{CertKey, PkiPaths};
+use super::selective::Target;
+use crate::pki::PkiPaths;
 use crate::progress::Progress;
 use crate::server::bootstrap::admin_client;
 use crate::server::identity::NodeIdentity;
@@ -30,37 +31,44 @@ pub struct SaveRequest {
     pub encrypt_with: Option<String>,
 }
 
-/// The API address and the admin credentials to ask with.
-fn credentials(req: &SaveRequest) -> anyhow::Result<(String, String, CertKey)> {
-    if let Some(path) = &req.kubeconfig {
-        let target = super::selective::Target::from_kubeconfig(path)?;
-        let server = req
-            .server
-            .as_deref()
-            .map(|s| s.trim_start_matches("https://").to_string())
-            .unwrap_or(target.server);
-        return Ok((server, target.ca_pem, target.client));
+/// The API address and the admin credentials to ask with: an admin kubeconfig's, or the
+/// member's in `data` (its own API address unless `server` is given).
+pub fn admin_target(
+    data: &Path,
+    server: Option<&str>,
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<Target> {
+    let server = server.map(|s| s.trim_start_matches("https://").to_string());
+    if let Some(path) = kubeconfig {
+        let target = Target::from_kubeconfig(path)?;
+        return Ok(Target {
+            server: server.unwrap_or(target.server),
+            ..target
+        });
     }
-    let identity = NodeIdentity::load(&req.data)?.ok_or_else(|| {
+    let identity = NodeIdentity::load(data)?.ok_or_else(|| {
         anyhow!(
             "{} holds no member (use --data with a member's data dir, or --kubeconfig)",
-            req.data.display()
+            data.display()
         )
     })?;
-    let pki = PkiPaths::new(&req.data)
+    let pki = PkiPaths::new(data)
         .load()
         .context("loading admin credentials")?;
-    let server = req
-        .server
-        .as_deref()
-        .map(|s| s.trim_start_matches("https://").to_string())
-        .unwrap_or(identity.api_addr.clone());
-    Ok((server, pki.ca.cert_pem, pki.admin))
+    Ok(Target {
+        server: server.unwrap_or(identity.api_addr),
+        ca_pem: pki.ca.cert_pem,
+        client: pki.admin,
+    })
 }
 
 #[tracing::instrument(skip_all, fields(out = %req.out.display()))]
 pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
-    let (server, ca_pem, admin) = credentials(&req)?;
+    let Target {
+        server,
+        ca_pem,
+        client: admin,
+    } = admin_target(&req.data, req.server.as_deref(), req.kubeconfig.as_deref())?;
     let started = Instant::now();
     let mut client = admin_client(&server, &ca_pem, Some(&admin)).await?;
     let mut stream = client

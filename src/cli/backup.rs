@@ -18,15 +18,8 @@ pub struct BackupArgs {
     /// Write the snapshot to this file (via FILE.part, fsynced, then renamed).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Data directory of a member (its admin credentials and address are used).
-    #[arg(long, default_value = "./skiff-data")]
-    pub data: PathBuf,
-    /// Take the snapshot from this API address instead (ADDR:6443 or https://ADDR:6443).
-    #[arg(long)]
-    pub server: Option<String>,
-    /// Use this admin kubeconfig's credentials and server instead of --data.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: super::AdminTargetArgs,
     /// Compress the backup with zstd.
     #[arg(long)]
     pub compress: bool,
@@ -146,15 +139,15 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<()> {
                 bail!("skiff backup needs --out FILE (or a subcommand: verify, ls, prune)");
             };
             let encrypt_with = if args.encrypt {
-                Some(token_of(args.token.as_deref(), Some(&args.data))?)
+                Some(token_of(args.token.as_deref(), Some(&args.target.data))?)
             } else {
                 None
             };
             save::run(save::SaveRequest {
                 out,
-                data: args.data,
-                server: args.server,
-                kubeconfig: args.kubeconfig,
+                data: args.target.data,
+                server: args.target.server,
+                kubeconfig: args.target.kubeconfig,
                 compress: args.compress,
                 encrypt_with,
             })

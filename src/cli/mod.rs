@@ -2,6 +2,8 @@
 
 pub mod backup;
 pub mod chaos;
+pub mod doctor;
+pub mod doctor_checks;
 pub mod kubeconfig;
 pub mod local_cluster;
 pub mod status;
@@ -21,8 +23,33 @@ use clap::{Args, Parser, Subcommand};
     about = "A Raft-native Kubernetes distribution in one binary"
 )]
 pub struct Cli {
+    /// Log lines on stderr: text, or json (one object per line with the span's fields, such
+    /// as an API request's request_id). Passed on to the processes `skiff up` starts.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SKIFF_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,6 +58,9 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Show the cluster's members, leader, terms, indexes and revisions.
     Status(StatusArgs),
+    /// Check quorum, leader, clock skew, disk fsync latency and space, certificates' expiry
+    /// and store size; say what to do. Exits non-zero when a check fails.
+    Doctor(doctor::DoctorArgs),
     /// Start a local cluster (3 members, 2 agents) and stop it on Ctrl-C.
     Up(UpArgs),
     /// Benchmarks against a peer system run side by side.
@@ -168,14 +198,34 @@ impl ServerArgs {
     }
 }
 
+/// Which cluster to ask, and with which admin credentials (status, doctor, backup).
 #[derive(Args, Debug, Clone)]
-pub struct StatusArgs {
+pub struct AdminTargetArgs {
     /// Data directory of a member (its admin credentials and address are used).
     #[arg(long, default_value = "./skiff-data")]
     pub data: PathBuf,
-    /// Ask this API address instead of the data dir's own member (https://ADDR:6443).
+    /// Ask this API address instead of the data dir's own member (ADDR:6443 or https://ADDR:6443).
     #[arg(long)]
     pub server: Option<String>,
+    /// Use this admin kubeconfig's credentials and server instead of --data.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl AdminTargetArgs {
+    pub fn resolve(&self) -> anyhow::Result<crate::backup::selective::Target> {
+        crate::backup::save::admin_target(
+            &self.data,
+            self.server.as_deref(),
+            self.kubeconfig.as_deref(),
+        )
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: AdminTargetArgs,
     /// Output format: table or json.
     #[arg(short = 'o', long, default_value = "table")]
     pub output: String,

@@ -1,13 +1,12 @@
 //! `skiff status`: one row per member, each member's own view of term, indexes and revision.
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use serde::Serialize;
 use skiff_proto::admin::StatusRequest;
 
 use crate::cli::StatusArgs;
-use crate::pki::{MemberPki, PkiPaths};
+use crate::pki::CertKey;
 use crate::server::bootstrap::admin_client;
-use crate::server::identity::NodeIdentity;
 
 #[derive(Serialize, Debug)]
 struct MemberRow {
@@ -33,21 +32,8 @@ struct ClusterStatus {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let identity = NodeIdentity::load(&args.data)?.ok_or_else(|| {
-        anyhow!(
-            "{} holds no member (use --data with a member's data dir)",
-            args.data.display()
-        )
-    })?;
-    let pki = PkiPaths::new(&args.data)
-        .load()
-        .context("loading admin credentials")?;
-    let server = args
-        .server
-        .as_deref()
-        .map(|s| s.trim_start_matches("https://").to_string())
-        .unwrap_or(identity.api_addr.clone());
-    let status = collect(&server, &pki).await?;
+    let target = args.target.resolve()?;
+    let status = collect(&target.server, &target.ca_pem, &target.client).await?;
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -59,8 +45,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus> {
-    let mut client = admin_client(server, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+async fn collect(server: &str, ca_pem: &str, admin: &CertKey) -> anyhow::Result<ClusterStatus> {
+    let mut client = admin_client(server, ca_pem, Some(admin)).await?;
     let first = client
         .status(StatusRequest {})
         .await
@@ -69,7 +55,7 @@ async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus>
     let mut commit = 0;
     let mut rows = Vec::new();
     for member in &first.members {
-        let own = match admin_client(&member.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await {
+        let own = match admin_client(&member.api_addr, ca_pem, Some(admin)).await {
             Ok(mut c) => c
                 .status(StatusRequest {})
                 .await
@@ -180,7 +166,7 @@ fn print_table(status: &ClusterStatus) {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),

@@ -9,6 +9,7 @@
 
 pub mod announce;
 pub mod iptables;
+pub mod metrics;
 pub mod model;
 pub mod nft;
 
@@ -66,6 +67,7 @@ pub struct Proxy {
     plane: DataPlane,
     model: Mutex<Model>,
     changed: Notify,
+    pub metrics: metrics::ProxyMetrics,
 }
 
 impl Proxy {
@@ -76,6 +78,7 @@ impl Proxy {
             plane,
             model: Mutex::new(Model::default()),
             changed: Notify::new(),
+            metrics: metrics::ProxyMetrics::new(plane),
         })
     }
 
@@ -99,7 +102,12 @@ impl Proxy {
                 (model.load_balancer_ips(), model.nodes().clone())
             };
             announcer.sync(&addresses, &nodes).await;
-            match self.sync(&applied).await {
+            let outcome = self.sync(&applied).await;
+            match &outcome {
+                Ok(_) => self.metrics.synced(started.elapsed()),
+                Err(_) => self.metrics.failed(),
+            }
+            match outcome {
                 Ok(Some(next)) => {
                     applied = next;
                     info!(

@@ -224,6 +224,10 @@ impl Admin for AdminService {
             state: format!("{:?}", metrics.state),
             db_size_bytes: kv.db_size_bytes(),
             members,
+            unix_time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
         }))
     }
 }

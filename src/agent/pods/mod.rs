@@ -131,6 +131,17 @@ impl PodRegistry {
             .cloned()
     }
 
+    /// Pods registered here and how many of their containers run (kubelet_running_* gauges).
+    pub fn counts(&self) -> (usize, usize) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let containers = pods
+            .values()
+            .flat_map(|p| &p.containers)
+            .filter(|(_, c)| c.running)
+            .count();
+        (pods.len(), containers)
+    }
+
     pub fn all(&self) -> Vec<((String, String), RegisteredPod)> {
         self.pods
             .lock()
