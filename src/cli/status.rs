@@ -1,36 +1,11 @@
 //! `skiff status`: one row per member, each member's own view of term, indexes and revision.
 
 use anyhow::{Context, anyhow};
-use serde::Serialize;
-use skiff_proto::admin::StatusRequest;
 
 use crate::cli::StatusArgs;
-use crate::pki::{MemberPki, PkiPaths};
-use crate::server::bootstrap::admin_client;
+use crate::pki::PkiPaths;
+use crate::server::cluster_status::{ClusterStatus, collect};
 use crate::server::identity::NodeIdentity;
-
-#[derive(Serialize, Debug)]
-struct MemberRow {
-    name: String,
-    id: u64,
-    api: String,
-    role: String,
-    healthy: bool,
-    term: u64,
-    commit: u64,
-    applied: u64,
-    revision: i64,
-    compacted: i64,
-    db_bytes: u64,
-    error: Option<String>,
-}
-
-#[derive(Serialize, Debug)]
-struct ClusterStatus {
-    cluster_id: String,
-    leader: Option<String>,
-    members: Vec<MemberRow>,
-}
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let identity = NodeIdentity::load(&args.data)?.ok_or_else(|| {
@@ -47,7 +22,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| s.trim_start_matches("https://").to_string())
         .unwrap_or(identity.api_addr.clone());
-    let status = collect(&server, &pki).await?;
+    let status = collect(&server, &pki.ca.cert_pem, &pki.admin).await?;
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -57,94 +32,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         return Err(anyhow!("the cluster has no leader"));
     }
     Ok(())
-}
-
-async fn collect(server: &str, pki: &MemberPki) -> anyhow::Result<ClusterStatus> {
-    let mut client = admin_client(server, &pki.ca.cert_pem, Some(&pki.admin)).await?;
-    let first = client
-        .status(StatusRequest {})
-        .await
-        .map_err(|s| anyhow!("status from {server}: {}", s.message()))?
-        .into_inner();
-    let mut commit = 0;
-    let mut rows = Vec::new();
-    for member in &first.members {
-        let own = match admin_client(&member.api_addr, &pki.ca.cert_pem, Some(&pki.admin)).await {
-            Ok(mut c) => c
-                .status(StatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let row = match own {
-            Ok(s) => {
-                commit = commit.max(s.commit_index);
-                MemberRow {
-                    name: member.name.clone(),
-                    id: member.node_id,
-                    api: member.api_addr.clone(),
-                    role: if s.leader_id == member.node_id {
-                        "leader".into()
-                    } else if member.voter {
-                        "follower".into()
-                    } else {
-                        "learner".into()
-                    },
-                    healthy: s.leader_id != 0,
-                    term: s.term,
-                    commit: s.commit_index,
-                    applied: s.applied_index,
-                    revision: s.revision,
-                    compacted: s.compacted_revision,
-                    db_bytes: s.db_size_bytes,
-                    error: None,
-                }
-            }
-            Err(e) => MemberRow {
-                name: member.name.clone(),
-                id: member.node_id,
-                api: member.api_addr.clone(),
-                role: if member.voter {
-                    "voter".into()
-                } else {
-                    "learner".into()
-                },
-                healthy: false,
-                term: 0,
-                commit: 0,
-                applied: 0,
-                revision: 0,
-                compacted: 0,
-                db_bytes: 0,
-                error: Some(e),
-            },
-        };
-        rows.push(row);
-    }
-    for row in &mut rows {
-        if row.error.is_none() && row.commit == 0 {
-            row.commit = commit;
-        }
-    }
-    // The leader as the members it reached say, or as the first member says when the
-    // leader itself cannot be reached from here (members behind a relay).
-    let leader = rows
-        .iter()
-        .find(|r| r.role == "leader")
-        .map(|r| r.name.clone())
-        .or_else(|| {
-            first
-                .members
-                .iter()
-                .find(|m| m.node_id == first.leader_id && first.leader_id != 0)
-                .map(|m| m.name.clone())
-        });
-    Ok(ClusterStatus {
-        cluster_id: first.cluster_id,
-        leader,
-        members: rows,
-    })
 }
 
 fn print_table(status: &ClusterStatus) {
