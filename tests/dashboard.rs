@@ -138,7 +138,7 @@ fn dashboard(cluster: &Cluster, k: &Kubectl) {
         let members = b.text("#members tbody");
         members.lines().count() == 3
             && members.contains("leader")
-            && b.text("#leader").starts_with("leader node-")
+            && b.text("#leader").starts_with("leader node")
     });
     let members = browser.text("#members tbody");
     assert_eq!(members.matches("\tok").count(), 3, "all healthy: {members}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 /// The W3C element reference key.
-const ELEMENT: &str = "element-6066-11e4-a07c-00ec5a8c0ed3";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
     driver: Child,
@@ -65,19 +65,51 @@ fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Val
     stream
         .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;
+    // chromedriver says `Connection: close` but keeps the socket open: read the header, then
+    // exactly Content-Length bytes.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header in {text:?}"))?;
+    let mut buf = [0u8; 8192];
+    let header_end = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the header".into());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..header_end]).into_owned();
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = raw[header_end..].to_vec();
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            stream.read_to_end(&mut body).map_err(|e| e.to_string())?;
+        }
+    }
+    let rest = String::from_utf8_lossy(&body).into_owned();
     let payload = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(rest)
+        dechunk(&rest)
     } else {
-        rest.to_string()
+        rest
     };
     let parsed: Value = serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload:?}"))?;
     let status_ok = head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2");
@@ -128,6 +160,13 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
+        // Owned from here on: a panic below still ends chromedriver (Drop).
+        let mut browser = Browser {
+            driver,
+            port,
+            session: String::new(),
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while call(port, "GET", "/status", None)
             .map(|v| v["ready"] != json!(true))
@@ -136,18 +175,12 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let profile = dir.path().join("profile");
+        let profile = browser.dir.path().join("profile");
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": chromium_args(&profile)},
         }}});
-        let mut browser = Browser {
-            driver,
-            port,
-            session: String::new(),
-            dir,
-        };
         let session = call(port, "POST", "/session", Some(&capabilities))
             .unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
         browser.session = session["sessionId"]
@@ -201,7 +234,10 @@ impl Browser {
             "/element",
             Some(&json!({"using": "css selector", "value": selector})),
         );
-        found[ELEMENT].as_str().expect("element id").to_string()
+        match found[ELEMENT].as_str() {
+            Some(id) => id.to_string(),
+            None => panic!("no element {selector}: {found}"),
+        }
     }
 
     /// Replaces the value of the input at `selector` with `text`, as typed keys.
