@@ -136,7 +136,11 @@ async fn containerd_runtime(
     ))
 }
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
+    // containerd and its shims run with other working directories: a relative --data (skiff
+    // up's default ./skiff-up) would name the wrong state dir to them.
+    args.data = std::path::absolute(&args.data)
+        .with_context(|| format!("resolving {}", args.data.display()))?;
     if args.cleanup {
         crate::proxy::cleanup().await?;
         egress::remove().await?;

@@ -35,6 +35,7 @@ pub mod store;
 pub mod subresources;
 pub mod table;
 pub mod tokens;
+pub mod ui;
 pub mod watch;
 
 use axum::Router;
@@ -65,6 +66,8 @@ pub struct ApiOptions {
     pub pod_metrics: resource_metrics::PodMetrics,
     /// This member's cluster DNS, whose query counters /metrics shows.
     pub cluster_dns: Option<skiff_dns::ClusterDns>,
+    /// How the dashboard asks the members for their raft status.
+    pub member: ui::MemberAccess,
 }
 
 pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) -> Router {
@@ -75,6 +78,7 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         join_token,
         pod_metrics,
         cluster_dns,
+        member,
     } = options;
     // The custom kinds this member serves follow the CRDs in its replica (the mirror's task
     // runs for the life of the process).
@@ -101,5 +105,6 @@ pub fn routes(node: RaftNode, objects: objects::Objects, options: ApiOptions) ->
         join_token,
         kubelets: pod_metrics.kubelets,
         usage_samples: pod_metrics.samples,
+        member,
     })
 }

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub kubelets: super::pod_streams::Kubelets,
     /// The nodes' last usage samples (metrics.k8s.io rates).
     pub usage_samples: super::resource_metrics::UsageSamples,
+    /// How the dashboard's /ui/api/cluster reaches the members.
+    pub member: super::ui::MemberAccess,
 }
 
 /// What a request turned out to be, filled in as `serve` learns it; read for metrics and the
@@ -71,6 +73,8 @@ pub fn routes(state: ApiState) -> Router {
         .route("/openapi/v3", get(dispatch))
         .route("/openapi/v3/{*rest}", get(dispatch))
         .route("/metrics", get(dispatch))
+        .route("/ui/api/{*rest}", get(dispatch))
+        .merge(super::ui::routes())
         .with_state(state)
 }
 
@@ -385,6 +389,10 @@ async fn serve(
             text,
         )
             .into_response());
+    }
+    if let Some(rest) = path.strip_prefix("/ui/api/") {
+        authorize(&Attributes::of_path(&path, &method))?;
+        return super::ui::api(&state.member, rest).await;
     }
     if path == "/version" || path == "/version/" {
         authorize(&Attributes::of_path(&path, &method))?;

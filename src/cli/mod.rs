@@ -7,6 +7,7 @@ pub mod doctor_checks;
 pub mod kubeconfig;
 pub mod local_cluster;
 pub mod status;
+pub mod status_objects;
 pub mod up;
 pub mod up_hosts;
 

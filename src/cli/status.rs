@@ -1,136 +1,45 @@
-//! `skiff status`: one row per member, each member's own view of term, indexes and revision.
+//! `skiff status`: one row per member, each member's own view of term, indexes and revision
+//! (and how far its applied index lags the cluster's commit), then the Kubernetes side: nodes
+//! Ready/NotReady, pods by phase and the most recent warnings.
 
 use anyhow::anyhow;
 use serde::Serialize;
-use skiff_proto::admin::StatusRequest;
 
+use super::status_objects::{self, ObjectsSummary};
 use crate::cli::StatusArgs;
-use crate::pki::CertKey;
-use crate::server::bootstrap::admin_client;
+use crate::server::cluster_status::{ClusterStatus, collect};
 
-#[derive(Serialize, Debug)]
-struct MemberRow {
-    name: String,
-    id: u64,
-    api: String,
-    role: String,
-    healthy: bool,
-    term: u64,
-    commit: u64,
-    applied: u64,
-    revision: i64,
-    compacted: i64,
-    db_bytes: u64,
-    error: Option<String>,
-}
-
-#[derive(Serialize, Debug)]
-struct ClusterStatus {
-    cluster_id: String,
-    leader: Option<String>,
-    members: Vec<MemberRow>,
+/// What `-o json` prints: the members' fields at the top level (scripts read `leader` and
+/// `members`), the Kubernetes summary under `kubernetes` (absent when the API did not answer).
+#[derive(Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    cluster: &'a ClusterStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<&'a ObjectsSummary>,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let target = args.target.resolve()?;
     let status = collect(&target.server, &target.ca_pem, &target.client).await?;
+    let objects = status_objects::collect(&target.server, &target.ca_pem, &target.client).await;
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let report = Report {
+            cluster: &status,
+            kubernetes: objects.as_ref().ok(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&status);
+        match &objects {
+            Ok(summary) => status_objects::print(summary),
+            Err(e) => println!("kubernetes: unavailable ({e})"),
+        }
     }
     if status.leader.is_none() {
         return Err(anyhow!("the cluster has no leader"));
     }
     Ok(())
-}
-
-async fn collect(server: &str, ca_pem: &str, admin: &CertKey) -> anyhow::Result<ClusterStatus> {
-    let mut client = admin_client(server, ca_pem, Some(admin)).await?;
-    let first = client
-        .status(StatusRequest {})
-        .await
-        .map_err(|s| anyhow!("status from {server}: {}", s.message()))?
-        .into_inner();
-    let mut commit = 0;
-    let mut rows = Vec::new();
-    for member in &first.members {
-        let own = match admin_client(&member.api_addr, ca_pem, Some(admin)).await {
-            Ok(mut c) => c
-                .status(StatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let row = match own {
-            Ok(s) => {
-                commit = commit.max(s.commit_index);
-                MemberRow {
-                    name: member.name.clone(),
-                    id: member.node_id,
-                    api: member.api_addr.clone(),
-                    role: if s.leader_id == member.node_id {
-                        "leader".into()
-                    } else if member.voter {
-                        "follower".into()
-                    } else {
-                        "learner".into()
-                    },
-                    healthy: s.leader_id != 0,
-                    term: s.term,
-                    commit: s.commit_index,
-                    applied: s.applied_index,
-                    revision: s.revision,
-                    compacted: s.compacted_revision,
-                    db_bytes: s.db_size_bytes,
-                    error: None,
-                }
-            }
-            Err(e) => MemberRow {
-                name: member.name.clone(),
-                id: member.node_id,
-                api: member.api_addr.clone(),
-                role: if member.voter {
-                    "voter".into()
-                } else {
-                    "learner".into()
-                },
-                healthy: false,
-                term: 0,
-                commit: 0,
-                applied: 0,
-                revision: 0,
-                compacted: 0,
-                db_bytes: 0,
-                error: Some(e),
-            },
-        };
-        rows.push(row);
-    }
-    for row in &mut rows {
-        if row.error.is_none() && row.commit == 0 {
-            row.commit = commit;
-        }
-    }
-    // The leader as the members it reached say, or as the first member says when the
-    // leader itself cannot be reached from here (members behind a relay).
-    let leader = rows
-        .iter()
-        .find(|r| r.role == "leader")
-        .map(|r| r.name.clone())
-        .or_else(|| {
-            first
-                .members
-                .iter()
-                .find(|m| m.node_id == first.leader_id && first.leader_id != 0)
-                .map(|m| m.name.clone())
-        });
-    Ok(ClusterStatus {
-        cluster_id: first.cluster_id,
-        leader,
-        members: rows,
-    })
 }
 
 fn print_table(status: &ClusterStatus) {
@@ -140,17 +49,31 @@ fn print_table(status: &ClusterStatus) {
         status.leader.as_deref().unwrap_or("<none>")
     );
     println!(
-        "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  HEALTH",
-        "NAME", "ID", "API", "ROLE", "TERM", "COMMIT", "APPLIED", "REVISION", "COMPACTED", "DB"
+        "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>5} {:>9} {:>10} {:>9}  HEALTH",
+        "NAME",
+        "ID",
+        "API",
+        "ROLE",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "LAG",
+        "REVISION",
+        "COMPACTED",
+        "DB"
     );
+    let commit = status.members.iter().map(|r| r.commit).max().unwrap_or(0);
     for r in &status.members {
-        let health = match &r.error {
-            Some(e) => format!("unreachable: {e}"),
-            None if r.healthy => "ok".into(),
-            None => "no leader".into(),
+        let (health, lag) = match &r.error {
+            Some(e) => (format!("unreachable: {e}"), "-".to_string()),
+            None if r.healthy => ("ok".into(), commit.saturating_sub(r.applied).to_string()),
+            None => (
+                "no leader".into(),
+                commit.saturating_sub(r.applied).to_string(),
+            ),
         };
         println!(
-            "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
+            "{:<16} {:<20} {:<22} {:<9} {:>5} {:>9} {:>9} {:>5} {:>9} {:>10} {:>9}  {}",
             r.name,
             r.id,
             r.api,
@@ -158,6 +81,7 @@ fn print_table(status: &ClusterStatus) {
             r.term,
             r.commit,
             r.applied,
+            lag,
             r.revision,
             r.compacted,
             human_bytes(r.db_bytes),

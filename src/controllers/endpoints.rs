@@ -204,7 +204,17 @@ fn slice_body(addresses: &[Address], service: &Value) -> (Vec<Value>, Vec<Value>
         .collect();
     // Slice ports use the first pod's resolution (named ports may differ per pod; kube then
     // splits slices, which we do not yet).
-    let ports = addresses.first().map(|a| a.ports.clone()).unwrap_or_else(|| {
+    // An EndpointSlice port always carries a name, "" when the Service port has none, as
+    // kube's controller writes it: `kubectl describe service` dereferences it unchecked (a nil
+    // pointer panic in kubectl otherwise).
+    let named = |p: &Value| {
+        let mut p = p.clone();
+        if p.get("name").is_none() {
+            p["name"] = json!("");
+        }
+        p
+    };
+    let ports = addresses.first().map(|a| a.ports.iter().map(named).collect()).unwrap_or_else(|| {
         service
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -478,5 +488,11 @@ mod tests {
         assert!(found[0].ready);
         assert_eq!(found[0].ports[0]["port"], 5432);
         assert!(found[0].hostname.is_none(), "subdomain is web, not db");
+        let (_, ports) = slice_body(&found, &service);
+        assert_eq!(
+            ports[0]["name"], "",
+            "an unnamed port is named \"\" in the slice"
+        );
+        assert!(subsets(&found)[0]["ports"][0].get("name").is_none());
     }
 }

@@ -22,6 +22,27 @@ static INFO: KindInfo = KindInfo {
     tracks_generation: false,
 };
 
+/// The keys a typed Secret must carry, as kube-apiserver's ValidateSecret checks them (a
+/// `kubernetes.io/tls` Secret without `tls.key` would be accepted and then fail in the
+/// ingress that uses it).
+fn validate_type_keys(secret: &Secret, errors: &mut FieldErrors) {
+    let has = |key: &str| secret.data.as_ref().is_some_and(|d| d.contains_key(key));
+    let required: &[&str] = match secret.type_.as_deref().unwrap_or("") {
+        "kubernetes.io/tls" => &["tls.crt", "tls.key"],
+        "kubernetes.io/ssh-auth" => &["ssh-privatekey"],
+        "kubernetes.io/dockercfg" => &[".dockercfg"],
+        "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
+        // Either may be empty, but one must be there.
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            &["username", "password"]
+        }
+        _ => &[],
+    };
+    for key in required.iter().filter(|k| !has(k)) {
+        errors.push(FieldError::required(format!("data[{key}]")));
+    }
+}
+
 impl Strategy for SecretStrategy {
     type Object = Secret;
 
@@ -50,6 +71,7 @@ impl Strategy for SecretStrategy {
             &mut errors,
         );
         validate_data_size(secret.data.iter(), |v| v.0.len(), &mut errors);
+        validate_type_keys(secret, &mut errors);
         errors
     }
 
@@ -83,5 +105,49 @@ impl Strategy for SecretStrategy {
             Value::String(secret.type_.clone().unwrap_or_default()),
             Value::from(secret.data.as_ref().map_or(0, |d| d.len())),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(type_: &str, keys: &[&str]) -> Secret {
+        let data: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|k| (k.to_string(), Value::String("eA==".into())))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "namespace": "default"},
+            "type": type_,
+            "data": data,
+        }))
+        .expect("secret")
+    }
+
+    #[test]
+    fn typed_secrets_need_their_keys() {
+        let errors = SecretStrategy.validate(&secret("kubernetes.io/tls", &["foo"]));
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("data[tls.crt]") && text.contains("data[tls.key]"),
+            "{text}"
+        );
+        assert!(
+            SecretStrategy
+                .validate(&secret("kubernetes.io/tls", &["tls.crt", "tls.key"]))
+                .is_empty()
+        );
+        assert!(
+            SecretStrategy
+                .validate(&secret("kubernetes.io/basic-auth", &["password"]))
+                .is_empty()
+        );
+        assert!(
+            !SecretStrategy
+                .validate(&secret("kubernetes.io/basic-auth", &[]))
+                .is_empty()
+        );
+        assert!(SecretStrategy.validate(&secret("Opaque", &[])).is_empty());
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_listener;
 pub mod bootstrap;
+pub mod cluster_status;
 mod etcd_backend;
 pub mod identity;
 
@@ -262,6 +263,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 },
                 join_token: Some(token.clone()),
                 cluster_dns: cluster_dns.as_ref().map(|(dns, _)| dns.clone()),
+                member: crate::apiserver::ui::MemberAccess {
+                    api_addr: identity.api_addr.clone(),
+                    ca_pem: pki.ca.cert_pem.clone(),
+                    identity: pki.node.clone(),
+                },
             },
         ));
     let acceptor =

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod fake_nodes;
 pub mod hosts;
 pub mod kubectl;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
