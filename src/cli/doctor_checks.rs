@@ -139,7 +139,7 @@ pub fn quorum(q: &Quorum<'_>) -> Check {
             "a single voter has no fault tolerance: join two more members (`skiff server --join`)",
         );
     }
-    if q.voters % 2 == 0 {
+    if q.voters.is_multiple_of(2) {
         return Check::new("quorum", Level::Warn, detail).advise(format!(
             "{} voters tolerate no more failures than {}: add or remove one member",
             q.voters,

@@ -56,7 +56,11 @@ async fn list(client: &ApiClient, path: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Reads the summary from the API server at `server` (host:port).
-pub async fn collect(server: &str, ca_pem: &str, admin: &CertKey) -> anyhow::Result<ObjectsSummary> {
+pub async fn collect(
+    server: &str,
+    ca_pem: &str,
+    admin: &CertKey,
+) -> anyhow::Result<ObjectsSummary> {
     let client = ApiClient::connect(server, ca_pem, admin).await?;
     let nodes = list(&client, "/api/v1/nodes").await?;
     let pods = list(&client, "/api/v1/pods").await?;
