@@ -70,6 +70,9 @@ fn kill_leader_and_pause_pass_every_checker() {
         );
         if name == "kill-leader" {
             assert!(report["failover_p50_ms"].is_u64(), "{name}: {output}");
+            // The breakdown: when a survivor first named the new leader, per failover.
+            let f = &report["failover"];
+            assert!(f["elected_p50_ms"].is_u64(), "{name}: {f}");
         }
     }
 }

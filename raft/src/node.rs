@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::codec::{decode, encode};
 use crate::config::RaftTuning;
+use crate::elector::{self, Elector, PreVoteReply, PreVoteRequest};
 use crate::error::NodeError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::{PeerChannels, PeerNetworkFactory};
@@ -72,6 +73,7 @@ struct NodeInner {
     channels: PeerChannels,
     tuning: RaftTuning,
     reads: ReadIndexBatcher,
+    elector: Elector,
 }
 
 impl RaftNode {
@@ -105,9 +107,13 @@ impl RaftNode {
                 channels,
                 tuning: config.tuning,
                 reads: ReadIndexBatcher::default(),
+                elector: Elector::default(),
             }),
         };
         crate::compaction::spawn(node.clone());
+        if node.inner.tuning.fast_elections {
+            tokio::spawn(elector::run(node.clone(), node.inner.elector.clone()));
+        }
         Ok(node)
     }
 
@@ -341,6 +347,62 @@ impl RaftNode {
             Ok(Ok(reply)) => reply.into_inner(),
         };
         decode(&reply.data).map_err(ForwardTransport::Indeterminate)
+    }
+
+    /// Asks every other voter for a pre-vote (in parallel, each bounded by `within`); returns
+    /// how many granted it.
+    pub(crate) async fn collect_pre_votes(&self, ask: &PreVoteRequest, within: Duration) -> usize {
+        let Ok(data) = encode(ask) else {
+            return 0;
+        };
+        let peers: Vec<(NodeId, NodeInfo)> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter && m.id != self.inner.id)
+            .map(|m| (m.id, m.info))
+            .collect();
+        let asks = peers.into_iter().map(|(id, info)| {
+            let data = data.clone();
+            let channels = self.inner.channels.clone();
+            async move {
+                let mut client = channels.forwarding_client(&info.raft_addr).ok()?;
+                let call = client.pre_vote(skiff_proto::raft::RaftBytes { data });
+                let reply = tokio::time::timeout(within, call).await.ok()?.ok()?;
+                let reply: PreVoteReply = decode(&reply.into_inner().data).ok()?;
+                if !reply.granted {
+                    tracing::debug!(peer = id, reason = %reply.reason, "pre-vote refused");
+                }
+                Some(reply.granted)
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|granted| *granted == Some(true))
+            .count()
+    }
+
+    /// The voter side of a pre-vote: would this member grant `ask` a real vote now?
+    pub(crate) async fn answer_pre_vote(&self, ask: &PreVoteRequest) -> PreVoteReply {
+        let Some(view) = elector::election_view(self).await else {
+            return PreVoteReply {
+                granted: false,
+                reason: "raft is shutting down".into(),
+            };
+        };
+        match elector::pre_vote_decision(&view, ask, self.inner.tuning.election_timeout_max) {
+            Ok(()) => {
+                self.inner.elector.note_grant();
+                PreVoteReply {
+                    granted: true,
+                    reason: String::new(),
+                }
+            }
+            Err(reason) => PreVoteReply {
+                granted: false,
+                reason,
+            },
+        }
     }
 
     /// The leader side of every `LeaderRequest`, also served to forwarding followers.
