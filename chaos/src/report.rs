@@ -37,6 +37,9 @@ pub struct KeyReport {
 pub struct WatchReport {
     pub sessions: usize,
     pub resumed_sessions: usize,
+    /// Sessions the server cut because the history they still owed was compacted.
+    #[serde(default)]
+    pub compacted_sessions: usize,
     pub events: usize,
     pub committed_revisions: usize,
     pub violations: Vec<WatchViolation>,
@@ -151,9 +154,10 @@ impl Report {
         let w = &self.watch;
         let _ = writeln!(
             t,
-            "\nwatch: {} sessions ({} resumed), {} events, {} committed revisions in range: {}",
+            "\nwatch: {} sessions ({} resumed, {} cut by compaction), {} events, {} committed revisions in range: {}",
             w.sessions,
             w.resumed_sessions,
+            w.compacted_sessions,
             w.events,
             w.committed_revisions,
             if w.violations.is_empty() {

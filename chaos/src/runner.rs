@@ -347,6 +347,14 @@ fn check_watch_sessions(
     WatchReport {
         sessions: sessions.len(),
         resumed_sessions: sessions.iter().filter(|s| s.resumed).count(),
+        compacted_sessions: sessions
+            .iter()
+            .filter(|s| {
+                s.items
+                    .iter()
+                    .any(|i| matches!(i, WatchItem::Compacted { .. }))
+            })
+            .count(),
         events,
         committed_revisions: all.revisions(),
         violations,

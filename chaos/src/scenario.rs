@@ -103,10 +103,12 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "disk-full",
-        about: "fill member 2's data disk (its own 256 MiB tmpfs), then free it and restart the member [--netns: root]",
+        about: "fill member 2's data disk (its own 256 MiB tmpfs) while it builds snapshots every 200 entries, then free it and restart the member [--netns: root]",
         fault: FaultKind::DiskFull,
         hold_ms: HOLD,
-        server_args: &[],
+        // RocksDB preallocates its WAL, so appends alone may never meet the full disk within
+        // a fault; snapshot files are new files and do.
+        server_args: &["--snapshot-after-logs", "200", "--logs-to-keep", "10"],
     },
     Scenario {
         name: "partition-leader",

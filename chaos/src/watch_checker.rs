@@ -226,9 +226,11 @@ fn check_session(committed: &Committed, s: &WatchSession, out: &mut Vec<WatchVio
     } else {
         WatchViolationKind::Gap
     };
+    // An empty window (a stream refused at once, e.g. as compacted) owes nothing; a
+    // `start..=start-1` range would panic.
     let missing: Vec<i64> = committed
         .revisions
-        .range(s.start_revision..=covered_to.max(s.start_revision - 1))
+        .range(s.start_revision..covered_to.saturating_add(1).max(s.start_revision))
         .map(|(r, _)| *r)
         .filter(|r| !seen.contains_key(r))
         .collect();

@@ -199,3 +199,10 @@ fn a_compacted_stream_ends_its_window_and_a_false_compaction_fails() {
         "{v:?}"
     );
 }
+
+#[test]
+fn a_stream_refused_at_once_owes_nothing() {
+    let refused = session(3, vec![WatchItem::Compacted { revision: 5 }]);
+    let v = check_watches(committed(), &[refused]);
+    assert!(v.is_empty(), "{v:?}");
+}
