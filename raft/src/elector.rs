@@ -181,9 +181,12 @@ pub(crate) async fn run(node: RaftNode, elector: Elector) {
             term,
             last_log: view.last_log,
         };
-        let granted = node.collect_pre_votes(&request, PRE_VOTE_TIMEOUT).await;
         // Our own vote counts: a quorum is a majority of the voters.
-        if (granted + 1) * 2 > view.voters {
+        let needed = view.voters / 2;
+        let granted = node
+            .collect_pre_votes(&request, PRE_VOTE_TIMEOUT, needed)
+            .await;
+        if granted >= needed {
             info!(
                 term,
                 granted,

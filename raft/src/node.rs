@@ -289,7 +289,15 @@ impl RaftNode {
                 }
                 Some((leader_id, leader)) => {
                     let span = info_span!("forward", leader = leader_id);
-                    match self.forward(&leader, &request).instrument(span).await {
+                    let forwarded = tokio::select! {
+                        outcome = self.forward(&leader, &request).instrument(span) => outcome,
+                        () = self.leader_moved_from(leader_id) => Err(
+                            ForwardTransport::Indeterminate(
+                                "the leader changed while the request was with it".into(),
+                            ),
+                        ),
+                    };
+                    match forwarded {
                         Ok(outcome) => outcome,
                         Err(ForwardTransport::NotSent) => {
                             Err(ForwardError::NotLeader { leader: None })
@@ -317,6 +325,23 @@ impl RaftNode {
                     return Err(NodeError::Membership(message));
                 }
                 Err(ForwardError::Fatal(message)) => return Err(NodeError::Fatal(message)),
+            }
+        }
+    }
+
+    /// Resolves once this member no longer sees `leader_id` as the leader (it voted in a new
+    /// election or heard from a new leader). A request still with a paused or cut-off old
+    /// leader gets no answer worth waiting the whole request timeout for: a read retries on the
+    /// new leader at once, a write reports its outcome as unknown at once.
+    async fn leader_moved_from(&self, leader_id: NodeId) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader_id) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: the forward's own timeout decides.
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -350,8 +375,14 @@ impl RaftNode {
     }
 
     /// Asks every other voter for a pre-vote (in parallel, each bounded by `within`); returns
-    /// how many granted it.
-    pub(crate) async fn collect_pre_votes(&self, ask: &PreVoteRequest, within: Duration) -> usize {
+    /// how many granted it, as soon as `enough` have: a paused or cut-off old leader never
+    /// answers, and waiting for it would add the whole timeout to the failover.
+    pub(crate) async fn collect_pre_votes(
+        &self,
+        ask: &PreVoteRequest,
+        within: Duration,
+        enough: usize,
+    ) -> usize {
         let Ok(data) = encode(ask) else {
             return 0;
         };
@@ -375,11 +406,16 @@ impl RaftNode {
                 Some(reply.granted)
             }
         });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter(|granted| *granted == Some(true))
-            .count()
+        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+        let mut granted = 0;
+        while granted < enough
+            && let Some(answer) = futures::StreamExt::next(&mut pending).await
+        {
+            if answer == Some(true) {
+                granted += 1;
+            }
+        }
+        granted
     }
 
     /// The voter side of a pre-vote: would this member grant `ask` a real vote now?
