@@ -321,6 +321,14 @@ impl RaftNode {
                     }
                     tokio::time::sleep(retry_pause).await;
                 }
+                Err(ForwardError::MembershipBusy(message)) => {
+                    // Members joining back to back (a learner added while the previous one is
+                    // being promoted) wait their turn instead of failing the join.
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Membership(message));
+                    }
+                    tokio::time::sleep(retry_pause * 4).await;
+                }
                 Err(ForwardError::Membership(message)) => {
                     return Err(NodeError::Membership(message));
                 }
@@ -562,6 +570,9 @@ impl RaftNode {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node),
             },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ openraft::error::ChangeMembershipError::InProgress(_),
+            )) => ForwardError::MembershipBusy(e.to_string()),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 ForwardError::Membership(e.to_string())
             }
