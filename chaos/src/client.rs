@@ -21,6 +21,15 @@ pub struct Credentials {
     pub domain: String,
 }
 
+/// One member's answer to the Maintenance status RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    /// The leader's member id as this member sees it (0: none).
+    pub leader: u64,
+    pub term: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     /// One "https://IP:2379" per member, index = member index.
@@ -77,14 +86,24 @@ impl Endpoints {
 
     /// (own member id, leader id as this member sees it), or None if it does not answer.
     pub async fn member_status(&self, member: usize) -> Option<(u64, u64)> {
+        self.raft_status(member, Duration::from_millis(800))
+            .await
+            .map(|s| (s.id, s.leader))
+    }
+
+    /// The member's raft view (own id, leader, term), or None if it does not answer in time.
+    pub async fn raft_status(&self, member: usize, within: Duration) -> Option<RaftStatus> {
         let mut client = MaintenanceClient::new(self.channel(member).ok()?);
-        let reply =
-            tokio::time::timeout(Duration::from_millis(800), client.status(StatusRequest {}))
-                .await
-                .ok()?
-                .ok()?
-                .into_inner();
-        Some((reply.header?.member_id, reply.leader))
+        let reply = tokio::time::timeout(within, client.status(StatusRequest {}))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        Some(RaftStatus {
+            id: reply.header?.member_id,
+            leader: reply.leader,
+            term: reply.raft_term,
+        })
     }
 
     /// The index of the member every answering member names as leader (None: no agreement, or

@@ -9,13 +9,17 @@
 //! - `revisions`: no operation sees an older store revision than one that already returned.
 //! - `nemesis`: faults with inject/heal over a `MemberControl` the caller provides (the skiff
 //!   binary owns the processes; this crate never depends on it).
+//! - `disk`: disk full on one member (a small tmpfs data dir filled up).
 //! - `netns`, `partition`: namespaces joined by a bridge, and partitions as blackhole routes.
 //! - `client`, `workload`, `watch_recorder`: etcd-protocol traffic recorded into a history.
+//! - `failover`: leader fault -> new leader -> first acknowledged write, per fault.
 //! - `scenario`, `runner`, `convergence`, `report`: one run from fault schedule to verdicts.
 
 pub mod client;
 pub mod convergence;
+pub mod disk;
 pub mod error;
+pub mod failover;
 pub mod history;
 pub mod linearizability;
 pub mod minimize;

@@ -47,6 +47,10 @@ pub fn signal(ctl: &dyn MemberControl, member: usize, sig: i32) -> Result<(), Ch
 pub enum Target {
     Leader,
     Random,
+    /// A random member other than the leader.
+    Follower,
+    /// Always this member (0-based): a fault prepared for it before the run (its disk).
+    Member(usize),
     /// Round-robin over the members (rolling faults): the n-th injection hits member n % size.
     Next,
 }

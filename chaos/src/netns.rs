@@ -6,8 +6,9 @@
 //! - `N-m<i>`: member i, `eth0` = SUBNET<i>/24, a veth into the bridge;
 //! - `N-ctl`: the chaos process itself (clients, watchers), `eth0` = SUBNET100/24.
 //!
-//! A partition is a set of blackhole routes inside member namespaces (both directions), so
-//! clients in `N-ctl` still reach every member: an isolated leader keeps answering clients.
+//! A partition is a set of one-way blackhole routes inside member namespaces, packet loss an
+//! nftables rule there, so clients in `N-ctl` still reach every member: an isolated leader
+//! keeps answering clients.
 
 use std::process::Command;
 
@@ -127,41 +128,90 @@ impl NetnsTopology {
         }
     }
 
-    /// Cuts `member` off from every other member (both directions).
-    pub fn isolate(&self, member: usize) -> Result<(), ChaosError> {
-        for other in (0..self.size).filter(|o| *o != member) {
-            self.blackhole(member, other, "add")?;
-            self.blackhole(other, member, "add")?;
-        }
-        Ok(())
-    }
-
-    /// Undoes `isolate(member)`; routes already gone are fine.
-    pub fn heal(&self, member: usize) -> Result<(), ChaosError> {
-        let mut first_error = None;
-        for other in (0..self.size).filter(|o| *o != member) {
-            for (from, to) in [(member, other), (other, member)] {
-                if let Err(e) = self.blackhole(from, to, "del")
-                    && first_error.is_none()
-                {
-                    first_error = Some(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    fn blackhole(&self, from: usize, to: usize, action: &str) -> Result<(), ChaosError> {
+    /// Adds (or removes) a blackhole route in `from`'s namespace: its packets to `to` are
+    /// dropped. Removing a route that is already gone is fine.
+    pub fn blackhole(&self, from: usize, to: usize, add: bool) -> Result<(), ChaosError> {
         let dest = format!("{}/32", self.member_ip(to));
-        ip(&[
+        let ns = self.member_ns(from);
+        let result = ip(&[
             "-n",
-            &self.member_ns(from),
+            &ns,
             "route",
-            action,
+            if add { "add" } else { "del" },
             "blackhole",
             &dest,
-        ])
+        ]);
+        match result {
+            Err(ChaosError::Netns(message)) if !add && message.contains("No such process") => {
+                Ok(())
+            }
+            other => other,
+        }
     }
+
+    /// Drops `percent`% of the packets between `member` and its peers, both ways (nftables in
+    /// the member's namespace; the kernel here has no netem qdisc, so no delay fault).
+    pub fn drop_randomly(&self, member: usize, percent: u8) -> Result<(), ChaosError> {
+        let peers: Vec<String> = (0..self.size)
+            .filter(|o| *o != member)
+            .map(|o| self.member_ip(o))
+            .collect();
+        let peers = peers.join(", ");
+        let percent = percent.min(100);
+        let rules = format!(
+            "table inet {LOSS_TABLE} {{\n\
+             chain out {{ type filter hook output priority 0; policy accept; \
+             ip daddr {{ {peers} }} numgen random mod 100 < {percent} drop; }}\n\
+             chain in {{ type filter hook input priority 0; policy accept; \
+             ip saddr {{ {peers} }} numgen random mod 100 < {percent} drop; }}\n}}\n"
+        );
+        nft(&self.member_ns(member), &["-f", "-"], Some(&rules))
+    }
+
+    /// Undoes `drop_randomly(member, _)`.
+    pub fn clear_loss(&self, member: usize) -> Result<(), ChaosError> {
+        match nft(
+            &self.member_ns(member),
+            &["delete", "table", "inet", LOSS_TABLE],
+            None,
+        ) {
+            Err(ChaosError::Netns(message)) if message.contains("No such file") => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The nftables table packet-loss faults live in (inside member namespaces only).
+const LOSS_TABLE: &str = "skiff_chaos_loss";
+
+/// Runs nft inside namespace `ns`, feeding `stdin` when given.
+fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<(), ChaosError> {
+    use std::io::Write;
+    let what = || format!("nft {} in {ns}", args.join(" "));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| ChaosError::Netns(format!("{}: {e}", what())))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .map_err(|e| ChaosError::Netns(format!("{}: {e}", what())))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ChaosError::Netns(format!("{}: {e}", what())))?;
+    if !out.status.success() {
+        return Err(ChaosError::Netns(format!(
+            "{}: {}",
+            what(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The network namespace this process runs in ("net:[inode]"), if readable.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::convergence::Convergence;
 use crate::error::ChaosError;
+use crate::failover::FailoverSummary;
 use crate::history::{History, NEVER, Operation};
 use crate::linearizability::Verdict;
 use crate::watch_checker::WatchViolation;
@@ -36,6 +37,9 @@ pub struct KeyReport {
 pub struct WatchReport {
     pub sessions: usize,
     pub resumed_sessions: usize,
+    /// Sessions the server cut because the history they still owed was compacted.
+    #[serde(default)]
+    pub compacted_sessions: usize,
     pub events: usize,
     pub committed_revisions: usize,
     pub violations: Vec<WatchViolation>,
@@ -62,6 +66,8 @@ pub struct Report {
     pub failover_ms: Vec<u64>,
     pub failover_p50_ms: Option<u64>,
     pub failover_p99_ms: Option<u64>,
+    /// The same failovers split into election and first commit.
+    pub failover: FailoverSummary,
     /// Problems running the scenario itself (a fault that could not be injected, ...).
     pub run_errors: Vec<String>,
     pub passed: bool,
@@ -148,9 +154,10 @@ impl Report {
         let w = &self.watch;
         let _ = writeln!(
             t,
-            "\nwatch: {} sessions ({} resumed), {} events, {} committed revisions in range: {}",
+            "\nwatch: {} sessions ({} resumed, {} cut by compaction), {} events, {} committed revisions in range: {}",
             w.sessions,
             w.resumed_sessions,
+            w.compacted_sessions,
             w.events,
             w.committed_revisions,
             if w.violations.is_empty() {
@@ -209,6 +216,18 @@ impl Report {
             fmt_ms(self.failover_p99_ms),
             self.failover_ms
         );
+        let f = &self.failover;
+        if !f.samples.is_empty() {
+            let _ = writeln!(
+                t,
+                "  fault -> new leader named: p50={} p99={}; new leader -> first write: p50={} p99={}; elections over 1 term: {}",
+                fmt_ms(f.elected_p50_ms),
+                fmt_ms(f.elected_p99_ms),
+                fmt_ms(f.commit_p50_ms),
+                fmt_ms(f.commit_p99_ms),
+                f.multi_term_elections
+            );
+        }
         for e in &self.run_errors {
             let _ = writeln!(t, "run error: {e}");
         }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use skiff_proto::etcdserverpb::PutRequest;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -20,12 +19,13 @@ use tracing::{info, warn};
 
 use crate::client::Endpoints;
 use crate::convergence::{check_convergence, lost_writes};
+use crate::failover::{FailoverSample, FailoverSummary, failover_probe};
 use crate::history::{History, Recorder};
 use crate::linearizability::{CheckLimits, Verdict, check_key};
 use crate::minimize::minimize;
 use crate::nemesis::{MemberControl, Nemesis, Target};
 use crate::netns::NetnsTopology;
-use crate::report::{FaultRecord, KeyReport, Report, WatchReport, percentile};
+use crate::report::{FaultRecord, KeyReport, Report, WatchReport};
 use crate::revisions::revisions_going_back;
 use crate::scenario::Scenario;
 use crate::watch_checker::{Committed, WatchItem, WatchSession, check_watches};
@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub results: PathBuf,
     /// Set when the members run in network namespaces (partition scenarios).
     pub netns: Option<NetnsTopology>,
+    /// The small tmpfs that is member `disk::DISK_MEMBER`'s data dir (disk-full scenario).
+    pub disk: Option<PathBuf>,
 }
 
 const PREFIX: &str = "/chaos/";
@@ -120,20 +122,21 @@ pub async fn run_scenario(
             report.run_errors.push("a workload client panicked".into());
         }
     }
-    let mut failover_ms = Vec::new();
+    let mut samples = Vec::new();
     for probe in failovers {
         match probe.await {
-            Ok(Some(ms)) => failover_ms.push(ms),
+            Ok(Some(sample)) => samples.push(sample),
             Ok(None) => report
                 .run_errors
                 .push("no write was acknowledged within 20 s of a leader fault".into()),
             Err(_) => report.run_errors.push("a failover probe panicked".into()),
         }
     }
-    failover_ms.sort_unstable();
-    report.failover_p50_ms = percentile(&failover_ms, 50.0);
-    report.failover_p99_ms = percentile(&failover_ms, 99.0);
-    report.failover_ms = failover_ms;
+    let failover = FailoverSummary::new(samples);
+    report.failover_ms = failover.samples.iter().map(|s| s.write_ms).collect();
+    report.failover_p50_ms = failover.write_p50_ms;
+    report.failover_p99_ms = failover.write_p99_ms;
+    report.failover = failover;
 
     // 3. Convergence once every member answers.
     if wait_all_answer(endpoints, Duration::from_secs(45))
@@ -200,9 +203,12 @@ async fn inject_faults(
     recorder: &Recorder,
     start: Instant,
     report: &mut Report,
-) -> Vec<JoinHandle<Option<u64>>> {
+) -> Vec<JoinHandle<Option<FailoverSample>>> {
     let mut probes = Vec::new();
-    let mut nemesis = match config.scenario.nemesis(config.netns.as_ref()) {
+    let mut nemesis = match config
+        .scenario
+        .nemesis(config.netns.as_ref(), config.disk.as_deref())
+    {
         Ok(Some(nemesis)) => nemesis,
         Ok(None) => {
             tokio::time::sleep_until(start + config.duration).await;
@@ -224,9 +230,21 @@ async fn inject_faults(
         let member = match (nemesis.target(), leader) {
             (Target::Leader, Some(leader)) => leader,
             (Target::Next, _) => n % size,
+            (Target::Member(m), _) => m % size,
+            (Target::Follower, Some(leader)) if size > 1 => {
+                (leader + 1 + fault.pick as usize % (size - 1)) % size
+            }
             _ => fault.pick as usize % size,
         };
         let is_leader = leader == Some(member);
+        // The old leader's id and term, so the probe can tell when a new one is elected.
+        let before = if is_leader {
+            endpoints
+                .raft_status(member, Duration::from_millis(500))
+                .await
+        } else {
+            None
+        };
         match nemesis.inject(ctl, member).await {
             Ok(detail) => {
                 report.faults.push(FaultRecord {
@@ -239,6 +257,7 @@ async fn inject_faults(
                     probes.push(tokio::spawn(failover_probe(
                         endpoints.clone(),
                         member,
+                        before,
                         n,
                         rng.random(),
                     )));
@@ -270,55 +289,6 @@ async fn heal(
         }),
         Err(e) => report.run_errors.push(format!("heal: {e}")),
     }
-}
-
-/// Writes to the surviving members until one write is acknowledged; milliseconds from the fault.
-/// A new attempt starts every 100 ms (round-robin over the survivors) while earlier ones are
-/// still waiting, so the time measured is the cluster's, not a client timeout's.
-async fn failover_probe(endpoints: Endpoints, victim: usize, n: usize, salt: u32) -> Option<u64> {
-    let started = Instant::now();
-    let survivors: Vec<usize> = (0..endpoints.len()).filter(|m| *m != victim).collect();
-    let mut clients = Vec::new();
-    for m in &survivors {
-        clients.push(endpoints.kv(*m).ok()?);
-    }
-    if clients.is_empty() {
-        return None;
-    }
-    let mut attempts = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let give_up = started + Duration::from_secs(20);
-    for attempt in 0..200usize {
-        let mut kv = clients[attempt % clients.len()].clone();
-        let put = PutRequest {
-            key: b"/chaos-probe/failover".to_vec(),
-            value: format!("fault-{n}-{salt}-{attempt}").into_bytes(),
-            ..Default::default()
-        };
-        attempts.spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), kv.put(put)).await {
-                Ok(Ok(_)) => Some(Instant::now()),
-                _ => None,
-            }
-        });
-        tick.tick().await;
-        // Collect whatever finished; the earliest success ends the probe.
-        let mut first: Option<Instant> = None;
-        while let Some(done) = attempts.try_join_next() {
-            if let Ok(Some(at)) = done {
-                first = Some(first.map_or(at, |f| f.min(at)));
-            }
-        }
-        if let Some(at) = first {
-            attempts.abort_all();
-            return Some(at.duration_since(started).as_millis() as u64);
-        }
-        if Instant::now() > give_up {
-            break;
-        }
-    }
-    attempts.abort_all();
-    None
 }
 
 /// The leader once every member answers and agrees on it.
@@ -360,7 +330,7 @@ fn check_watch_sessions(
         .flat_map(|s| s.items.iter())
         .map(|i| match i {
             WatchItem::Events { events } => events.len(),
-            WatchItem::Progress { .. } => 0,
+            WatchItem::Progress { .. } | WatchItem::Compacted { .. } => 0,
         })
         .sum();
     let violations = check_watches(committed.clone(), sessions);
@@ -377,6 +347,14 @@ fn check_watch_sessions(
     WatchReport {
         sessions: sessions.len(),
         resumed_sessions: sessions.iter().filter(|s| s.resumed).count(),
+        compacted_sessions: sessions
+            .iter()
+            .filter(|s| {
+                s.items
+                    .iter()
+                    .any(|i| matches!(i, WatchItem::Compacted { .. }))
+            })
+            .count(),
         events,
         committed_revisions: all.revisions(),
         violations,

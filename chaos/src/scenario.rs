@@ -6,10 +6,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::disk::DiskFull;
 use crate::error::ChaosError;
 use crate::nemesis::{KillMember, Nemesis, PauseMember, RollingRestart, Target};
 use crate::netns::NetnsTopology;
-use crate::partition::Partition;
+use crate::partition::{NetFault, Partition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -18,7 +19,9 @@ pub enum FaultKind {
     Pause(Target),
     RollingRestart,
     /// Needs network namespaces (`--netns`).
-    Partition(Target),
+    Network(Target, NetFault),
+    /// Needs root (a tmpfs for one member's data dir); run in the `--netns` mode.
+    DiskFull,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -26,48 +29,121 @@ pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub fault: FaultKind,
+    /// How long each fault is held, in milliseconds (a range the seed picks from).
+    pub hold_ms: (u64, u64),
+    /// Extra `skiff server` flags for the members (e.g. tiny snapshot thresholds).
+    pub server_args: &'static [&'static str],
 }
+
+const HOLD: (u64, u64) = (1000, 3000);
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "none",
         about: "no faults: the workload and checkers alone",
         fault: FaultKind::None,
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "kill-leader",
         about: "SIGKILL the raft leader, restart it after a while; measures failover",
         fault: FaultKind::Kill(Target::Leader),
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "kill-random",
         about: "SIGKILL a random member, restart it after a while",
         fault: FaultKind::Kill(Target::Random),
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "pause-leader",
         about: "SIGSTOP the leader (a GC-like pause past the election timeout), then SIGCONT",
         fault: FaultKind::Pause(Target::Leader),
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "pause",
         about: "SIGSTOP a random member, then SIGCONT",
         fault: FaultKind::Pause(Target::Random),
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "rolling-restart",
         about: "stop (SIGTERM) and restart every member in turn",
         fault: FaultKind::RollingRestart,
+        hold_ms: HOLD,
+        server_args: &[],
+    },
+    Scenario {
+        name: "kill-follower-snapshot",
+        about: "SIGKILL a follower long enough that it must catch up by snapshot install under load (snapshots every 200 entries)",
+        fault: FaultKind::Kill(Target::Follower),
+        hold_ms: (3000, 5000),
+        server_args: &["--snapshot-after-logs", "200", "--logs-to-keep", "10"],
+    },
+    Scenario {
+        name: "compaction-watches",
+        about: "history compacted every second (100 revisions kept) while watchers run; SIGKILL a random member so its watcher must resume across the compaction",
+        fault: FaultKind::Kill(Target::Random),
+        hold_ms: (2000, 4000),
+        server_args: &[
+            "--compaction-interval-secs",
+            "1",
+            "--history-retention-secs",
+            "1",
+            "--history-min-revisions",
+            "100",
+        ],
+    },
+    Scenario {
+        name: "disk-full",
+        about: "fill member 2's data disk (its own 256 MiB tmpfs) while it builds snapshots every 200 entries, then free it and restart the member [--netns: root]",
+        fault: FaultKind::DiskFull,
+        hold_ms: HOLD,
+        // RocksDB preallocates its WAL, so appends alone may never meet the full disk within
+        // a fault; snapshot files are new files and do.
+        server_args: &["--snapshot-after-logs", "200", "--logs-to-keep", "10"],
     },
     Scenario {
         name: "partition-leader",
         about: "isolate the leader from its peers (clients still reach it), then heal [--netns]",
-        fault: FaultKind::Partition(Target::Leader),
+        fault: FaultKind::Network(Target::Leader, NetFault::Isolate),
+        hold_ms: HOLD,
+        server_args: &[],
     },
     Scenario {
         name: "partition-random",
-        about: "isolate a random member from its peers, then heal [--netns]",
-        fault: FaultKind::Partition(Target::Random),
+        about: "majority/minority: isolate a random member from its peers, then heal [--netns]",
+        fault: FaultKind::Network(Target::Random, NetFault::Isolate),
+        hold_ms: HOLD,
+        server_args: &[],
+    },
+    Scenario {
+        name: "partition-bridge",
+        about: "a random member reaches both others, which cannot reach each other [--netns]",
+        fault: FaultKind::Network(Target::Random, NetFault::Bridge),
+        hold_ms: HOLD,
+        server_args: &[],
+    },
+    Scenario {
+        name: "partition-one-way",
+        about: "asymmetric: the leader's packets to its peers are dropped, theirs still arrive [--netns]",
+        fault: FaultKind::Network(Target::Leader, NetFault::OneWay),
+        hold_ms: HOLD,
+        server_args: &[],
+    },
+    Scenario {
+        name: "packet-loss",
+        about: "drop 30% of the packets between the leader and its peers, both ways [--netns]",
+        fault: FaultKind::Network(Target::Leader, NetFault::Loss(30)),
+        hold_ms: (2000, 4000),
+        server_args: &[],
     },
 ];
 
@@ -77,21 +153,27 @@ impl Scenario {
     }
 
     pub fn needs_netns(&self) -> bool {
-        matches!(self.fault, FaultKind::Partition(_))
+        matches!(self.fault, FaultKind::Network(..) | FaultKind::DiskFull)
     }
 
+    /// The scenario's fault. `disk` is the tmpfs data dir of `disk::DISK_MEMBER` (disk-full).
     pub fn nemesis(
         &self,
         netns: Option<&NetnsTopology>,
+        disk: Option<&std::path::Path>,
     ) -> Result<Option<Box<dyn Nemesis>>, ChaosError> {
         Ok(match self.fault {
             FaultKind::None => None,
             FaultKind::Kill(target) => Some(Box::new(KillMember::new(target))),
             FaultKind::Pause(target) => Some(Box::new(PauseMember::new(target))),
             FaultKind::RollingRestart => Some(Box::new(RollingRestart::new())),
-            FaultKind::Partition(target) => {
+            FaultKind::Network(target, fault) => {
                 let topology = netns.ok_or_else(|| ChaosError::NeedsNetns(self.name.into()))?;
-                Some(Box::new(Partition::new(target, topology.clone())))
+                Some(Box::new(Partition::new(target, fault, topology.clone())))
+            }
+            FaultKind::DiskFull => {
+                let dir = disk.ok_or_else(|| ChaosError::NeedsNetns(self.name.into()))?;
+                Some(Box::new(DiskFull::new(dir.to_path_buf())))
             }
         })
     }
@@ -107,7 +189,7 @@ impl Scenario {
         let end = duration.saturating_sub(Duration::from_secs(3));
         let mut at = Duration::from_millis(1500);
         for _ in 0..10_000 {
-            let hold = Duration::from_millis(rng.random_range(1000..3000));
+            let hold = Duration::from_millis(rng.random_range(self.hold_ms.0..self.hold_ms.1));
             if at + hold > end {
                 break;
             }

@@ -5,7 +5,10 @@
 //! - reliable: every committed revision in the session's window appears (no gap);
 //! - resumable: a session started at revision R sees exactly the committed suffix from R;
 //! - bookmarkable: progress notifications never go back, and no event arrives at or below a
-//!   revision a progress notification already covered.
+//!   revision a progress notification already covered;
+//! - compaction: a stream cut because its history was compacted names a compaction above the
+//!   revisions it still owed (its window ends at what it delivered; the next session resumes
+//!   from the compacted revision).
 //!
 //! The committed history is the union of what acknowledged writes, the final read and every
 //! watcher reported; two sources disagreeing about one revision is itself a violation.
@@ -29,6 +32,9 @@ pub enum WatchItem {
     Events { events: Vec<WatchEvent> },
     /// A progress notification / bookmark: everything up to `revision` was delivered.
     Progress { revision: i64 },
+    /// The stream was cancelled because history below `revision` is compacted away (etcd's
+    /// `compact_revision`); a client resumes from `revision` after re-listing.
+    Compacted { revision: i64 },
 }
 
 /// One watch stream from creation until it ended (member killed, run over).
@@ -55,6 +61,8 @@ pub enum WatchViolationKind {
     BeforeStart,
     ProgressWentBack,
     EventBehindProgress,
+    /// Refused as compacted although the revision asked for was not below the compaction.
+    FalseCompaction,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +140,16 @@ fn check_session(committed: &Committed, s: &WatchSession, out: &mut Vec<WatchVio
     let mut covered_to = s.start_revision - 1;
     for (response, item) in s.items.iter().enumerate() {
         match item {
+            WatchItem::Compacted { revision } => {
+                let owed = covered_to + 1;
+                if *revision <= owed {
+                    push(
+                        WatchViolationKind::FalseCompaction,
+                        *revision,
+                        format!("cancelled as compacted at {revision} while owing {owed}"),
+                    );
+                }
+            }
             WatchItem::Progress { revision } => {
                 if *revision < last_progress {
                     push(
@@ -208,9 +226,11 @@ fn check_session(committed: &Committed, s: &WatchSession, out: &mut Vec<WatchVio
     } else {
         WatchViolationKind::Gap
     };
+    // An empty window (a stream refused at once, e.g. as compacted) owes nothing; a
+    // `start..=start-1` range would panic.
     let missing: Vec<i64> = committed
         .revisions
-        .range(s.start_revision..=covered_to.max(s.start_revision - 1))
+        .range(s.start_revision..covered_to.saturating_add(1).max(s.start_revision))
         .map(|(r, _)| *r)
         .filter(|r| !seen.contains_key(r))
         .collect();

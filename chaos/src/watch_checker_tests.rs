@@ -159,3 +159,50 @@ fn events_below_the_start_fail() {
         "{v:?}"
     );
 }
+
+#[test]
+fn a_compacted_stream_ends_its_window_and_a_false_compaction_fails() {
+    // Delivered up to 4, then cut because history below 6 is gone: no gap is claimed for 5.
+    let cut = session(
+        2,
+        vec![
+            events(vec![ev(2, "k0", "v2"), ev(3, "k1", "v3")]),
+            events(vec![ev(4, "k0", "v4")]),
+            WatchItem::Compacted { revision: 6 },
+        ],
+    );
+    let resumed = session(
+        6,
+        vec![
+            events(vec![ev(6, "k0", "v6")]),
+            events(vec![ev(7, "k0", "t0"), ev(7, "k1", "t1")]),
+        ],
+    );
+    let v = check_watches(committed(), &[cut, resumed]);
+    assert!(v.is_empty(), "{v:?}");
+    // Refused as compacted at 3 while it still owed 5: the server lied.
+    let false_cut = session(
+        2,
+        vec![
+            events(vec![
+                ev(2, "k0", "v2"),
+                ev(3, "k1", "v3"),
+                ev(4, "k0", "v4"),
+            ]),
+            WatchItem::Compacted { revision: 3 },
+        ],
+    );
+    let v = check_watches(committed(), &[false_cut]);
+    assert_eq!(
+        kinds(&v),
+        vec![WatchViolationKind::FalseCompaction],
+        "{v:?}"
+    );
+}
+
+#[test]
+fn a_stream_refused_at_once_owes_nothing() {
+    let refused = session(3, vec![WatchItem::Compacted { revision: 5 }]);
+    let v = check_watches(committed(), &[refused]);
+    assert!(v.is_empty(), "{v:?}");
+}

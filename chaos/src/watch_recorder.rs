@@ -1,6 +1,7 @@
 //! Watchers on every member, recording each watch stream as a `WatchSession`. A stream that
 //! breaks (member killed or stopped) is resumed from the revision after the last one covered,
-//! as a new, `resumed` session. When the run drains, each watcher asks for progress until its
+//! as a new, `resumed` session (from the compacted revision when the server says the history it
+//! still owed is compacted). When the run drains, each watcher asks for progress until its
 //! stream covers the final revision, so the checker can tell a gap from a stream cut short.
 
 use std::time::Duration;
@@ -72,6 +73,8 @@ fn covered_to(session: &WatchSession) -> Option<i64> {
         .filter_map(|item| match item {
             WatchItem::Events { events } => events.iter().map(|e| e.revision).max(),
             WatchItem::Progress { revision } => Some(*revision),
+            // Below the compaction nothing can be delivered any more: resume from it.
+            WatchItem::Compacted { revision } => Some(*revision - 1),
         })
         .max()
 }
@@ -134,6 +137,9 @@ async fn run_session(
             message = stream.next() => {
                 let Some(Ok(resp)) = message else { return false };
                 if resp.canceled {
+                    if resp.compact_revision > 0 {
+                        session.items.push(WatchItem::Compacted { revision: resp.compact_revision });
+                    }
                     return false;
                 }
                 if !resp.events.is_empty() {

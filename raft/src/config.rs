@@ -12,6 +12,9 @@ pub struct RaftTuning {
     /// How many entries to keep in the log below the last snapshot (so briefly lagging
     /// followers catch up from the log rather than by snapshot).
     pub logs_to_keep_after_snapshot: u64,
+    /// Start elections through skiff's pre-vote as soon as a silent leader's lease expires
+    /// (see elector.rs); off leaves them to openraft's own, slower timer.
+    pub fast_elections: bool,
     /// How long a client write or read barrier may wait for a leader before failing.
     pub request_timeout: Duration,
     /// History compaction: keep at least this many revisions ...
@@ -28,6 +31,7 @@ impl Default for RaftTuning {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(500),
+            fast_elections: true,
             snapshot_after_logs: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),

@@ -35,6 +35,9 @@ pub(crate) enum ForwardError {
     NotLeader { leader: Option<(NodeId, NodeInfo)> },
     #[error("{0}")]
     Membership(String),
+    /// Another membership change is still being committed: this one may go through once it is.
+    #[error("{0}")]
+    MembershipBusy(String),
     #[error("{0}")]
     Fatal(String),
 }

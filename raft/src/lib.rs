@@ -5,6 +5,7 @@
 //! - `service`: the server side of the same peer RPC, plus write forwarding and read index.
 //! - `node`: `RaftNode`, the handle the binary uses: writes (forwarded to the leader when this
 //!   node follows), linearizable reads (read index), membership changes, metrics.
+//! - `elector`: pre-voted elections that start as soon as a silent leader's lease runs out.
 //! - `compaction`: the leader's background history compaction (proposed through the log, so
 //!   every member compacts at the same revision).
 //! - `tls`: turning the cluster PKI's PEM files into tonic TLS configs.
@@ -14,6 +15,7 @@
 mod codec;
 pub mod compaction;
 pub mod config;
+mod elector;
 pub mod error;
 mod forward;
 pub mod network;

@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::codec::{decode, encode};
 use crate::config::RaftTuning;
+use crate::elector::{self, Elector, PreVoteReply, PreVoteRequest};
 use crate::error::NodeError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::{PeerChannels, PeerNetworkFactory};
@@ -72,6 +73,7 @@ struct NodeInner {
     channels: PeerChannels,
     tuning: RaftTuning,
     reads: ReadIndexBatcher,
+    elector: Elector,
 }
 
 impl RaftNode {
@@ -105,9 +107,13 @@ impl RaftNode {
                 channels,
                 tuning: config.tuning,
                 reads: ReadIndexBatcher::default(),
+                elector: Elector::default(),
             }),
         };
         crate::compaction::spawn(node.clone());
+        if node.inner.tuning.fast_elections {
+            tokio::spawn(elector::run(node.clone(), node.inner.elector.clone()));
+        }
         Ok(node)
     }
 
@@ -283,7 +289,15 @@ impl RaftNode {
                 }
                 Some((leader_id, leader)) => {
                     let span = info_span!("forward", leader = leader_id);
-                    match self.forward(&leader, &request).instrument(span).await {
+                    let forwarded = tokio::select! {
+                        outcome = self.forward(&leader, &request).instrument(span) => outcome,
+                        () = self.leader_moved_from(leader_id) => Err(
+                            ForwardTransport::Indeterminate(
+                                "the leader changed while the request was with it".into(),
+                            ),
+                        ),
+                    };
+                    match forwarded {
                         Ok(outcome) => outcome,
                         Err(ForwardTransport::NotSent) => {
                             Err(ForwardError::NotLeader { leader: None })
@@ -307,10 +321,35 @@ impl RaftNode {
                     }
                     tokio::time::sleep(retry_pause).await;
                 }
+                Err(ForwardError::MembershipBusy(message)) => {
+                    // Members joining back to back (a learner added while the previous one is
+                    // being promoted) wait their turn instead of failing the join.
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Membership(message));
+                    }
+                    tokio::time::sleep(retry_pause * 4).await;
+                }
                 Err(ForwardError::Membership(message)) => {
                     return Err(NodeError::Membership(message));
                 }
                 Err(ForwardError::Fatal(message)) => return Err(NodeError::Fatal(message)),
+            }
+        }
+    }
+
+    /// Resolves once this member no longer sees `leader_id` as the leader (it voted in a new
+    /// election or heard from a new leader). A request still with a paused or cut-off old
+    /// leader gets no answer worth waiting the whole request timeout for: a read retries on the
+    /// new leader at once, a write reports its outcome as unknown at once.
+    async fn leader_moved_from(&self, leader_id: NodeId) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader_id) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: the forward's own timeout decides.
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -341,6 +380,73 @@ impl RaftNode {
             Ok(Ok(reply)) => reply.into_inner(),
         };
         decode(&reply.data).map_err(ForwardTransport::Indeterminate)
+    }
+
+    /// Asks every other voter for a pre-vote (in parallel, each bounded by `within`); returns
+    /// how many granted it, as soon as `enough` have: a paused or cut-off old leader never
+    /// answers, and waiting for it would add the whole timeout to the failover.
+    pub(crate) async fn collect_pre_votes(
+        &self,
+        ask: &PreVoteRequest,
+        within: Duration,
+        enough: usize,
+    ) -> usize {
+        let Ok(data) = encode(ask) else {
+            return 0;
+        };
+        let peers: Vec<(NodeId, NodeInfo)> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter && m.id != self.inner.id)
+            .map(|m| (m.id, m.info))
+            .collect();
+        let asks = peers.into_iter().map(|(id, info)| {
+            let data = data.clone();
+            let channels = self.inner.channels.clone();
+            async move {
+                let mut client = channels.forwarding_client(&info.raft_addr).ok()?;
+                let call = client.pre_vote(skiff_proto::raft::RaftBytes { data });
+                let reply = tokio::time::timeout(within, call).await.ok()?.ok()?;
+                let reply: PreVoteReply = decode(&reply.into_inner().data).ok()?;
+                if !reply.granted {
+                    tracing::debug!(peer = id, reason = %reply.reason, "pre-vote refused");
+                }
+                Some(reply.granted)
+            }
+        });
+        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+        let mut granted = 0;
+        while granted < enough
+            && let Some(answer) = futures::StreamExt::next(&mut pending).await
+        {
+            if answer == Some(true) {
+                granted += 1;
+            }
+        }
+        granted
+    }
+
+    /// The voter side of a pre-vote: would this member grant `ask` a real vote now?
+    pub(crate) async fn answer_pre_vote(&self, ask: &PreVoteRequest) -> PreVoteReply {
+        let Some(view) = elector::election_view(self).await else {
+            return PreVoteReply {
+                granted: false,
+                reason: "raft is shutting down".into(),
+            };
+        };
+        match elector::pre_vote_decision(&view, ask, self.inner.tuning.election_timeout_max) {
+            Ok(()) => {
+                self.inner.elector.note_grant();
+                PreVoteReply {
+                    granted: true,
+                    reason: String::new(),
+                }
+            }
+            Err(reason) => PreVoteReply {
+                granted: false,
+                reason,
+            },
+        }
     }
 
     /// The leader side of every `LeaderRequest`, also served to forwarding followers.
@@ -464,6 +570,9 @@ impl RaftNode {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node),
             },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ openraft::error::ChangeMembershipError::InProgress(_),
+            )) => ForwardError::MembershipBusy(e.to_string()),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 ForwardError::Membership(e.to_string())
             }

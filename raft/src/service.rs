@@ -8,6 +8,7 @@ use skiff_storage::{NodeId, TypeConfig};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, encode};
+use crate::elector::PreVoteRequest;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::RaftNode;
@@ -69,5 +70,11 @@ impl RaftPeer for PeerService {
     async fn read_index(&self, _req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let reply = self.node.execute_as_leader(LeaderRequest::ReadIndex).await;
         bytes(&reply)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn pre_vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let ask: PreVoteRequest = request(req)?;
+        bytes(&self.node.answer_pre_vote(&ask).await)
     }
 }

@@ -9,7 +9,9 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use futures::future::BoxFuture;
 use skiff_chaos::client::{Credentials, Endpoints};
+use skiff_chaos::disk::{DISK_MEMBER, DISK_SIZE};
 use skiff_chaos::netns::{NetnsTopology, current_netns, in_private_netns};
+use skiff_chaos::scenario::FaultKind;
 use skiff_chaos::{ChaosError, MemberControl, RunConfig, SCENARIOS, Scenario, run_scenario};
 
 use crate::cli::local_cluster::LocalCluster;
@@ -72,7 +74,7 @@ pub async fn run(command: ChaosCommand) -> anyhow::Result<()> {
     match command {
         ChaosCommand::List => {
             for s in SCENARIOS {
-                println!("{:<16} {}", s.name, s.about);
+                println!("{:<24} {}", s.name, s.about);
             }
             Ok(())
         }
@@ -218,10 +220,41 @@ async fn run_one(
         "chaos {}: starting 3 members on {ip_prefix}1-3",
         scenario.name
     ));
-    let mut cluster =
-        LocalCluster::start_with_launchers(&base, &ip_prefix, 3, &[], launchers, &progress).await?;
-    let outcome = drive(args, scenario, seed, &mut cluster, &progress, netns).await;
-    cluster.stop().await;
+    let disk = if scenario.fault == FaultKind::DiskFull {
+        Some(mount_small_disk(&base)?)
+    } else {
+        None
+    };
+    let server_args: Vec<String> = scenario.server_args.iter().map(|a| a.to_string()).collect();
+    let started = LocalCluster::start_with_launchers(
+        &base,
+        &ip_prefix,
+        3,
+        &server_args,
+        launchers,
+        &progress,
+    )
+    .await;
+    let outcome = match started {
+        Ok(mut cluster) => {
+            let outcome = drive(
+                args,
+                scenario,
+                seed,
+                &mut cluster,
+                &progress,
+                netns,
+                disk.clone(),
+            )
+            .await;
+            cluster.stop().await;
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(dir) = &disk {
+        unmount(dir);
+    }
     let (mut report, history) = outcome?;
     if broken {
         report.about = format!("{} [broken mode: {UNSAFE_READS_ENV}=1]", report.about);
@@ -247,6 +280,7 @@ async fn drive(
     cluster: &mut LocalCluster,
     progress: &Progress,
     netns: Option<&NetnsTopology>,
+    disk: Option<PathBuf>,
 ) -> anyhow::Result<(skiff_chaos::report::Report, skiff_chaos::history::History)> {
     let pki = cluster
         .pki()
@@ -271,6 +305,7 @@ async fn drive(
         op_timeout: Duration::from_secs(3),
         results: args.results.clone(),
         netns: netns.cloned(),
+        disk,
     };
     progress.step(&format!(
         "chaos {}: running for {} s (seed {seed})",
@@ -278,6 +313,39 @@ async fn drive(
     ));
     let mut control = LocalMembers { cluster };
     Ok(run_scenario(&config, &endpoints, &mut control).await)
+}
+
+/// Mounts a small tmpfs as the data dir of `DISK_MEMBER` (before it starts), so the disk-full
+/// fault fills that member's disk only. The mount lives in this process's private mount
+/// namespace (`ip netns exec` made one), so it goes away with the run whatever happens.
+fn mount_small_disk(base: &Path) -> anyhow::Result<PathBuf> {
+    let dir = LocalCluster::member_dir(base, DISK_MEMBER + 1);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let status = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={DISK_SIZE}"),
+            "chaos-disk",
+        ])
+        .arg(&dir)
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mounting a tmpfs on {} failed ({status})", dir.display());
+    }
+    Ok(dir)
+}
+
+fn unmount(dir: &Path) {
+    let unmounted = std::process::Command::new("umount")
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unmounted {
+        tracing::warn!(dir = %dir.display(), "could not unmount the chaos tmpfs");
+    }
 }
 
 /// Drops the RocksDB dirs of a passing run; the member logs stay.

@@ -194,6 +194,8 @@ impl ServerArgs {
             history_retention: Duration::from_secs(self.history_retention_secs),
             history_min_revisions: self.history_min_revisions,
             compaction_interval: Duration::from_secs(self.compaction_interval_secs.max(1)),
+            // SKIFF_FAST_ELECTIONS=0 leaves elections to openraft's own timer (to compare).
+            fast_elections: std::env::var("SKIFF_FAST_ELECTIONS").map_or(true, |v| v != "0"),
             ..Default::default()
         }
     }
