@@ -192,7 +192,7 @@ pub async fn patch(
         return server_side_apply(objects, target, name, headers, body, query, output).await;
     }
     let kind = PatchType::from_content_type(content_type(headers))?;
-    let transform = move |current: &Value| patch::apply(kind, current, body);
+    let transform = move |current: &Value| patch::apply_to_latest(kind, current, body);
     update_and_respond(objects, target, name, &transform, headers, query, output).await
 }
 
