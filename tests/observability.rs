@@ -150,6 +150,7 @@ fn doctor_and_request_logs_through_quorum_loss() {
         .output()
         .expect("doctor table");
     let text = String::from_utf8_lossy(&table.stdout);
+    eprintln!("skiff doctor, healthy:\n{text}");
     assert!(
         text.contains("CHECK")
             && text
@@ -239,6 +240,7 @@ fn doctor_and_request_logs_through_quorum_loss() {
         .expect("doctor table");
     assert_eq!(table.status.code(), Some(1), "doctor exits 1 on FAIL");
     let text = String::from_utf8_lossy(&table.stdout);
+    eprintln!("skiff doctor, two of three members down:\n{text}");
     assert!(text.contains("What to do:"), "{text}");
     assert!(
         String::from_utf8_lossy(&table.stderr).contains("check(s) failed"),
@@ -249,7 +251,7 @@ fn doctor_and_request_logs_through_quorum_loss() {
         check(&report, "quorum")["advice"]
             .as_str()
             .unwrap_or("")
-            .contains("start the stopped members"),
+            .contains("restart the stopped members"),
         "{report:#}"
     );
 

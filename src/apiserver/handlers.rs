@@ -192,20 +192,7 @@ pub async fn patch(
         return server_side_apply(objects, target, name, headers, body, query, output).await;
     }
     let kind = PatchType::from_content_type(content_type(headers))?;
-    let transform = move |current: &Value| {
-        let mut patched = patch::apply(kind, current, body)?;
-        // A patch that leaves resourceVersion as read asserts nothing: drop it so a write lost
-        // to a concurrent one (a controller's status update) is retried on the new object, as
-        // kube-apiserver does, instead of answering 409 (`kubectl annotate` during a rollout).
-        // A patch that sets another resourceVersion keeps it as its precondition.
-        let rv = "/metadata/resourceVersion";
-        if patched.pointer(rv) == current.pointer(rv)
-            && let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut)
-        {
-            meta.remove("resourceVersion");
-        }
-        Ok(patched)
-    };
+    let transform = move |current: &Value| patch::apply_to_latest(kind, current, body);
     update_and_respond(objects, target, name, &transform, headers, query, output).await
 }
 

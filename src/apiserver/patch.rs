@@ -53,6 +53,27 @@ pub fn apply(kind: PatchType, target: &Value, patch: &[u8]) -> Result<Value, Api
     }
 }
 
+/// `apply` for a PATCH request: the result keeps a `metadata.resourceVersion` only when the
+/// patch itself names one. The resourceVersion the patch was applied to is not a precondition:
+/// a patch that loses a race with another write is applied again to the newer object, as
+/// kube-apiserver's GuaranteedUpdate does (controllers writing status must not turn
+/// `kubectl patch` or `scale` into 409s).
+pub fn apply_to_latest(kind: PatchType, target: &Value, patch: &[u8]) -> Result<Value, ApiError> {
+    let mut patched = apply(kind, target, patch)?;
+    let names_version = match serde_json::from_slice::<Value>(patch) {
+        Ok(Value::Array(ops)) => ops
+            .iter()
+            .any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")),
+        Ok(object) => object.pointer("/metadata/resourceVersion").is_some(),
+        Err(_) => false,
+    };
+    if !names_version && let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+    }
+    Ok(patched)
+}
+
 /// RFC 7386.
 pub fn merge_patch(target: Value, patch: &Value) -> Value {
     let Value::Object(patch) = patch else {
@@ -335,6 +356,28 @@ pub fn json_patch(mut doc: Value, patch: &Value) -> Result<Value, ApiError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_patch_is_conditional_only_on_a_resource_version_it_names() {
+        let current = serde_json::json!({"metadata": {"name": "a", "resourceVersion": "7"}, "spec": {"replicas": 1}});
+        let merge = br#"{"spec": {"replicas": 3}}"#;
+        let plain = apply_to_latest(PatchType::Merge, &current, merge).expect("merge");
+        assert_eq!(plain.pointer("/spec/replicas"), Some(&serde_json::json!(3)));
+        assert!(plain.pointer("/metadata/resourceVersion").is_none());
+        let guarded = br#"{"metadata": {"resourceVersion": "6"}, "spec": {"replicas": 3}}"#;
+        let pinned = apply_to_latest(PatchType::Strategic, &current, guarded).expect("strategic");
+        assert_eq!(
+            pinned.pointer("/metadata/resourceVersion"),
+            Some(&serde_json::json!("6"))
+        );
+        let ops = br#"[{"op": "replace", "path": "/metadata/resourceVersion", "value": "5"}]"#;
+        let pinned = apply_to_latest(PatchType::Json, &current, ops).expect("json patch");
+        assert_eq!(
+            pinned.pointer("/metadata/resourceVersion"),
+            Some(&serde_json::json!("5"))
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -162,7 +162,7 @@ pub async fn update_scale(
     let transform = move |current: &Value| {
         let scale = match (&put_body, patch_type) {
             (Some(scale), _) => scale.clone(),
-            (None, Some(kind)) => patch::apply(kind, &scale_of(current), body)?,
+            (None, Some(kind)) => patch::apply_to_latest(kind, &scale_of(current), body)?,
             (None, None) => scale_of(current),
         };
         let replicas = scale

@@ -119,7 +119,7 @@ pub fn quorum(q: &Quorum<'_>) -> Check {
             ),
         )
         .advise(format!(
-            "start the stopped members ({down}) with `skiff server --data DIR`; if they are lost for good, \
+            "restart the stopped members ({down}) as before (`skiff server --data DIR --advertise IP`); if they are lost for good, \
              restore a backup into a new cluster (`skiff restore`)"
         ));
     }
@@ -130,7 +130,7 @@ pub fn quorum(q: &Quorum<'_>) -> Check {
     );
     if q.up < q.voters {
         return Check::new("quorum", Level::Warn, detail).advise(format!(
-            "bring {down} back (`skiff server --data DIR`), or remove it for good with \
+            "restart {down} as before (`skiff server --data DIR --advertise IP`), or remove it for good with \
              `skiff server --remove NAME --data DIR` and join a new member"
         ));
     }

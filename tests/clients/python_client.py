@@ -144,4 +144,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except client.exceptions.ApiException as e:
+        # The Status object the server answered with says why.
+        print("ApiException %s %s: %s" % (e.status, e.reason, e.body), file=sys.stderr, flush=True)
+        raise
