@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use skiff_raft::RaftNode;
@@ -15,6 +15,9 @@ use super::status::ApiError;
 
 type Objects = BTreeMap<String, Value>;
 type OnChange = dyn Fn(&Objects) + Send + Sync;
+
+/// The least time between two `on_change` calls while changes keep coming.
+const ON_CHANGE_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Default)]
 pub struct Mirror {
@@ -78,33 +81,56 @@ impl Mirror {
                 progress_notify: false,
             })
             .map_err(|e| ApiError::Internal(format!("watch of {prefix}: {e}")))?;
-        while let Some(message) = watcher.next().await {
-            let events = match message {
-                WatchMessage::Events { events, .. } => events,
-                WatchMessage::Progress { .. } => continue,
-                WatchMessage::Closed(_) => return Ok(()),
+        // `on_change` rebuilds whatever the caller derives from all the objects (the DNS
+        // index of every pod, say): run per event it made each write cost O(objects), which
+        // dominated the server's CPU while thousands of pods were created and bound. The copy
+        // itself is updated at once; `on_change` at most once per ON_CHANGE_INTERVAL, and
+        // always after the last change of a burst.
+        let mut last_change = Instant::now();
+        let mut pending = false;
+        loop {
+            let message = if pending {
+                let due = last_change + ON_CHANGE_INTERVAL;
+                tokio::select! {
+                    message = watcher.next() => message,
+                    _ = tokio::time::sleep_until(due.into()) => {
+                        self.replace(|_| {}, on_change)?;
+                        (last_change, pending) = (Instant::now(), false);
+                        continue;
+                    }
+                }
+            } else {
+                watcher.next().await
             };
-            self.replace(
-                |objects| {
-                    for event in &events {
-                        let key = String::from_utf8_lossy(&event.kv.key).into_owned();
-                        match event.kind {
-                            EventKind::Put => match serde_json::from_slice(&event.kv.value) {
-                                Ok(value) => {
-                                    objects.insert(key, value);
-                                }
-                                Err(e) => tracing::warn!(key, error = %e, "undecodable object"),
-                            },
-                            EventKind::Delete => {
-                                objects.remove(&key);
+            let events = match message {
+                None | Some(WatchMessage::Closed(_)) => return Ok(()),
+                Some(WatchMessage::Progress { .. }) => continue,
+                Some(WatchMessage::Events { events, .. }) => events,
+            };
+            let apply = |objects: &mut Objects| {
+                for event in &events {
+                    let key = String::from_utf8_lossy(&event.kv.key).into_owned();
+                    match event.kind {
+                        EventKind::Put => match serde_json::from_slice(&event.kv.value) {
+                            Ok(value) => {
+                                objects.insert(key, value);
                             }
+                            Err(e) => tracing::warn!(key, error = %e, "undecodable object"),
+                        },
+                        EventKind::Delete => {
+                            objects.remove(&key);
                         }
                     }
-                },
-                on_change,
-            )?;
+                }
+            };
+            if last_change.elapsed() >= ON_CHANGE_INTERVAL {
+                self.replace(apply, on_change)?;
+                (last_change, pending) = (Instant::now(), false);
+            } else {
+                self.replace(apply, &|_| {})?;
+                pending = true;
+            }
         }
-        Ok(())
     }
 
     fn replace(
