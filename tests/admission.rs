@@ -78,7 +78,7 @@ fn token_kubectl(cluster: &Cluster, token: &str) -> Kubectl {
 
 #[test]
 fn quotas_limit_ranges_and_bootstrap_tokens() {
-    let cluster = Cluster::start(71, 3, &[]);
+    let cluster = Cluster::start(74, 3, &[]);
     let k = kubectl(&cluster, None);
     // A follower too: admission must see a quota created a moment ago on another member.
     let follower = kubectl(&cluster, Some(2));
