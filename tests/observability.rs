@@ -294,6 +294,10 @@ fn agent_serves_kubelet_metrics_and_json_logs() {
             .windows(7)
             .any(|w| w == b" Ready ")
     });
+    // The member makes the default namespace shortly after it leads, as kube-apiserver does.
+    wait_for(Duration::from_secs(30), "namespace default", || {
+        k.run(&["get", "namespace", "default"]).status.success()
+    });
     k.apply(
         r#"
 apiVersion: v1
