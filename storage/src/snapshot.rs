@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, HISTORY_KEY_LEN, StoredKv};
 use crate::error::StorageError;
-use crate::model::{Event, KeyRange, Revision};
+use crate::model::{KeyRange, Revision};
 use crate::state_machine::{KvView, Reader, SmStatus};
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
@@ -359,8 +359,7 @@ pub(crate) fn read_snapshot_checked(
                 {
                     return Err(invalid("kv records out of order"));
                 }
-                codec::decode::<StoredKv>("snapshot kv record", value)
-                    .map_err(|e| invalid(e.to_string()))?;
+                codec::check_stored_kv(value).map_err(|e| invalid(e.to_string()))?;
                 last_kv = Some(key.clone());
                 stats.kv_count += 1;
             }
@@ -375,8 +374,7 @@ pub(crate) fn read_snapshot_checked(
                         "history revision {revision} outside the snapshot window"
                     )));
                 }
-                codec::decode::<Event>("snapshot history record", value)
-                    .map_err(|e| invalid(e.to_string()))?;
+                codec::check_event(value).map_err(|e| invalid(e.to_string()))?;
                 last_history = Some(*key);
                 stats.history_count += 1;
             }
