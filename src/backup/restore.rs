@@ -7,8 +7,9 @@
 //! 2. make a new cluster identity (new cluster id, node 1, new token; a new CA unless the old
 //!    PKI is reused with `--pki-from`);
 //! 3. load the backup into DIR/db: the kv state and history at the backup's revision, no raft
-//!    log and no membership (nothing is written unless the whole file checked out);
-//! 4. write the restore marker, then the PKI, token, kubeconfig and node.json.
+//!    log and no membership (nothing is ingested unless the whole file checked out); meanwhile
+//!    the PKI, token, kubeconfig and node.json are written and synced under temporary names;
+//! 4. put the restore marker, the PKI, token and kubeconfig in place, then node.json.
 //!
 //! The first `skiff server --data DIR` then sees the marker (`Origin::Restored`): it initializes
 //! raft with itself alone, builds a raft snapshot of the restored state and purges the log
@@ -155,16 +156,21 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
             if created_db {
                 let _ = std::fs::remove_dir_all(&db_dir);
             }
-            if let Ok((rest, node)) = staged {
-                rest.discard();
-                node.discard();
-            }
+            let staging_error = match staged {
+                Ok((rest, node)) => {
+                    rest.discard();
+                    node.discard();
+                    None
+                }
+                Err(e) => Some(e.context("writing the member's files")),
+            };
             // Staging made it; it is left only if something else is in it.
             let _ = std::fs::remove_dir(req.data.join("pki"));
             progress.finish("restore refused");
             return Err(loaded
                 .err()
-                .unwrap_or_else(|| anyhow!("writing the member's files failed")));
+                .or(staging_error)
+                .unwrap_or_else(|| anyhow!("restore failed")));
         }
     };
     let secs = started.elapsed().as_secs_f64().max(1e-3);
