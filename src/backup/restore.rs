@@ -7,8 +7,9 @@
 //! 2. make a new cluster identity (new cluster id, node 1, new token; a new CA unless the old
 //!    PKI is reused with `--pki-from`);
 //! 3. load the backup into DIR/db: the kv state and history at the backup's revision, no raft
-//!    log and no membership (nothing is written unless the whole file checked out);
-//! 4. write the restore marker, then the PKI, token, kubeconfig and node.json.
+//!    log and no membership (nothing is ingested unless the whole file checked out); meanwhile
+//!    the PKI, token, kubeconfig and node.json are written and synced under temporary names;
+//! 4. put the restore marker, the PKI, token and kubeconfig in place, then node.json.
 //!
 //! The first `skiff server --data DIR` then sees the marker (`Origin::Restored`): it initializes
 //! raft with itself alone, builds a raft snapshot of the restored state and purges the log
@@ -25,10 +26,10 @@ use skiff_raft::RaftNode;
 use skiff_storage::{Store, StoreOptions};
 use tracing::info;
 
-use crate::pki::{PkiPaths, write_file};
+use crate::pki::{FileSpec, PkiPaths, StagedFiles};
 use crate::progress::Progress;
 use crate::server::Addresses;
-use crate::server::bootstrap::{self, NewCluster};
+use crate::server::bootstrap::{self, MemberFiles, NewCluster};
 use crate::server::identity::NodeIdentity;
 
 /// What `skiff restore` needs.
@@ -60,10 +61,12 @@ impl RestoreMarker {
         Self::path(data).exists()
     }
 
-    fn save(&self, data: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(self)?;
-        write_file(&Self::path(data), &json, false)?;
-        Ok(())
+    fn file(&self, data: &Path) -> anyhow::Result<FileSpec> {
+        Ok(FileSpec {
+            path: Self::path(data),
+            contents: serde_json::to_vec_pretty(self)?,
+            secret: false,
+        })
     }
 
     fn remove(data: &Path) -> anyhow::Result<()> {
@@ -104,9 +107,22 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
     std::fs::create_dir_all(&req.data)
         .with_context(|| format!("creating {}", req.data.display()))?;
 
-    // 3. The backup into DIR/db (RocksDB work: off the async threads).
+    // 3. The backup into DIR/db (RocksDB work: off the async threads). The member's files are
+    //    staged (written and fsynced under temporary names) at the same time: their fsyncs
+    //    wait on the disk while the load keeps the CPU busy.
     let progress = Progress::spinner(&format!("restoring {}", req.from.display()));
     let started = Instant::now();
+    let member = MemberFiles::new(&req.data, &identity, &pki, &token, &addrs)?;
+    let staging = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let rest = StagedFiles::write(&member.rest)?;
+        match StagedFiles::write(std::slice::from_ref(&member.node)) {
+            Ok(node) => Ok((rest, node)),
+            Err(e) => {
+                rest.discard();
+                Err(e.into())
+            }
+        }
+    });
     let from = req.from.clone();
     let db = req.data.join("db");
     let opts = StoreOptions {
@@ -128,28 +144,51 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
     })
     .await
     .map_err(|e| anyhow!("restore thread: {e}"))?;
-    let header = match loaded {
-        Ok(header) => header,
-        Err(e) => {
-            // Nothing was written into it (the batch is written only after the whole file
-            // checked out); do not leave an empty store behind for the next attempt to trip on.
+    let staged = staging
+        .await
+        .map_err(|e| anyhow!("restore file thread: {e}"))?;
+    let (header, (rest, node)) = match (loaded, staged) {
+        (Ok(header), Ok(staged)) => (header, staged),
+        (loaded, staged) => {
+            // Nothing was made durable in the store (the files are ingested only after the
+            // whole backup checked out); do not leave an empty store or staged files behind
+            // for the next attempt to trip on.
             if created_db {
                 let _ = std::fs::remove_dir_all(&db_dir);
             }
+            let staging_error = match staged {
+                Ok((rest, node)) => {
+                    rest.discard();
+                    node.discard();
+                    None
+                }
+                Err(e) => Some(e.context("writing the member's files")),
+            };
+            // Staging made it; it is left only if something else is in it.
+            let _ = std::fs::remove_dir(req.data.join("pki"));
             progress.finish("restore refused");
-            return Err(e);
+            return Err(loaded
+                .err()
+                .or(staging_error)
+                .unwrap_or_else(|| anyhow!("restore failed")));
         }
     };
     let secs = started.elapsed().as_secs_f64().max(1e-3);
 
-    // 4. Marker, then the member's files, node.json last.
-    RestoreMarker {
+    // 4. The marker and the member's files in place, node.json last.
+    let marker = RestoreMarker {
         from_file: req.from.display().to_string(),
         from_cluster: header.cluster_id.clone(),
         revision: header.revision,
+    };
+    let placed = StagedFiles::write(&[marker.file(&req.data)?])
+        .map_err(anyhow::Error::from)
+        .and_then(|marker| Ok(rest.merge(marker).commit()?));
+    if let Err(e) = placed {
+        node.discard();
+        return Err(e);
     }
-    .save(&req.data)?;
-    bootstrap::persist(&req.data, &identity, &pki, &token, &addrs)?;
+    node.commit()?;
     progress.finish(&format!(
         "restored revision {} of cluster {} ({} bytes in {:.1}s, {:.1} MB/s)",
         header.revision,

@@ -5,6 +5,7 @@
 //! so it fetches the CA over an unverified TLS connection and accepts it only if its SHA-256 equals
 //! the hash inside the token (the k3s scheme). Everything after that is verified TLS.
 
+mod staged;
 mod token;
 
 use std::fs;
@@ -16,6 +17,7 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+pub use staged::{FileSpec, StagedFiles};
 pub use token::JoinToken;
 
 /// DNS name every member's certificate carries, so peers can verify each other independent of
@@ -172,22 +174,23 @@ impl PkiPaths {
         }
     }
 
-    pub fn save(&self, pki: &MemberPki) -> Result<(), PkiError> {
-        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        for (file, pem, secret) in [
+    /// The member's PKI as files to write (with `StagedFiles`).
+    pub fn files(&self, pki: &MemberPki) -> Vec<FileSpec> {
+        [
             ("ca.crt", &pki.ca.cert_pem, false),
             ("ca.key", &pki.ca.key_pem, true),
             ("node.crt", &pki.node.cert_pem, false),
             ("node.key", &pki.node.key_pem, true),
             ("admin.crt", &pki.admin.cert_pem, false),
             ("admin.key", &pki.admin.key_pem, true),
-        ] {
-            write_file(&self.dir.join(file), pem.as_bytes(), secret)?;
-        }
-        Ok(())
+        ]
+        .into_iter()
+        .map(|(file, pem, secret)| FileSpec {
+            path: self.dir.join(file),
+            contents: pem.as_bytes().to_vec(),
+            secret,
+        })
+        .collect()
     }
 
     pub fn load(&self) -> Result<MemberPki, PkiError> {

@@ -19,7 +19,8 @@ use tracing::info;
 use super::Addresses;
 use crate::kubeconfig;
 use crate::pki::{
-    CertKey, ClusterCa, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, ca_fingerprint, write_file,
+    CertKey, ClusterCa, FileSpec, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, StagedFiles,
+    ca_fingerprint,
 };
 use crate::server::identity::NodeIdentity;
 
@@ -165,19 +166,53 @@ pub fn persist(
     token: &JoinToken,
     addrs: &Addresses,
 ) -> anyhow::Result<()> {
-    PkiPaths::new(data).save(pki)?;
-    write_file(&token_path(data), format!("{token}\n").as_bytes(), true)?;
-    let config = kubeconfig::render(
-        "skiff",
-        &format!("https://{}", addrs.api_advertised),
-        &pki.ca.cert_pem,
-        &pki.admin.cert_pem,
-        &pki.admin.key_pem,
-    );
-    write_file(&data.join("admin.kubeconfig"), config.as_bytes(), true)?;
+    let files = MemberFiles::new(data, identity, pki, token, addrs)?;
+    StagedFiles::write(&files.rest)?.commit()?;
     // Written last: its presence marks a complete member.
-    identity.save(data)?;
+    StagedFiles::write(std::slice::from_ref(&files.node))?.commit()?;
     Ok(())
+}
+
+/// What makes a data dir a member, as files: `node` (node.json) must go in place last, once the
+/// `rest` (PKI, token, admin kubeconfig) are durable.
+pub struct MemberFiles {
+    pub rest: Vec<FileSpec>,
+    pub node: FileSpec,
+}
+
+impl MemberFiles {
+    pub fn new(
+        data: &Path,
+        identity: &NodeIdentity,
+        pki: &MemberPki,
+        token: &JoinToken,
+        addrs: &Addresses,
+    ) -> anyhow::Result<MemberFiles> {
+        let mut rest = PkiPaths::new(data).files(pki);
+        rest.push(FileSpec {
+            path: token_path(data),
+            contents: format!("{token}\n").into_bytes(),
+            secret: true,
+        });
+        let config = kubeconfig::render(
+            "skiff",
+            &format!("https://{}", addrs.api_advertised),
+            &pki.ca.cert_pem,
+            &pki.admin.cert_pem,
+            &pki.admin.key_pem,
+        );
+        rest.push(FileSpec {
+            path: data.join("admin.kubeconfig"),
+            contents: config.into_bytes(),
+            secret: true,
+        });
+        let node = FileSpec {
+            path: NodeIdentity::path(data),
+            contents: serde_json::to_vec_pretty(identity).context("encoding node.json")?,
+            secret: false,
+        };
+        Ok(MemberFiles { rest, node })
+    }
 }
 
 async fn join_cluster(

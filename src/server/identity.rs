@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use skiff_storage::{NodeId, NodeInfo};
 
-use crate::pki::{PkiError, write_file};
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeIdentity {
     pub node_id: NodeId,
@@ -30,8 +28,6 @@ pub enum IdentityError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error(transparent)]
-    Write(#[from] PkiError),
 }
 
 impl NodeIdentity {
@@ -48,12 +44,6 @@ impl NodeIdentity {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(IdentityError::Read { path, source }),
         }
-    }
-
-    pub fn save(&self, data_dir: &Path) -> Result<(), IdentityError> {
-        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        write_file(&Self::path(data_dir), &json, false)?;
-        Ok(())
     }
 
     pub fn node_info(&self) -> NodeInfo {

@@ -45,6 +45,14 @@ impl WeakEngine {
     }
 }
 
+/// The options of every column family (also those of SST files built for ingestion, so that
+/// they are laid out as the column family's own would be).
+pub(crate) fn cf_options() -> Options {
+    let mut cf_opts = Options::default();
+    cf_opts.set_compression_type(DBCompressionType::Lz4);
+    cf_opts
+}
+
 impl Engine {
     /// Opens (creating if missing) the database in `dir` with all column families.
     #[tracing::instrument(level = "info", skip_all, fields(dir = %dir.display()))]
@@ -60,11 +68,9 @@ impl Engine {
         // are released by flushing the column families that pin them.
         opts.set_max_total_wal_size(128 << 20);
         let cfs = || {
-            COLUMN_FAMILIES.iter().map(|name| {
-                let mut cf_opts = Options::default();
-                cf_opts.set_compression_type(DBCompressionType::Lz4);
-                ColumnFamilyDescriptor::new(*name, cf_opts)
-            })
+            COLUMN_FAMILIES
+                .iter()
+                .map(|name| ColumnFamilyDescriptor::new(*name, cf_options()))
         };
         // Reopening in the same process (tests, restore) can race with the background threads
         // of the previous handle letting go of it; RocksDB then reports its LOCK as held by this
@@ -112,28 +118,23 @@ impl Engine {
             .map_err(|e| StorageError::rocks("write batch", e))
     }
 
-    /// Writes a batch without the WAL: for bulk loads that `flush_all` makes durable at the
-    /// end (half the I/O of logging every byte twice).
-    pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(|e| StorageError::rocks("bulk write", e))
-    }
-
-    /// Flushes every column family's memtable to SST files and waits: after it, unlogged
-    /// writes are durable.
-    pub(crate) fn flush_all(&self) -> Result<(), StorageError> {
-        let mut fo = rocksdb::FlushOptions::default();
-        fo.set_wait(true);
-        for name in COLUMN_FAMILIES {
-            let cf = self.cf(name)?;
-            self.db
-                .flush_cf_opt(cf, &fo)
-                .map_err(|e| StorageError::rocks(format!("flush {name}"), e))?;
+    /// Moves finished SST files (keys ascending, none in the column family yet) into a column
+    /// family: RocksDB links them in and syncs them, so they are durable when this returns.
+    pub(crate) fn ingest(
+        &self,
+        name: &'static str,
+        files: &[std::path::PathBuf],
+    ) -> Result<(), StorageError> {
+        if files.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        // Nothing of these keys is in a memtable: refuse rather than flush if that is ever wrong.
+        opts.set_allow_blocking_flush(false);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(name)?, &opts, files.to_vec())
+            .map_err(|e| StorageError::rocks(format!("ingest into {name}"), e))
     }
 
     /// Adds to `batch` the deletion of every key of a column family, exactly: a range delete

@@ -13,6 +13,7 @@
 //!
 //! raft/ and the binary use the handles `Store::open` returns; they never touch RocksDB directly.
 
+mod bulk_load;
 mod codec;
 mod compact;
 mod engine;

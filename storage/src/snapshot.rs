@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, HISTORY_KEY_LEN, StoredKv};
 use crate::error::StorageError;
-use crate::model::{Event, KeyRange, Revision};
+use crate::model::{KeyRange, Revision};
 use crate::state_machine::{KvView, Reader, SmStatus};
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
@@ -138,7 +138,7 @@ pub fn write_snapshot(
 pub fn verify_snapshot(
     input: &mut impl Read,
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
-    read_snapshot(input, None, &mut |_: &Record| Ok(()))
+    read_snapshot(input, None, &mut |_: Record| Ok(()))
 }
 
 /// Reads a whole snapshot like `verify_snapshot`, copying its bytes to `out` as they are read
@@ -152,9 +152,9 @@ pub fn scan_snapshot(
     check_digest: bool,
     on_kv_key: &mut dyn FnMut(&[u8]),
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
-    read_snapshot_checked(input, out, check_digest, &mut |record: &Record| {
+    read_snapshot_checked(input, out, check_digest, &mut |record: Record| {
         if let Record::Kv { key, .. } = record {
-            on_kv_key(key);
+            on_kv_key(&key);
         }
         Ok(())
     })
@@ -167,10 +167,10 @@ pub fn scan_snapshot_kvs(
     check_digest: bool,
     on_kv: &mut dyn FnMut(crate::model::KeyValue),
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
-    read_snapshot_checked(input, None, check_digest, &mut |record: &Record| {
+    read_snapshot_checked(input, None, check_digest, &mut |record: Record| {
         if let Record::Kv { key, value } = record {
-            let stored: StoredKv = codec::decode("kv record", value)?;
-            on_kv(stored.to_key_value(key));
+            let stored: StoredKv = codec::decode("kv record", &value)?;
+            on_kv(stored.to_key_value(&key));
         }
         Ok(())
     })
@@ -317,7 +317,7 @@ pub(crate) enum Record {
 pub(crate) fn read_snapshot(
     input: &mut impl Read,
     copy: Option<&mut dyn Write>,
-    visit: &mut dyn FnMut(&Record) -> Result<(), StorageError>,
+    visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
     read_snapshot_checked(input, copy, true, visit)
 }
@@ -327,7 +327,7 @@ pub(crate) fn read_snapshot_checked(
     input: &mut impl Read,
     copy: Option<&mut dyn Write>,
     check_digest: bool,
-    visit: &mut dyn FnMut(&Record) -> Result<(), StorageError>,
+    visit: &mut dyn FnMut(Record) -> Result<(), StorageError>,
 ) -> Result<(SnapshotHeader, SnapshotStats), StorageError> {
     let mut r = HashingReader::new(TeeReader { inner: input, copy });
     read_magic(&mut r)?;
@@ -341,7 +341,7 @@ pub(crate) fn read_snapshot_checked(
             header.format_version
         )));
     }
-    visit(&Record::Header(header.clone()))?;
+    visit(Record::Header(header.clone()))?;
     let mut stats = SnapshotStats::default();
     let mut last_kv: Option<Vec<u8>> = None;
     let mut last_history: Option<[u8; HISTORY_KEY_LEN]> = None;
@@ -359,8 +359,7 @@ pub(crate) fn read_snapshot_checked(
                 {
                     return Err(invalid("kv records out of order"));
                 }
-                codec::decode::<StoredKv>("snapshot kv record", value)
-                    .map_err(|e| invalid(e.to_string()))?;
+                codec::check_stored_kv(value).map_err(|e| invalid(e.to_string()))?;
                 last_kv = Some(key.clone());
                 stats.kv_count += 1;
             }
@@ -375,8 +374,7 @@ pub(crate) fn read_snapshot_checked(
                         "history revision {revision} outside the snapshot window"
                     )));
                 }
-                codec::decode::<Event>("snapshot history record", value)
-                    .map_err(|e| invalid(e.to_string()))?;
+                codec::check_event(value).map_err(|e| invalid(e.to_string()))?;
                 last_history = Some(*key);
                 stats.history_count += 1;
             }
@@ -393,7 +391,7 @@ pub(crate) fn read_snapshot_checked(
                 break;
             }
         }
-        visit(&record)?;
+        visit(record)?;
     }
     let digest = r.hasher.finalize_reset();
     let mut trailer = [0u8; 32];

@@ -223,7 +223,7 @@ pub(crate) fn install(
         let (header, stats) = snapshot::read_snapshot(
             &mut BufReader::new(&mut received),
             Some(&mut copy),
-            &mut |record: &Record| {
+            &mut |record: Record| {
                 match record {
                     Record::Kv { key, value } => batch.put_cf(kv_cf, key, value),
                     Record::History { key, value } => batch.put_cf(history_cf, key, value),
