@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::control_plane::ControlPlane;
+use crate::apiserver::objects::str_at;
 use crate::nodeapi::mirror_pods::MIRROR_ANNOTATION;
 
 /// How often the directory is read again (the kubelet's fileCheckFrequency is 20 s).
@@ -151,9 +152,9 @@ pub async fn run(control: Arc<ControlPlane>, node: String, dir: PathBuf) {
             match control.create_mirror_pod(&pod).await {
                 Ok(mirror) => {
                     let started = Running {
-                        namespace: text(&mirror, "/metadata/namespace").into(),
-                        name: text(&mirror, "/metadata/name").into(),
-                        uid: text(&mirror, "/metadata/uid").into(),
+                        namespace: str_at(&mirror, "/metadata/namespace").into(),
+                        name: str_at(&mirror, "/metadata/name").into(),
+                        uid: str_at(&mirror, "/metadata/uid").into(),
                         hash,
                     };
                     if running.get(&path) != Some(&started) {
@@ -194,17 +195,13 @@ pub async fn run(control: Arc<ControlPlane>, node: String, dir: PathBuf) {
 async fn mirror_alive(control: &ControlPlane, mirror: &Running) -> bool {
     match control.get("pods", &mirror.namespace, &mirror.name).await {
         Ok(Some(pod)) => {
-            text(&pod, "/metadata/uid") == mirror.uid
+            str_at(&pod, "/metadata/uid") == mirror.uid
                 && pod.pointer("/metadata/deletionTimestamp").is_none()
         }
         Ok(None) => false,
         // Unreachable control plane: assume it is there; the next scan asks again.
         Err(_) => true,
     }
-}
-
-fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::auth::UserInfo;
-use crate::pki::JoinToken;
+use crate::pki::{JoinToken, constant_time_eq};
 
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers";
 const USER_PREFIX: &str = "system:bootstrap:";
@@ -44,15 +44,6 @@ fn data(secret: &Value, key: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Constant-time equality, so a guess's timing says nothing about the secret.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// The user bootstrap token `id.secret_part` stands for, given its Secret, or None when the
 /// Secret does not make it valid at `now`.
 pub fn user_from_secret(
@@ -67,7 +58,9 @@ pub fn user_from_secret(
     if secret.pointer("/metadata/deletionTimestamp").is_some() {
         return None;
     }
-    if !same(&data(secret, "token-id")?, id) || !same(&data(secret, "token-secret")?, secret_part) {
+    if !constant_time_eq(&data(secret, "token-id")?, id)
+        || !constant_time_eq(&data(secret, "token-secret")?, secret_part)
+    {
         return None;
     }
     if data(secret, "usage-bootstrap-authentication").as_deref() != Some("true") {

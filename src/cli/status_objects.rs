@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::apiclient::ApiClient;
+use crate::apiserver::objects::str_at;
 use crate::pki::CertKey;
 
 /// How many Warning events the summary shows.
@@ -34,10 +35,6 @@ pub struct ObjectsSummary {
     pub nodes: Vec<NodeRow>,
     pub pods_by_phase: BTreeMap<String, usize>,
     pub warnings: Vec<WarningRow>,
-}
-
-fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 async fn list(client: &ApiClient, path: &str) -> anyhow::Result<Vec<Value>> {
@@ -78,10 +75,10 @@ pub fn summarize(nodes: &[Value], pods: &[Value], events: &[Value]) -> ObjectsSu
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .find(|c| text(c, "/type") == "Ready")
-                .map(|c| text(c, "/status"));
+                .find(|c| str_at(c, "/type") == "Ready")
+                .map(|c| str_at(c, "/status"));
             NodeRow {
-                name: text(node, "/metadata/name").to_string(),
+                name: str_at(node, "/metadata/name").to_string(),
                 ready: match ready {
                     Some("True") => "Ready",
                     Some("False") => "NotReady",
@@ -93,7 +90,7 @@ pub fn summarize(nodes: &[Value], pods: &[Value], events: &[Value]) -> ObjectsSu
         .collect();
     let mut pods_by_phase = BTreeMap::new();
     for pod in pods {
-        let phase = match text(pod, "/status/phase") {
+        let phase = match str_at(pod, "/status/phase") {
             "" => "Pending",
             phase => phase,
         };
@@ -101,20 +98,20 @@ pub fn summarize(nodes: &[Value], pods: &[Value], events: &[Value]) -> ObjectsSu
     }
     let mut warnings: Vec<WarningRow> = events
         .iter()
-        .filter(|e| text(e, "/type") == "Warning")
+        .filter(|e| str_at(e, "/type") == "Warning")
         .map(|e| WarningRow {
-            last_seen: [text(e, "/lastTimestamp"), text(e, "/eventTime")]
+            last_seen: [str_at(e, "/lastTimestamp"), str_at(e, "/eventTime")]
                 .into_iter()
                 .find(|t| !t.is_empty())
-                .unwrap_or_else(|| text(e, "/metadata/creationTimestamp"))
+                .unwrap_or_else(|| str_at(e, "/metadata/creationTimestamp"))
                 .to_string(),
             object: format!(
                 "{}/{}",
-                text(e, "/involvedObject/kind").to_lowercase(),
-                text(e, "/involvedObject/name")
+                str_at(e, "/involvedObject/kind").to_lowercase(),
+                str_at(e, "/involvedObject/name")
             ),
-            reason: text(e, "/reason").to_string(),
-            message: text(e, "/message").to_string(),
+            reason: str_at(e, "/reason").to_string(),
+            message: str_at(e, "/message").to_string(),
             count: e.get("count").and_then(Value::as_i64).unwrap_or(1),
         })
         .collect();

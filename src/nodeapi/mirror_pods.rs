@@ -7,15 +7,11 @@
 
 use serde_json::{Value, json};
 
-use crate::apiserver::objects::{DeleteOptions, Objects, Scope, WriteOptions};
+use crate::apiserver::objects::{DeleteOptions, Objects, Scope, WriteOptions, str_at};
 use crate::apiserver::status::ApiError;
 use crate::registry::Kind;
 
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-
-fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 fn mirror_hash(pod: &Value) -> &str {
     pod.pointer("/metadata/annotations")
@@ -33,8 +29,8 @@ pub async fn create(
     options: &WriteOptions,
 ) -> Result<Value, ApiError> {
     let (pods, nodes) = kinds;
-    let name = text(&pod, "/metadata/name").to_string();
-    if text(&pod, "/spec/nodeName") != node {
+    let name = str_at(&pod, "/metadata/name").to_string();
+    if str_at(&pod, "/spec/nodeName") != node {
         return Err(ApiError::Forbidden(format!(
             "node \"{node}\" can only create pods with spec.nodeName set to itself"
         )));
@@ -50,10 +46,10 @@ pub async fn create(
         "apiVersion": "v1",
         "kind": "Node",
         "name": node,
-        "uid": text(&owner, "/metadata/uid"),
+        "uid": str_at(&owner, "/metadata/uid"),
         "controller": true,
     }]);
-    let namespace = match text(&pod, "/metadata/namespace") {
+    let namespace = match str_at(&pod, "/metadata/namespace") {
         "" => "default".to_string(),
         ns => ns.to_string(),
     };
@@ -70,7 +66,8 @@ pub async fn create(
             Err(ApiError::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let ours = text(&existing, "/spec/nodeName") == node && !mirror_hash(&existing).is_empty();
+        let ours =
+            str_at(&existing, "/spec/nodeName") == node && !mirror_hash(&existing).is_empty();
         if !ours {
             return Err(ApiError::already_exists(pods.info(), &name));
         }
@@ -80,7 +77,7 @@ pub async fn create(
             return Ok(existing);
         }
         let delete = DeleteOptions {
-            uid: Some(text(&existing, "/metadata/uid").to_string()),
+            uid: Some(str_at(&existing, "/metadata/uid").to_string()),
             grace_period_seconds: Some(0),
             ..DeleteOptions::default()
         };

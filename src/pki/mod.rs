@@ -18,7 +18,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 
 pub use staged::{FileSpec, StagedFiles};
-pub use token::JoinToken;
+pub use token::{JoinToken, constant_time_eq};
 
 /// DNS name every member's certificate carries, so peers can verify each other independent of
 /// which address (advertise, loopback, listen override) they dialled.

@@ -29,9 +29,15 @@ impl JoinToken {
 
     /// Constant-time comparison of the secret, so timing does not leak it.
     pub fn secret_matches(&self, candidate: &str) -> bool {
-        let (a, b) = (self.secret.as_bytes(), candidate.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        constant_time_eq(&self.secret, candidate)
     }
+}
+
+/// Equality whose time depends only on the lengths, not on where the strings differ: for
+/// comparing secrets a caller presents.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl fmt::Display for JoinToken {

@@ -15,8 +15,24 @@ use serde_json::Value;
 
 use super::objects::Objects;
 use super::status::ApiError;
-use super::store::list_prefix;
-use crate::registry::{self, KindInfo};
+use super::store::{Stored, list_prefix};
+use crate::registry::{self, Kind, KindInfo};
+
+/// Every object of `kind` in `namespace` (a namespace's LimitRanges or ResourceQuotas), with
+/// the revisions they were read at.
+pub async fn namespace_policies(
+    objects: &Objects,
+    kind: &'static dyn Kind,
+    namespace: &str,
+    linearizable: bool,
+) -> Result<Vec<Stored>, ApiError> {
+    let prefix = list_prefix(kind.info(), Some(namespace));
+    let page = objects
+        .store()
+        .list(&prefix, None, 0, 0, linearizable)
+        .await?;
+    Ok(page.items)
+}
 
 /// Whether admission must read through read index: on a follower, or after a lost race.
 pub fn read_linearizable(objects: &Objects, attempt: usize) -> bool {
@@ -70,15 +86,12 @@ pub async fn limit_ranges(
     let Some(kind) = kind.filter(|_| is_pod || is_claim) else {
         return Ok(());
     };
-    let prefix = list_prefix(kind.info(), Some(namespace));
-    let ranges: Vec<Value> = objects
-        .store()
-        .list(&prefix, None, 0, 0, read_linearizable(objects, 0))
-        .await?
-        .items
-        .into_iter()
-        .map(|s| s.object)
-        .collect();
+    let ranges: Vec<Value> =
+        namespace_policies(objects, kind, namespace, read_linearizable(objects, 0))
+            .await?
+            .into_iter()
+            .map(|s| s.object)
+            .collect();
     if ranges.is_empty() {
         return Ok(());
     }

@@ -15,9 +15,9 @@ use serde_json::Value;
 use skiff_storage::Revision;
 
 use super::usage::{self, Usage};
-use crate::apiserver::objects::{ListOptions, Objects, Scope};
+use crate::apiserver::objects::{ListOptions, Objects, Scope, name_of};
 use crate::apiserver::status::ApiError;
-use crate::apiserver::store::{GuardedPut, list_prefix, object_key};
+use crate::apiserver::store::{GuardedPut, object_key};
 use crate::registry::{self, Kind, KindInfo};
 
 /// The quotas of a namespace, with the revisions they were read at.
@@ -29,16 +29,13 @@ pub async fn quotas_of(
     let Some(kind) = quota_kind() else {
         return Ok(Vec::new());
     };
-    let prefix = list_prefix(kind.info(), Some(namespace));
-    let page = objects
-        .store()
-        .list(&prefix, None, 0, 0, linearizable)
-        .await?;
-    Ok(page
-        .items
-        .into_iter()
-        .map(|s| (s.object, s.mod_revision))
-        .collect())
+    Ok(
+        super::namespace_policies(objects, kind, namespace, linearizable)
+            .await?
+            .into_iter()
+            .map(|s| (s.object, s.mod_revision))
+            .collect(),
+    )
 }
 
 pub fn quota_kind() -> Option<&'static dyn Kind> {
@@ -195,13 +192,6 @@ pub async fn recount(objects: &Objects, namespace: &str, quota: &Value) -> Resul
         }
     }
     Ok(used)
-}
-
-fn name_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
 }
 
 #[cfg(test)]
