@@ -11,6 +11,10 @@ pub enum ChaosError {
     Process { member: usize, reason: String },
     #[error("connecting to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error("membership of member {member}: {reason}")]
+    Membership { member: usize, reason: String },
+    #[error("delay relay: {0}")]
+    Relay(String),
     #[error("network namespaces: {0}")]
     Netns(String),
     #[error("scenario {0} needs network namespaces: run with --netns (as root)")]

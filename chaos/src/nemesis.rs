@@ -19,6 +19,16 @@ pub trait MemberControl: Send {
     fn stop(&mut self, member: usize) -> BoxFuture<'_, Result<(), ChaosError>>;
     /// Starts a stopped member again on its data dir (it resumes by itself).
     fn restart(&mut self, member: usize) -> BoxFuture<'_, Result<(), ChaosError>>;
+    /// Removes `member` from the raft membership the way an operator does
+    /// (`skiff server --remove NAME`), asking through member `via`'s admin API. Returns the
+    /// raft id the member had. The process keeps running: stopping it is a separate step.
+    fn remove(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<u64, ChaosError>>;
+    /// Wipes the data dir of the stopped `member` and starts it as a brand-new member that
+    /// joins through member `via` with the cluster's join token. Returns once the cluster has
+    /// admitted it (as a learner): its new raft id.
+    fn rejoin(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<u64, ChaosError>>;
+    /// Whether the cluster, asked through member `via`, counts `member` as a voter.
+    fn is_voter(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<bool, ChaosError>>;
 }
 
 /// Sends a signal to a member's process (pause/resume).
@@ -53,6 +63,9 @@ pub enum Target {
     Member(usize),
     /// Round-robin over the members (rolling faults): the n-th injection hits member n % size.
     Next,
+    /// A follower on even injections, the leader on odd ones, so one run covers both (member
+    /// removal: removing the leader must move leadership, removing a follower must not).
+    Alternating,
 }
 
 pub trait Nemesis: Send {

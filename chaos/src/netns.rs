@@ -7,8 +7,8 @@
 //! - `N-ctl`: the chaos process itself (clients, watchers), `eth0` = SUBNET100/24.
 //!
 //! A partition is a set of one-way blackhole routes inside member namespaces, packet loss an
-//! nftables rule there, so clients in `N-ctl` still reach every member: an isolated leader
-//! keeps answering clients.
+//! nftables rule there, packet delay nftables redirects there to a relay (`delay`), so clients
+//! in `N-ctl` still reach every member: an isolated leader keeps answering clients.
 
 use std::process::Command;
 
@@ -150,7 +150,7 @@ impl NetnsTopology {
     }
 
     /// Drops `percent`% of the packets between `member` and its peers, both ways (nftables in
-    /// the member's namespace; the kernel here has no netem qdisc, so no delay fault).
+    /// the member's namespace).
     pub fn drop_randomly(&self, member: usize, percent: u8) -> Result<(), ChaosError> {
         let peers: Vec<String> = (0..self.size)
             .filter(|o| *o != member)
@@ -170,15 +170,61 @@ impl NetnsTopology {
 
     /// Undoes `drop_randomly(member, _)`.
     pub fn clear_loss(&self, member: usize) -> Result<(), ChaosError> {
+        self.delete_table(member, "inet", LOSS_TABLE)
+    }
+
+    /// Loads an nftables ruleset (`nft -f` syntax) into `member`'s namespace.
+    pub fn load_rules(&self, member: usize, rules: &str) -> Result<(), ChaosError> {
+        nft(&self.member_ns(member), &["-f", "-"], Some(rules))
+    }
+
+    /// Deletes a table from `member`'s namespace; one that is already gone is fine.
+    pub fn delete_table(&self, member: usize, family: &str, table: &str) -> Result<(), ChaosError> {
         match nft(
             &self.member_ns(member),
-            &["delete", "table", "inet", LOSS_TABLE],
+            &["delete", "table", family, table],
             None,
         ) {
             Err(ChaosError::Netns(message)) if message.contains("No such file") => Ok(()),
             other => other,
         }
     }
+}
+
+/// Moves the calling thread into network namespace `ns` (a name under /run/netns, as `ip netns
+/// add` makes). setns(2) moves only this thread, and for good: call it on a thread that exists
+/// for this purpose, never on a pooled one.
+pub fn enter_netns(ns: &str) -> Result<(), ChaosError> {
+    use std::os::fd::AsRawFd;
+    let path = std::path::Path::new("/run/netns").join(ns);
+    let file = std::fs::File::open(&path)
+        .map_err(|e| ChaosError::Netns(format!("opening {}: {e}", path.display())))?;
+    // SAFETY: setns(2) with a namespace fd we hold open; it changes only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(ChaosError::Netns(format!(
+            "entering {ns}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs blocking `work` on a new thread inside network namespace `ns`; the thread ends with it.
+pub async fn run_in_netns<T: Send + 'static>(
+    ns: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ChaosError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = ns.to_string();
+    std::thread::Builder::new()
+        .name(format!("chaos-in-{ns}"))
+        .spawn(move || {
+            let _ = tx.send(enter_netns(&name).map(|()| work()));
+        })
+        .map_err(|e| ChaosError::Netns(format!("spawning a thread for {ns}: {e}")))?;
+    rx.await
+        .map_err(|_| ChaosError::Netns(format!("the thread in {ns} died")))?
 }
 
 /// The nftables table packet-loss faults live in (inside member namespaces only).

@@ -205,10 +205,9 @@ async fn inject_faults(
     report: &mut Report,
 ) -> Vec<JoinHandle<Option<FailoverSample>>> {
     let mut probes = Vec::new();
-    let mut nemesis = match config
-        .scenario
-        .nemesis(config.netns.as_ref(), config.disk.as_deref())
-    {
+    let scenario = &config.scenario;
+    let chosen = scenario.nemesis(config.netns.as_ref(), config.disk.as_deref(), config.seed);
+    let mut nemesis = match chosen {
         Ok(Some(nemesis)) => nemesis,
         Ok(None) => {
             tokio::time::sleep_until(start + config.duration).await;
@@ -231,7 +230,8 @@ async fn inject_faults(
             (Target::Leader, Some(leader)) => leader,
             (Target::Next, _) => n % size,
             (Target::Member(m), _) => m % size,
-            (Target::Follower, Some(leader)) if size > 1 => {
+            (Target::Alternating, Some(leader)) if n % 2 == 1 => leader,
+            (Target::Follower | Target::Alternating, Some(leader)) if size > 1 => {
                 (leader + 1 + fault.pick as usize % (size - 1)) % size
             }
             _ => fault.pick as usize % size,

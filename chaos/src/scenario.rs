@@ -6,8 +6,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::delay::PacketDelay;
 use crate::disk::DiskFull;
 use crate::error::ChaosError;
+use crate::membership::RemoveReadd;
 use crate::nemesis::{KillMember, Nemesis, PauseMember, RollingRestart, Target};
 use crate::netns::NetnsTopology;
 use crate::partition::{NetFault, Partition};
@@ -22,6 +24,12 @@ pub enum FaultKind {
     Network(Target, NetFault),
     /// Needs root (a tmpfs for one member's data dir); run in the `--netns` mode.
     DiskFull,
+    /// Remove the member from the cluster, stop it, wipe it, re-join it as a new member.
+    RemoveReadd(Target),
+    /// Delay the member's peer traffic by a per-fault pick from this range (ms, each way)
+    /// through a relay in its namespace. Needs `--netns`: redirecting needs nftables in a
+    /// namespace of the member's own.
+    Delay(Target, (u64, u64)),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +147,20 @@ pub const SCENARIOS: &[Scenario] = &[
         server_args: &[],
     },
     Scenario {
+        name: "member-remove-readd",
+        about: "remove a member (a follower, then the leader, in turn) with `skiff server --remove`, stop it, wipe its data, re-join it with the join token as a new member; heal = it is a voter again",
+        fault: FaultKind::RemoveReadd(Target::Alternating),
+        hold_ms: HOLD,
+        server_args: &[],
+    },
+    Scenario {
+        name: "packet-delay",
+        about: "delay all peer traffic (raft 2380, API 6443) of a follower, then the leader, in turn, 20-100 ms each way through a userspace relay (no netem here); the added round trip is measured [--netns: root]",
+        fault: FaultKind::Delay(Target::Alternating, (20, 100)),
+        hold_ms: (3000, 6000),
+        server_args: &[],
+    },
+    Scenario {
         name: "packet-loss",
         about: "drop 30% of the packets between the leader and its peers, both ways [--netns]",
         fault: FaultKind::Network(Target::Leader, NetFault::Loss(30)),
@@ -153,14 +175,19 @@ impl Scenario {
     }
 
     pub fn needs_netns(&self) -> bool {
-        matches!(self.fault, FaultKind::Network(..) | FaultKind::DiskFull)
+        matches!(
+            self.fault,
+            FaultKind::Network(..) | FaultKind::DiskFull | FaultKind::Delay(..)
+        )
     }
 
-    /// The scenario's fault. `disk` is the tmpfs data dir of `disk::DISK_MEMBER` (disk-full).
+    /// The scenario's fault. `disk` is the tmpfs data dir of `disk::DISK_MEMBER` (disk-full);
+    /// `seed` picks whatever a fault draws per injection (the delay), so a seed replays it.
     pub fn nemesis(
         &self,
         netns: Option<&NetnsTopology>,
         disk: Option<&std::path::Path>,
+        seed: u64,
     ) -> Result<Option<Box<dyn Nemesis>>, ChaosError> {
         Ok(match self.fault {
             FaultKind::None => None,
@@ -174,6 +201,16 @@ impl Scenario {
             FaultKind::DiskFull => {
                 let dir = disk.ok_or_else(|| ChaosError::NeedsNetns(self.name.into()))?;
                 Some(Box::new(DiskFull::new(dir.to_path_buf())))
+            }
+            FaultKind::RemoveReadd(target) => Some(Box::new(RemoveReadd::new(target))),
+            FaultKind::Delay(target, range_ms) => {
+                let topology = netns.ok_or_else(|| ChaosError::NeedsNetns(self.name.into()))?;
+                Some(Box::new(PacketDelay::new(
+                    target,
+                    range_ms,
+                    topology.clone(),
+                    seed,
+                )))
             }
         })
     }

@@ -68,6 +68,10 @@ pub struct ChaosRunArgs {
     /// this process in a third (needs root). Enables the partition scenarios.
     #[arg(long)]
     pub netns: bool,
+    /// Name prefix of the namespaces `--netns` creates (PREFIX<pid>-m1, ...), so concurrent
+    /// runs on one machine are told apart.
+    #[arg(long, default_value = "skc")]
+    pub netns_prefix: String,
 }
 
 pub async fn run(command: ChaosCommand) -> anyhow::Result<()> {
@@ -88,7 +92,7 @@ async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
     }
     let inside = std::env::var(NETNS_ENV).ok();
     if args.netns && inside.is_none() {
-        return run_in_netns().await;
+        return run_in_netns(&args.netns_prefix).await;
     }
     let netns = match inside {
         Some(name) => {
@@ -148,13 +152,18 @@ async fn run_all(args: ChaosRunArgs) -> anyhow::Result<()> {
 
 /// Creates the namespaces, re-runs this very command inside the control namespace, and
 /// removes the namespaces (and anything left running in them) whatever happens.
-async fn run_in_netns() -> anyhow::Result<()> {
+async fn run_in_netns(prefix: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("--netns needs root (it creates network namespaces)");
     }
     let host = current_netns().ok_or_else(|| anyhow!("cannot read /proc/self/ns/net"))?;
-    let name = format!("skc{}", std::process::id());
+    let valid =
+        (1..=8).contains(&prefix.len()) && prefix.chars().all(|c| c.is_ascii_alphanumeric());
+    if !valid {
+        bail!("--netns-prefix must be 1-8 letters or digits");
+    }
+    let name = format!("{prefix}{}", std::process::id());
     let topology = NetnsTopology::create(&name, NETNS_SUBNET, 3)?;
     let outcome = async {
         let exe = std::env::current_exe().context("locating the skiff binary")?;
@@ -403,5 +412,39 @@ impl MemberControl for LocalMembers<'_> {
                 .restart_member(member + 1)
                 .map_err(|e| process_error(member, e))
         })
+    }
+
+    fn remove(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<u64, ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .remove_member(member + 1, via + 1)
+                .await
+                .map_err(|e| membership_error(member, e))
+        })
+    }
+
+    fn rejoin(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<u64, ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .rejoin_member(member + 1, via + 1)
+                .await
+                .map_err(|e| membership_error(member, e))
+        })
+    }
+
+    fn is_voter(&mut self, member: usize, via: usize) -> BoxFuture<'_, Result<bool, ChaosError>> {
+        Box::pin(async move {
+            self.cluster
+                .is_voter(member + 1, via + 1)
+                .await
+                .map_err(|e| membership_error(member, e))
+        })
+    }
+}
+
+fn membership_error(member: usize, e: anyhow::Error) -> ChaosError {
+    ChaosError::Membership {
+        member,
+        reason: format!("{e:#}"),
     }
 }

@@ -214,10 +214,15 @@ impl LocalCluster {
 
     /// Starts a stopped member `index` again on its data dir (its log is appended to).
     pub fn restart_member(&mut self, index: usize) -> anyhow::Result<()> {
+        let command = self.member_command(&self.exe, index, &self.extra_args);
+        self.respawn(index, command)
+    }
+
+    /// Runs `command` as stopped member `index`'s new process, appending to its log.
+    fn respawn(&mut self, index: usize, mut command: Command) -> anyhow::Result<()> {
         if self.member_pid(index).is_some() {
             bail!("node{index} is still running");
         }
-        let mut command = self.member_command(&self.exe, index, &self.extra_args);
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -228,9 +233,87 @@ impl LocalCluster {
             .kill_on_drop(true);
         let child = command
             .spawn()
-            .with_context(|| format!("restarting node{index}"))?;
+            .with_context(|| format!("starting node{index} again"))?;
         *self.child_mut(index)? = child;
         Ok(())
+    }
+
+    /// Removes member `index` from the cluster the way an operator does: `skiff server
+    /// --remove NAME --data DIR` with member `via`'s data dir, so the request goes through
+    /// `via`'s admin API (forwarded to the leader). Returns the raft id the member had.
+    pub async fn remove_member(&self, index: usize, via: usize) -> anyhow::Result<u64> {
+        let identity = NodeIdentity::load(&Self::member_dir(&self.base, index))?
+            .ok_or_else(|| anyhow!("node{index} holds no member"))?;
+        let removal = Command::new(&self.exe)
+            .arg("server")
+            .arg("--remove")
+            .arg(&identity.name)
+            .arg("--data")
+            .arg(Self::member_dir(&self.base, via))
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), removal)
+            .await
+            .map_err(|_| anyhow!("skiff server --remove {} took over 30 s", identity.name))?
+            .context("running skiff server --remove")?;
+        if !output.status.success() {
+            bail!(
+                "skiff server --remove {} via node{via}: {}",
+                identity.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(identity.node_id)
+    }
+
+    /// Starts stopped member `index` from an empty data dir as a new member that joins through
+    /// member `via` with the cluster's join token. Returns once the cluster admitted it (it
+    /// wrote its identity), with its new raft id; promotion to voter follows by itself.
+    pub async fn rejoin_member(&mut self, index: usize, via: usize) -> anyhow::Result<u64> {
+        if self.member_pid(index).is_some() {
+            bail!("node{index} is still running");
+        }
+        let dir = Self::member_dir(&self.base, index);
+        let token = load_token(&Self::member_dir(&self.base, via))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("wiping {}", dir.display())),
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut command = self.member_command(&self.exe, index, &self.extra_args);
+        command
+            .arg("--join")
+            .arg(format!("https://{}:6443", self.member_ip(via)))
+            .arg("--token")
+            .arg(token.to_string());
+        self.respawn(index, command)?;
+        self.wait_until_member(&dir, index).await?;
+        let identity =
+            NodeIdentity::load(&dir)?.ok_or_else(|| anyhow!("node{index} has no identity"))?;
+        Ok(identity.node_id)
+    }
+
+    /// Whether member `index`'s current raft id is a voter, as member `via` sees the cluster.
+    pub async fn is_voter(&self, index: usize, via: usize) -> anyhow::Result<bool> {
+        let Some(identity) = NodeIdentity::load(&Self::member_dir(&self.base, index))? else {
+            return Ok(false);
+        };
+        let via_dir = Self::member_dir(&self.base, via);
+        let via_identity =
+            NodeIdentity::load(&via_dir)?.ok_or_else(|| anyhow!("node{via} has no identity"))?;
+        let pki = PkiPaths::new(&via_dir).load()?;
+        let addr = self.admin_addr.as_deref().unwrap_or(&via_identity.api_addr);
+        let mut client = admin_client(addr, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+        let status = tokio::time::timeout(Duration::from_secs(3), client.status(StatusRequest {}))
+            .await
+            .map_err(|_| anyhow!("node{via}'s status timed out"))?
+            .map_err(|s| anyhow!("node{via}'s status: {}", s.message()))?
+            .into_inner();
+        Ok(status
+            .members
+            .iter()
+            .any(|m| m.node_id == identity.node_id && m.voter))
     }
 
     async fn wait_until_member(&mut self, dir: &Path, index: usize) -> anyhow::Result<()> {
