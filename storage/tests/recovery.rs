@@ -295,3 +295,119 @@ fn a_killed_process_recovers_a_consistent_prefix() {
         assert_eq!(store.kv.revision(), revision + 1);
     });
 }
+
+const BATCH_CRASH_DIR_ENV: &str = "SKIFF_STORAGE_BATCH_CRASH_CHILD_DIR";
+const PUTS_PER_BATCH: u64 = 100;
+
+/// Key of the n-th put (1-based) of the batch kill test.
+fn batch_key(n: u64) -> String {
+    format!("/batch/{n:08}")
+}
+
+/// The child half of the batch kill test: entries of `PUTS_PER_BATCH` puts each, appended and
+/// applied until a timer aborts the process, most likely between two commands of a batch.
+fn batch_crash_child(dir: &std::path::Path) -> ! {
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(400));
+        std::process::abort();
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut store = Store::open(dir, StoreOptions::default()).unwrap();
+        let mut log = store.log.clone();
+        for index in 1u64.. {
+            let commands = (1..=PUTS_PER_BATCH)
+                .map(|j| {
+                    let n = (index - 1) * PUTS_PER_BATCH + j;
+                    skiff_storage::Command::Txn(skiff_storage::TxnRequest::put(
+                        batch_key(n),
+                        n.to_string(),
+                    ))
+                })
+                .collect();
+            let entry = Entry {
+                log_id: log_id(1, 1, index),
+                payload: EntryPayload::Normal(skiff_storage::Command::Batch(commands)),
+            };
+            log.blocking_append(vec![entry.clone()]).await.unwrap();
+            store.state_machine.apply(vec![entry]).await.unwrap();
+        }
+    });
+    unreachable!("the loop only ends by abort")
+}
+
+/// A crash inside a batch entry leaves some of its commands applied and the entry not; opening
+/// the store finishes it from the log, raft applies the rest, and each command takes effect
+/// exactly once: every key written once, revisions dense, nothing applied twice.
+#[test]
+fn a_process_killed_inside_batches_resumes_each_command_exactly_once() {
+    if let Ok(dir) = std::env::var(BATCH_CRASH_DIR_ENV) {
+        batch_crash_child(std::path::Path::new(&dir));
+    }
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path().join("store");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_process_killed_inside_batches_resumes_each_command_exactly_once",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(BATCH_CRASH_DIR_ENV, &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must have been killed");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let applied = store.kv.last_applied().map_or(0, |l| l.index);
+        let revision_at_open = store.kv.revision() as u64;
+        assert_eq!(
+            revision_at_open,
+            applied * PUTS_PER_BATCH,
+            "opening finishes an interrupted batch: the state is whole entries only"
+        );
+        // What raft does after a restart: apply the logged entries past the last applied one.
+        let mut log = store.log.clone();
+        let last_log = log
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_log_id
+            .map_or(0, |l| l.index);
+        assert!(last_log >= 2, "the child made progress ({last_log} entries)");
+        let entries = log
+            .try_get_log_entries(applied + 1..=last_log)
+            .await
+            .unwrap();
+        let mut sm = store.state_machine;
+        sm.apply(entries).await.unwrap();
+
+        let total = last_log * PUTS_PER_BATCH;
+        assert_eq!(store.kv.revision() as u64, total, "one revision per command");
+        let all = store
+            .kv
+            .range(&skiff_storage::RangeRequest {
+                range: KeyRange::prefix("/batch/"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.count as u64, total);
+        for (i, kv) in all.kvs.iter().enumerate() {
+            let n = i as u64 + 1;
+            assert_eq!(kv.key, batch_key(n).into_bytes());
+            assert_eq!(kv.version, 1, "{} written twice", batch_key(n));
+            assert_eq!(kv.mod_revision as u64, n);
+            assert_eq!(kv.create_revision as u64, n);
+        }
+    });
+}
