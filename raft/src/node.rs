@@ -24,8 +24,8 @@ use crate::error::NodeError;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::{PeerChannels, PeerNetworkFactory};
 use crate::read_index::ReadIndexBatcher;
-use crate::write_batch::WriteBatcher;
 use crate::tls::PeerTls;
+use crate::write_batch::WriteBatcher;
 
 pub struct RaftNodeConfig {
     pub id: NodeId,

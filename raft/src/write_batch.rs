@@ -206,7 +206,8 @@ mod tests {
     fn fake_leader(
         proposals: Arc<AtomicUsize>,
         next_revision: Arc<AtomicUsize>,
-    ) -> impl Fn(Command) -> futures::future::BoxFuture<'static, Reply> + Send + Sync + 'static {
+    ) -> impl Fn(Command) -> futures::future::BoxFuture<'static, Reply> + Send + Sync + 'static
+    {
         move |command| {
             let proposals = proposals.clone();
             let next_revision = next_revision.clone();
@@ -262,7 +263,10 @@ mod tests {
         let batcher = WriteBatcher::default();
         let got = batcher
             .write(put(1), |command| async move {
-                assert!(matches!(command, Command::Txn(_)), "not wrapped: {command:?}");
+                assert!(
+                    matches!(command, Command::Txn(_)),
+                    "not wrapped: {command:?}"
+                );
                 Ok(CommandResult::Txn(TxnResponse::default()))
             })
             .await;
@@ -285,7 +289,10 @@ mod tests {
             }));
         }
         for task in tasks {
-            assert!(matches!(task.await.expect("join"), Err(NodeError::NoLeader)));
+            assert!(matches!(
+                task.await.expect("join"),
+                Err(NodeError::NoLeader)
+            ));
         }
     }
 

@@ -657,7 +657,12 @@ async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
     let mut batched = Harness::new();
     let entry = batched.next_entry(EntryPayload::Normal(Command::Batch(with_nested)));
     let log_id = entry.log_id;
-    let mut results = batched.store.state_machine.apply(vec![entry]).await.unwrap();
+    let mut results = batched
+        .store
+        .state_machine
+        .apply(vec![entry])
+        .await
+        .unwrap();
     let Some(CommandResult::Batch(results)) = results.pop() else {
         panic!("a batch entry returns a batch result");
     };
@@ -669,8 +674,16 @@ async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
         CommandResult::Txn(t) => (t.succeeded, t.revision),
         other => panic!("{other:?}"),
     };
-    assert_eq!(txn(&results[1]), (false, 1), "the second create sees the first");
-    assert_eq!(txn(&results[3]), (true, 3), "the update sees the first's revision");
+    assert_eq!(
+        txn(&results[1]),
+        (false, 1),
+        "the second create sees the first"
+    );
+    assert_eq!(
+        txn(&results[3]),
+        (true, 3),
+        "the update sees the first's revision"
+    );
     assert_eq!(batched.store.kv.last_applied(), Some(log_id));
     assert_eq!(batched.get("/once").unwrap().value, b"updated");
     assert_eq!(batched.store.kv.revision(), 4);

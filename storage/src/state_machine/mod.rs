@@ -169,7 +169,9 @@ impl StateMachineStore {
         let Some((log_id, done)) = reader.batch_progress()? else {
             return Ok(());
         };
-        let next_index = self.status.with(|s| s.last_applied.map_or(0, |l| l.index + 1));
+        let next_index = self
+            .status
+            .with(|s| s.last_applied.map_or(0, |l| l.index + 1));
         if log_id.index != next_index {
             return Ok(()); // a batch that completed: the marker is stale
         }
