@@ -58,6 +58,11 @@ fn init_logging(format: cli::LogFormat) {
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     init_logging(args.log_format);
+    if args.command.only_prints() {
+        // SAFETY: no other thread exists yet; restoring a signal's default disposition has no
+        // other effect on this process.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()

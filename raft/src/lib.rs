@@ -8,6 +8,7 @@
 //! - `elector`: pre-voted elections that start as soon as a silent leader's lease runs out.
 //! - `compaction`: the leader's background history compaction (proposed through the log, so
 //!   every member compacts at the same revision).
+//! - `write_batch`: group proposals (concurrent writes share one raft entry).
 //! - `tls`: turning the cluster PKI's PEM files into tonic TLS configs.
 //!
 //! Storage (RocksDB, MVCC, watch) is skiff-storage's business; this crate never opens RocksDB.
@@ -23,6 +24,7 @@ pub mod node;
 mod read_index;
 pub mod service;
 pub mod tls;
+mod write_batch;
 
 pub use config::RaftTuning;
 pub use error::NodeError;

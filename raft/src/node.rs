@@ -25,6 +25,7 @@ use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
 use crate::network::{PeerChannels, PeerNetworkFactory};
 use crate::read_index::ReadIndexBatcher;
 use crate::tls::PeerTls;
+use crate::write_batch::WriteBatcher;
 
 pub struct RaftNodeConfig {
     pub id: NodeId,
@@ -73,6 +74,7 @@ struct NodeInner {
     channels: PeerChannels,
     tuning: RaftTuning,
     reads: ReadIndexBatcher,
+    writes: WriteBatcher,
     elector: Elector,
 }
 
@@ -107,6 +109,7 @@ impl RaftNode {
                 channels,
                 tuning: config.tuning,
                 reads: ReadIndexBatcher::default(),
+                writes: WriteBatcher::default(),
                 elector: Elector::default(),
             }),
         };
@@ -184,8 +187,21 @@ impl RaftNode {
         }
     }
 
-    /// Proposes a command and returns its result once applied (on the leader).
+    /// Proposes a command and returns its result once applied (on the leader). Concurrent
+    /// writes share raft entries (see write_batch.rs).
     pub async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
+        let node = self.clone();
+        self.inner
+            .writes
+            .write(command, move |command| {
+                let node = node.clone();
+                async move { node.propose(command).await }
+            })
+            .await
+    }
+
+    /// One proposal: here when this member leads, else forwarded to the leader.
+    async fn propose(&self, command: Command) -> Result<CommandResult, NodeError> {
         match self.on_leader(LeaderRequest::Write(command)).await? {
             LeaderReply::Write(result) => Ok(result),
             other => Err(NodeError::Fatal(format!(
@@ -199,9 +215,9 @@ impl RaftNode {
         match self.write(Command::Txn(request)).await? {
             CommandResult::Txn(response) => Ok(response),
             CommandResult::Rejected(rejection) => Err(rejection.into()),
-            CommandResult::Compacted { .. } => {
-                Err(NodeError::Fatal("compaction result for a txn".into()))
-            }
+            CommandResult::Compacted { .. } | CommandResult::Batch(_) => Err(NodeError::Fatal(
+                "a txn got the result of another kind of command".into(),
+            )),
         }
     }
 
@@ -210,7 +226,9 @@ impl RaftNode {
         match self.write(Command::Compact { revision }).await? {
             CommandResult::Compacted { revision } => Ok(revision),
             CommandResult::Rejected(rejection) => Err(rejection.into()),
-            CommandResult::Txn(_) => Err(NodeError::Fatal("txn result for a compaction".into())),
+            CommandResult::Txn(_) | CommandResult::Batch(_) => Err(NodeError::Fatal(
+                "a compaction got the result of another kind of command".into(),
+            )),
         }
     }
 

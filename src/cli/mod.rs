@@ -82,6 +82,23 @@ pub enum Command {
     Completion(CompletionArgs),
 }
 
+impl Command {
+    /// Commands that only print to stdout and touch no socket: like `ls` or `cat`, they should end
+    /// quietly when the reader of a pipe goes away (`skiff backup verify F | head`). Rust ignores
+    /// SIGPIPE, which turns that into a panic in `println!`; servers and network clients keep
+    /// ignoring it so a peer that hangs up can never kill them.
+    pub fn only_prints(&self) -> bool {
+        match self {
+            Command::Backup(args) => matches!(
+                args.command,
+                Some(backup::BackupCommand::Verify { .. } | backup::BackupCommand::Ls { .. })
+            ),
+            Command::Chaos(chaos::ChaosCommand::List) | Command::Completion(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CompletionArgs {
     /// bash, zsh, fish, elvish or powershell.

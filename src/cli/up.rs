@@ -273,7 +273,13 @@ async fn start_all(
     };
     let mut agents = Vec::new();
     let outcome = async {
-        write_kubeconfigs(args, &cluster, &api_address, progress)?;
+        write_kubeconfigs(
+            args,
+            &cluster,
+            &api_address,
+            layout == Layout::Containerd,
+            progress,
+        )?;
         let servers: Vec<String> = (1..=size)
             .map(|i| format!("https://{}:6443", cluster.member_ip(i)))
             .collect();
@@ -305,11 +311,13 @@ async fn start_all(
     Ok((cluster, agents, api_address))
 }
 
-/// ./skiff.kubeconfig (pointing at `api_address`), and the user's merged one when asked.
+/// ./skiff.kubeconfig (pointing at `api_address`), and the user's merged one when asked; with
+/// `relayed`, the members' admin kubeconfigs point at the relay as well.
 fn write_kubeconfigs(
     args: &UpArgs,
     cluster: &LocalCluster,
     api_address: &str,
+    relayed: bool,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let pki = cluster.pki()?;
@@ -321,6 +329,15 @@ fn write_kubeconfigs(
         &pki.admin.key_pem,
     );
     write_file(&args.kubeconfig, kubeconfig.as_bytes(), true)?;
+    if relayed {
+        // Each member wrote DATA/admin.kubeconfig with its in-namespace address, which this
+        // host cannot reach; `skiff kubeconfig --data` and `skiff backup --data` read the
+        // server from there, so point it at the relay too.
+        for i in 1..=args.nodes as usize {
+            let path = LocalCluster::member_dir(&args.data, i).join("admin.kubeconfig");
+            write_file(&path, kubeconfig.as_bytes(), true)?;
+        }
+    }
     if args.merge_kubeconfig {
         let merged = crate::kubeconfig::merge_into_user_config(kubeconfig.as_bytes(), "skiff")?;
         progress.step(&format!("merged context skiff into {}", merged.display()));

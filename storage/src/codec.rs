@@ -150,6 +150,9 @@ pub(crate) mod sm_meta {
     pub(crate) const REVISION: &[u8] = b"revision";
     pub(crate) const COMPACTED: &[u8] = b"compacted_revision";
     pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
+    /// How far into a batch entry apply got: (its log id, commands applied). Only meaningful
+    /// while that entry is not yet the last applied one (a crash inside a batch).
+    pub(crate) const BATCH_PROGRESS: &[u8] = b"batch_progress";
 }
 
 /// The value of one key in the `kv` column family (the key itself is the RocksDB key).

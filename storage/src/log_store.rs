@@ -244,9 +244,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| to_raft(openraft::ErrorSubject::Vote, openraft::ErrorVerb::Read, &e))
     }
 
+    /// Queued, not awaited. openraft calls this on every commit advance and waits for it before
+    /// handing the entries to the state machine, with its whole core loop stalled meanwhile;
+    /// awaiting the writer would put that loop behind the fsync in progress (and measured as
+    /// such: half the CPU idle while writes queued). Nothing depends on it being durable — a lost
+    /// committed pointer only means re-applying from an older point — and the writer's queue
+    /// keeps it in order with the appends and purges around it.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        self.submit(|reply| WriteOp::SaveCommitted { committed, reply })
-            .await
+        let (reply, _ignored) = oneshot::channel();
+        self.send(WriteOp::SaveCommitted { committed, reply })
             .map_err(|e| raft_write_logs(&e))
     }
 

@@ -18,6 +18,10 @@ pub enum Command {
     /// Record a compaction target: history before `revision` becomes unreadable at once and is
     /// deleted physically in the background.
     Compact { revision: Revision },
+    /// Several commands proposed as one raft entry (group proposal: one append, one replication
+    /// message and one apply call for all of them). Each is applied in order as if it had its own
+    /// entry, with its own revision; a batch never contains a batch.
+    Batch(Vec<Command>),
 }
 
 /// The result of applying one `Command`.
@@ -30,6 +34,8 @@ pub enum CommandResult {
     /// The command was rejected deterministically by the state machine (every node rejects it
     /// the same way), e.g. compacting a future revision or reading a compacted one.
     Rejected(Rejection),
+    /// The results of a `Command::Batch`, one per command, in order.
+    Batch(Vec<CommandResult>),
 }
 
 impl Default for CommandResult {

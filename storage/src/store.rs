@@ -77,8 +77,9 @@ impl Store {
             .unwrap_or_else(|| dir.join("snapshots"));
         let snapshots = SnapshotDir::open(&snapshot_dir)?;
         let compactor = Compactor::start(&engine);
-        let state_machine =
+        let mut state_machine =
             StateMachineStore::new(engine, shared, watch.clone(), snapshots, compactor);
+        state_machine.finish_interrupted_batch()?;
         tracing::info!(
             revision = status.revision,
             compacted = status.compacted,

@@ -590,3 +590,107 @@ async fn a_batch_of_entries_applies_in_order_each_seeing_the_previous() {
     assert_eq!(h.get("/once").unwrap().value, b"first");
     assert_eq!(h.store.kv.last_applied(), Some(last));
 }
+
+/// A batch entry (group proposal) must be indistinguishable from its commands in entries of
+/// their own: same results, same revisions, same state and history, and each command sees its
+/// predecessors' writes, current and historical.
+#[tokio::test]
+async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
+    use openraft::EntryPayload;
+    use openraft::storage::RaftStateMachine;
+    use skiff_storage::{Command, Op};
+
+    let create_only = |value: &str| {
+        Command::Txn(TxnRequest {
+            compares: vec![cmp("/once", CompareOp::Equal, CompareTarget::Version(0))],
+            success: vec![put_op("/once", value)],
+            failure: vec![],
+        })
+    };
+    let update_if = |revision: i64, value: &str| {
+        Command::Txn(TxnRequest {
+            compares: vec![cmp(
+                "/once",
+                CompareOp::Equal,
+                CompareTarget::ModRevision(revision),
+            )],
+            success: vec![put_op("/once", value)],
+            failure: vec![],
+        })
+    };
+    let read_at = |revision: i64| {
+        Command::Txn(TxnRequest {
+            compares: vec![],
+            success: vec![Op::Range(RangeRequest {
+                range: KeyRange::single("/once"),
+                revision,
+                ..Default::default()
+            })],
+            failure: vec![],
+        })
+    };
+    let commands = vec![
+        create_only("first"),
+        create_only("second"),
+        Command::Txn(TxnRequest::put("/other", "x")),
+        update_if(1, "updated"),
+        read_at(1),
+        Command::Compact { revision: 1 },
+        read_at(1),
+        Command::Txn(TxnRequest::put("/other", "y")),
+    ];
+
+    let mut one_by_one = Harness::new();
+    let mut expected = Vec::new();
+    for command in &commands {
+        expected.push(one_by_one.apply(command.clone()).await);
+    }
+    // A batch nested in a batch is refused (deterministically), and changes nothing.
+    let mut with_nested = commands.clone();
+    with_nested.push(Command::Batch(vec![Command::Txn(TxnRequest::put(
+        "/nested", "no",
+    ))]));
+    expected.push(CommandResult::Rejected(
+        skiff_storage::Rejection::Unsupported("a batch inside a batch".into()),
+    ));
+
+    let mut batched = Harness::new();
+    let entry = batched.next_entry(EntryPayload::Normal(Command::Batch(with_nested)));
+    let log_id = entry.log_id;
+    let mut results = batched
+        .store
+        .state_machine
+        .apply(vec![entry])
+        .await
+        .unwrap();
+    let Some(CommandResult::Batch(results)) = results.pop() else {
+        panic!("a batch entry returns a batch result");
+    };
+    assert_eq!(results.len(), expected.len());
+    for (i, (got, want)) in results.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "command {i}");
+    }
+    let txn = |r: &CommandResult| match r {
+        CommandResult::Txn(t) => (t.succeeded, t.revision),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        txn(&results[1]),
+        (false, 1),
+        "the second create sees the first"
+    );
+    assert_eq!(
+        txn(&results[3]),
+        (true, 3),
+        "the update sees the first's revision"
+    );
+    assert_eq!(batched.store.kv.last_applied(), Some(log_id));
+    assert_eq!(batched.get("/once").unwrap().value, b"updated");
+    assert_eq!(batched.store.kv.revision(), 4);
+    assert!(batched.get("/nested").is_none());
+    assert_eq!(
+        batched.store.kv.state_hash().unwrap(),
+        one_by_one.store.kv.state_hash().unwrap(),
+        "same state and history"
+    );
+}

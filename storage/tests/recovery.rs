@@ -182,26 +182,50 @@ async fn truncate_removes_the_tail_durably() {
 
 const CRASH_DIR_ENV: &str = "SKIFF_STORAGE_CRASH_CHILD_DIR";
 
-/// The child half of the kill test: raft-style "append (fsynced), then apply", forever, until
-/// a timer thread aborts the process mid-stream (no destructors, no flush).
-fn crash_child(dir: &std::path::Path) -> ! {
+/// Every key under `prefix`, read from the current state.
+fn all_under(kv: &skiff_storage::KvView, prefix: &str) -> skiff_storage::RangeResponse {
+    kv.range(&skiff_storage::RangeRequest {
+        range: KeyRange::prefix(prefix),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// The index of the newest entry in the store's raft log (0 when empty).
+async fn last_log_index(store: &Store) -> u64 {
+    let mut log = store.log.clone();
+    log.get_log_state()
+        .await
+        .unwrap()
+        .last_log_id
+        .map_or(0, |l| l.index)
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The child half of a kill test: raft-style "append (fsynced), then apply" of the entries
+/// `payload(index)` makes, forever, until a timer thread aborts the process mid-stream (no
+/// destructors, no flush).
+fn append_and_apply_until_aborted(
+    dir: &std::path::Path,
+    payload: impl Fn(u64) -> skiff_storage::Command,
+) -> ! {
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_millis(400));
         std::process::abort();
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    current_thread_runtime().block_on(async {
         let mut store = Store::open(dir, StoreOptions::default()).unwrap();
         let mut log = store.log.clone();
         for index in 1u64.. {
             let entry = Entry {
                 log_id: log_id(1, 1, index),
-                payload: EntryPayload::Normal(skiff_storage::Command::Txn(
-                    skiff_storage::TxnRequest::put(format!("/crash/{index:08}"), index.to_string()),
-                )),
+                payload: EntryPayload::Normal(payload(index)),
             };
             log.blocking_append(vec![entry.clone()]).await.unwrap();
             store.state_machine.apply(vec![entry]).await.unwrap();
@@ -210,32 +234,34 @@ fn crash_child(dir: &std::path::Path) -> ! {
     unreachable!("the loop only ends by abort")
 }
 
-#[test]
-fn a_killed_process_recovers_a_consistent_prefix() {
-    if let Ok(dir) = std::env::var(CRASH_DIR_ENV) {
-        crash_child(std::path::Path::new(&dir));
-    }
-    let tmp = tempfile::TempDir::new().unwrap();
-    let dir = tmp.path().join("store");
+/// Runs the test `name` of this binary again as the child (it sees `CRASH_DIR_ENV`) over a
+/// store in `dir`, and checks that it was killed rather than finishing.
+fn run_child_until_killed(name: &str, dir: &std::path::Path) {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_killed_process_recovers_a_consistent_prefix",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CRASH_DIR_ENV, &dir)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CRASH_DIR_ENV, dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the child must have been killed");
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+#[test]
+fn a_killed_process_recovers_a_consistent_prefix() {
+    if let Ok(dir) = std::env::var(CRASH_DIR_ENV) {
+        append_and_apply_until_aborted(std::path::Path::new(&dir), |index| {
+            skiff_storage::Command::Txn(skiff_storage::TxnRequest::put(
+                format!("/crash/{index:08}"),
+                index.to_string(),
+            ))
+        });
+    }
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path().join("store");
+    run_child_until_killed("a_killed_process_recovers_a_consistent_prefix", &dir);
+
+    current_thread_runtime().block_on(async {
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
         let applied = store
             .kv
@@ -252,13 +278,7 @@ fn a_killed_process_recovers_a_consistent_prefix() {
             revision as u64, applied,
             "revision and last applied committed together"
         );
-        let all = store
-            .kv
-            .range(&skiff_storage::RangeRequest {
-                range: KeyRange::prefix("/crash/"),
-                ..Default::default()
-            })
-            .unwrap();
+        let all = all_under(&store.kv, "/crash/");
         assert_eq!(all.count as u64, applied);
         for (i, kv) in all.kvs.iter().enumerate() {
             let index = i as u64 + 1;
@@ -268,13 +288,7 @@ fn a_killed_process_recovers_a_consistent_prefix() {
         }
         // Every fsynced log entry survived, at least up to what was applied.
         let mut log = store.log.clone();
-        let last_log = log
-            .get_log_state()
-            .await
-            .unwrap()
-            .last_log_id
-            .unwrap()
-            .index;
+        let last_log = last_log_index(&store).await;
         assert!(
             last_log >= applied,
             "log {last_log} behind applied {applied}"
@@ -293,5 +307,84 @@ fn a_killed_process_recovers_a_consistent_prefix() {
         };
         sm.apply(vec![next]).await.unwrap();
         assert_eq!(store.kv.revision(), revision + 1);
+    });
+}
+
+const PUTS_PER_BATCH: u64 = 100;
+
+/// Key of the n-th put (1-based) of the batch kill test.
+fn batch_key(n: u64) -> String {
+    format!("/batch/{n:08}")
+}
+
+/// Entry `index` of the batch kill test: `PUTS_PER_BATCH` puts, so that the abort most likely
+/// lands between two commands of a batch.
+fn batch_of_puts(index: u64) -> skiff_storage::Command {
+    skiff_storage::Command::Batch(
+        (1..=PUTS_PER_BATCH)
+            .map(|j| {
+                let n = (index - 1) * PUTS_PER_BATCH + j;
+                skiff_storage::Command::Txn(skiff_storage::TxnRequest::put(
+                    batch_key(n),
+                    n.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// A crash inside a batch entry leaves some of its commands applied and the entry not; opening
+/// the store finishes it from the log, raft applies the rest, and each command takes effect
+/// exactly once: every key written once, revisions dense, nothing applied twice.
+#[test]
+fn a_process_killed_inside_batches_resumes_each_command_exactly_once() {
+    if let Ok(dir) = std::env::var(CRASH_DIR_ENV) {
+        append_and_apply_until_aborted(std::path::Path::new(&dir), batch_of_puts);
+    }
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path().join("store");
+    run_child_until_killed(
+        "a_process_killed_inside_batches_resumes_each_command_exactly_once",
+        &dir,
+    );
+
+    current_thread_runtime().block_on(async {
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let applied = store.kv.last_applied().map_or(0, |l| l.index);
+        let revision_at_open = store.kv.revision() as u64;
+        assert_eq!(
+            revision_at_open,
+            applied * PUTS_PER_BATCH,
+            "opening finishes an interrupted batch: the state is whole entries only"
+        );
+        // What raft does after a restart: apply the logged entries past the last applied one.
+        let mut log = store.log.clone();
+        let last_log = last_log_index(&store).await;
+        assert!(
+            last_log >= 2,
+            "the child made progress ({last_log} entries)"
+        );
+        let entries = log
+            .try_get_log_entries(applied + 1..=last_log)
+            .await
+            .unwrap();
+        let mut sm = store.state_machine;
+        sm.apply(entries).await.unwrap();
+
+        let total = last_log * PUTS_PER_BATCH;
+        assert_eq!(
+            store.kv.revision() as u64,
+            total,
+            "one revision per command"
+        );
+        let all = all_under(&store.kv, "/batch/");
+        assert_eq!(all.count as u64, total);
+        for (i, kv) in all.kvs.iter().enumerate() {
+            let n = i as u64 + 1;
+            assert_eq!(kv.key, batch_key(n).into_bytes());
+            assert_eq!(kv.version, 1, "{} written twice", batch_key(n));
+            assert_eq!(kv.mod_revision as u64, n);
+            assert_eq!(kv.create_revision as u64, n);
+        }
     });
 }

@@ -21,6 +21,7 @@ use crate::model::{
     TxnResponse,
 };
 use crate::state_machine::read::{self, Reader, SmStatus};
+use crate::types::LogId;
 
 /// The outcome of applying one command, beyond what is already in the batch.
 #[derive(Debug, Default)]
@@ -53,7 +54,28 @@ pub(crate) fn apply_command(
     match cmd {
         Command::Txn(req) => apply_txn(engine, reader, status, req, batch),
         Command::Compact { revision } => apply_compact(engine, status, *revision, batch),
+        // The state machine applies a top-level batch command by command; one nested in
+        // another is refused (deterministically) rather than recursed into.
+        Command::Batch(_) => Ok(Applied::rejected(Rejection::Unsupported(
+            "a batch inside a batch".into(),
+        ))),
     }
+}
+
+/// Records in `batch` that the first `done` commands of the batch entry `log_id` are applied,
+/// so a restart inside the entry resumes after them instead of applying them twice.
+pub(crate) fn write_batch_progress(
+    engine: &Engine,
+    batch: &mut WriteBatch,
+    log_id: LogId,
+    done: u32,
+) -> Result<(), StorageError> {
+    batch.put_cf(
+        engine.cf(CF_SM_META)?,
+        sm_meta::BATCH_PROGRESS,
+        codec::encode("batch progress", &(log_id, done))?,
+    );
+    Ok(())
 }
 
 /// Step 1 of compaction (the logical one): record the target and drop the history at or below

@@ -30,7 +30,7 @@ pub(crate) use snapshot_files::SnapshotDir;
 use crate::compact::Compactor;
 use crate::engine::Engine;
 use crate::error::{StorageError, raft_read_sm, raft_snapshot, to_raft};
-use crate::model::CommandResult;
+use crate::model::{Command, CommandResult, Rejection};
 use crate::types::{
     Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -70,12 +70,16 @@ impl StateMachineStore {
         KvView::new(self.engine.clone(), self.status.clone())
     }
 
-    /// Applies one entry in one WriteBatch, then publishes its events.
+    /// Applies one entry in one WriteBatch, then publishes its events; a batch entry goes
+    /// command by command (`apply_batch`).
     fn apply_entry(&mut self, entry: &Entry) -> Result<CommandResult, StorageError> {
         let log_id = entry.log_id;
         let _span =
             tracing::debug_span!("apply", index = log_id.index, term = log_id.leader_id.term)
                 .entered();
+        if let EntryPayload::Normal(Command::Batch(commands)) = &entry.payload {
+            return self.apply_batch(log_id, commands);
+        }
         let old = self.status.get();
         let mut status = old.clone();
         let mut batch = WriteBatch::default();
@@ -96,13 +100,109 @@ impl StateMachineStore {
         apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
         self.engine.write(batch, false)?;
         self.status.set(status);
+        self.publish(&applied);
+        Ok(applied.result)
+    }
+
+    /// Applies a batch entry one command at a time, each in its own WriteBatch, so every command
+    /// reads the state (current and historical) its predecessors left exactly as if it had its
+    /// own entry. The entry counts as applied with its last command; until then each write
+    /// records how many commands are done, and a restart in the middle resumes after them.
+    fn apply_batch(
+        &mut self,
+        log_id: LogId,
+        commands: &[Command],
+    ) -> Result<CommandResult, StorageError> {
+        let done_before = match Reader::new(&self.engine).batch_progress()? {
+            Some((at, done)) if at == log_id => done as usize,
+            _ => 0,
+        };
+        let count = u32::try_from(commands.len())
+            .map_err(|_| StorageError::Corrupt(format!("batch entry {log_id} too large")))?;
+        let mut results = Vec::with_capacity(commands.len());
+        for (i, command) in commands.iter().enumerate() {
+            if i < done_before {
+                // Applied before a restart; whoever proposed it is gone, nobody reads this.
+                results.push(CommandResult::Rejected(Rejection::Unsupported(
+                    "applied before a restart".into(),
+                )));
+                continue;
+            }
+            let old = self.status.get();
+            let mut status = old.clone();
+            let mut batch = WriteBatch::default();
+            let applied = {
+                let reader = Reader::new(&self.engine);
+                apply::apply_command(&self.engine, &reader, &mut status, command, &mut batch)?
+            };
+            let done = u32::try_from(i + 1).unwrap_or(count);
+            if done == count {
+                status.last_applied = Some(log_id);
+            } else {
+                apply::write_batch_progress(&self.engine, &mut batch, log_id, done)?;
+            }
+            apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
+            self.engine.write(batch, false)?;
+            self.status.set(status);
+            self.publish(&applied);
+            results.push(applied.result);
+        }
+        if commands.is_empty() {
+            let old = self.status.get();
+            let mut status = old.clone();
+            status.last_applied = Some(log_id);
+            let mut batch = WriteBatch::default();
+            apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
+            self.engine.write(batch, false)?;
+            self.status.set(status);
+        }
+        Ok(CommandResult::Batch(results))
+    }
+
+    /// Completes a batch entry that a crash interrupted, from the raft log in the same
+    /// database, before anything can read or snapshot the state: otherwise the store would hold
+    /// part of an entry it does not count as applied, and a snapshot of it (its meta says "up to
+    /// the entry before") would make a member that installs it apply those commands twice.
+    /// The entry was being applied, so it was committed; committed entries are never truncated.
+    pub(crate) fn finish_interrupted_batch(&mut self) -> Result<(), StorageError> {
+        let reader = Reader::new(&self.engine);
+        let Some((log_id, done)) = reader.batch_progress()? else {
+            return Ok(());
+        };
+        let next_index = self
+            .status
+            .with(|s| s.last_applied.map_or(0, |l| l.index + 1));
+        if log_id.index != next_index {
+            return Ok(()); // a batch that completed: the marker is stale
+        }
+        let stored = reader.raft_log_entry(log_id.index)?;
+        drop(reader);
+        let commands = match stored {
+            Some(Entry {
+                log_id: stored_id,
+                payload: EntryPayload::Normal(Command::Batch(commands)),
+            }) if stored_id == log_id => commands,
+            other => {
+                return Err(StorageError::Corrupt(format!(
+                    "batch entry {log_id} was interrupted after {done} commands, but the log \
+                     holds {:?} at its index",
+                    other.map(|e| e.log_id)
+                )));
+            }
+        };
+        tracing::warn!(%log_id, done, total = commands.len(), "finishing a batch entry a crash interrupted");
+        self.apply_batch(log_id, &commands).map(|_| ())
+    }
+
+    /// Hands a committed command's events to the watch hub and its compaction target to the
+    /// background compactor.
+    fn publish(&self, applied: &apply::Applied) {
         if let Some((revision, events)) = &applied.events {
             self.hub.publish(*revision, events);
         }
         if let Some(compacted) = applied.compacted {
             self.compactor.request(compacted);
         }
-        Ok(applied.result)
     }
 }
 

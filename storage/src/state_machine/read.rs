@@ -13,10 +13,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, StoredKv, history_key, sm_meta};
-use crate::engine::{CF_HISTORY, CF_KV, CF_SM_META, Engine};
+use crate::engine::{CF_HISTORY, CF_KV, CF_RAFT_LOG, CF_SM_META, Engine};
 use crate::error::{KvError, StorageError};
 use crate::model::{Event, KeyRange, KeyValue, RangeRequest, RangeResponse, Revision};
-use crate::types::{LogId, StoredMembership};
+use crate::types::{Entry, LogId, StoredMembership};
 
 /// The state machine's meta, as last committed. Shared by the state machine (its only writer,
 /// which updates it right after each WriteBatch) and `KvView` (cheap infallible getters).
@@ -86,6 +86,19 @@ impl<'a> Reader<'a> {
     ) -> Result<Option<T>, StorageError> {
         match self.get(CF_SM_META, key)? {
             Some(bytes) => codec::decode(what, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// How far apply got into a batch entry before a crash, if it ever stopped inside one.
+    pub(crate) fn batch_progress(&self) -> Result<Option<(LogId, u32)>, StorageError> {
+        self.meta(sm_meta::BATCH_PROGRESS, "batch progress")
+    }
+
+    /// The raft log entry at `index`, if present (the log shares this database).
+    pub(crate) fn raft_log_entry(&self, index: u64) -> Result<Option<Entry>, StorageError> {
+        match self.get(CF_RAFT_LOG, &codec::log_key(index))? {
+            Some(bytes) => codec::decode("log entry", &bytes).map(Some),
             None => Ok(None),
         }
     }
