@@ -49,6 +49,24 @@ fn bad_flags_are_refused() {
     ]);
     assert!(!ok);
     assert!(text.contains("K10"), "malformed token is explained: {text}");
+    // Raft timings raft cannot work with are refused before anything is bound or written.
+    let (ok, text) = run(&[
+        "server",
+        "--init",
+        "--advertise",
+        "127.0.17.9",
+        "--data",
+        "/nonexistent/x",
+        "--heartbeat-interval",
+        "200",
+        "--election-timeout",
+        "300",
+    ]);
+    assert!(!ok);
+    assert!(
+        text.contains("must be at least twice --heartbeat-interval"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -168,6 +168,16 @@ pub struct ServerArgs {
     /// (kube-apiserver's --token-auth-file).
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds, as etcd's --heartbeat-interval. openraft also
+    /// gives each AppendEntries this long to answer, so set it above the largest round trip
+    /// between members (members ~100 ms apart accept no writes with the default).
+    #[arg(long, default_value_t = 100, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds, as etcd's --election-timeout: a follower that
+    /// hears nothing from the leader for between this and 5/3 of it campaigns. Must be at
+    /// least twice the heartbeat interval.
+    #[arg(long, default_value_t = 300, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    pub election_timeout: u64,
     /// Build a raft snapshot after this many log entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_after_logs: u64,
@@ -204,8 +214,19 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub fn tuning(&self) -> skiff_raft::RaftTuning {
-        skiff_raft::RaftTuning {
+    /// The raft tunables these flags ask for; refuses timings raft cannot work with.
+    pub fn tuning(&self) -> anyhow::Result<skiff_raft::RaftTuning> {
+        if self.election_timeout < 2 * self.heartbeat_interval {
+            anyhow::bail!(
+                "--election-timeout ({} ms) must be at least twice --heartbeat-interval ({} ms)",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        Ok(skiff_raft::RaftTuning {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout_min: Duration::from_millis(self.election_timeout),
+            election_timeout_max: Duration::from_millis(self.election_timeout * 5 / 3),
             snapshot_after_logs: self.snapshot_after_logs,
             logs_to_keep_after_snapshot: self.logs_to_keep,
             history_retention: Duration::from_secs(self.history_retention_secs),
@@ -214,7 +235,7 @@ impl ServerArgs {
             // SKIFF_FAST_ELECTIONS=0 leaves elections to openraft's own timer (to compare).
             fast_elections: std::env::var("SKIFF_FAST_ELECTIONS").map_or(true, |v| v != "0"),
             ..Default::default()
-        }
+        })
     }
 }
 

@@ -130,6 +130,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let addrs = Addresses::from_args(&args)?;
     // Checked before anything is bound or written; the member name is fixed up below.
     let snapshot_schedule = args.snapshots.schedule(&args.data, &addrs.name)?;
+    let tuning = args.tuning()?;
     // Bind first: a used port is reported before anything is written to the data dir.
     let api_listener = bind("API", addrs.api_listen).await?;
     let client_listener = bind("etcd client", addrs.client_listen).await?;
@@ -172,7 +173,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             id: identity.node_id,
             info: identity.node_info(),
             cluster_id: identity.cluster_id.clone(),
-            tuning: args.tuning(),
+            tuning,
             tls: tls.clone(),
         },
         store,
