@@ -106,6 +106,27 @@ pub(super) fn megabytes(v: &[f64]) -> String {
         .join(" / ")
 }
 
+/// CPU time (user + system, seconds) process `pid` has used so far: a figure that, unlike
+/// a rate, says what the work costs even when other jobs share the cores.
+pub(super) fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) closed by ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 pub(super) fn rss_mb(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else {
         return 0.0;

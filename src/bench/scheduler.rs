@@ -27,7 +27,7 @@ use hyper::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::api::{Latency, connect, megabytes, on_three_members, rss_mb, summarize};
+use super::api::{Latency, connect, cpu_seconds, megabytes, on_three_members, rss_mb, summarize};
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
 use crate::progress::Progress;
@@ -58,6 +58,10 @@ pub struct SchedulerBenchArgs {
 const GOAL_PODS_PER_SECOND: f64 = 1000.0;
 const ZONES: usize = 4;
 const PODS_NAMESPACE: &str = "bench-pods";
+/// A create not answered in this long is sent again, through another member, up to
+/// `CREATE_ATTEMPTS` times in all.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CREATE_ATTEMPTS: usize = 5;
 const DEPLOYMENT_NAMESPACE: &str = "bench-deploy";
 
 #[derive(Serialize, Debug, Default)]
@@ -68,7 +72,11 @@ struct Phase {
     pods_per_second: f64,
     /// Phase 1: create request sent -> bound; phase 2: pod first seen -> bound.
     latency: Latency,
+    /// Phase 1: creates that failed or timed out (and were sent again).
     create_errors: u64,
+    /// CPU seconds each member used during the phase, and all three together per pod bound.
+    cpu_seconds: Vec<f64>,
+    cpu_ms_per_pod: f64,
 }
 
 impl Phase {
@@ -86,7 +94,18 @@ impl Phase {
             },
             latency: summarize(latencies, 0, seconds),
             create_errors,
+            cpu_seconds: Vec::new(),
+            cpu_ms_per_pod: 0.0,
         }
+    }
+
+    /// Records the members' CPU use since `before` (`cpu_all`).
+    fn with_cpu(mut self, before: &[f64], after: &[f64]) -> Self {
+        self.cpu_seconds = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        if self.bound > 0 {
+            self.cpu_ms_per_pod = self.cpu_seconds.iter().sum::<f64>() * 1000.0 / self.bound as f64;
+        }
+        self
     }
 }
 
@@ -94,7 +113,10 @@ impl Phase {
 struct Report {
     nodes: usize,
     clients: usize,
+    /// The member leading (running the scheduler and controllers) at the start and at the
+    /// end: an overloaded machine can lose a leader mid-run, and the new one starts cold.
     leader: usize,
+    leader_at_end: usize,
     bare_pods: Phase,
     deployment: Option<Phase>,
     rss_idle_mb: Vec<f64>,
@@ -123,6 +145,12 @@ async fn must(client: &ApiClient, method: Method, path: &str, body: &Value) -> a
 
 fn rss_all(cluster: &LocalCluster) -> Vec<f64> {
     (1..=3).map(|i| rss_mb(cluster.member_pid(i))).collect()
+}
+
+fn cpu_all(cluster: &LocalCluster) -> Vec<f64> {
+    (1..=3)
+        .map(|i| cpu_seconds(cluster.member_pid(i)))
+        .collect()
 }
 
 async fn measure(
@@ -164,7 +192,10 @@ async fn measure(
         "phase 1: {} pods from {} clients",
         args.pods, args.clients
     ));
-    report.bare_pods = bare_pods(args, cluster, &members, progress).await?;
+    let cpu = cpu_all(cluster);
+    report.bare_pods = bare_pods(args, cluster, &members, progress)
+        .await?
+        .with_cpu(&cpu, &cpu_all(cluster));
     report.rss_after_pods_mb = rss_all(cluster);
 
     if args.deployment_pods > 0 {
@@ -172,9 +203,12 @@ async fn measure(
             "phase 2: a Deployment of {} replicas",
             args.deployment_pods
         ));
-        report.deployment = Some(deployment(args, cluster, &members, progress).await?);
+        let cpu = cpu_all(cluster);
+        let phase = deployment(args, cluster, &members, progress).await?;
+        report.deployment = Some(phase.with_cpu(&cpu, &cpu_all(cluster)));
         report.rss_after_deployment_mb = rss_all(cluster);
     }
+    report.leader_at_end = cluster.leader_index().await.unwrap_or(0);
     Ok(report)
 }
 
@@ -377,7 +411,7 @@ async fn bare_pods(
     let path = format!("/api/v1/namespaces/{PODS_NAMESPACE}/pods");
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let client = members[c % members.len()].clone();
+        let members = members.to_vec();
         let (sent, next, errors, path, total) = (
             sent.clone(),
             next.clone(),
@@ -393,10 +427,20 @@ async fn bare_pods(
                 }
                 let body = bare_pod(i);
                 sent.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Instant::now());
-                match client.call(Method::POST, &path, Some(&body)).await {
-                    Ok((status, _)) if status.is_success() => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                // A member losing leadership can leave a request hanging: give up on it after
+                // a while and send it again through the next member (409: the first one made it).
+                for attempt in 0..CREATE_ATTEMPTS {
+                    let client = &members[(c + attempt) % members.len()];
+                    let call = client.call(Method::POST, &path, Some(&body));
+                    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                        Ok(Ok((status, _)))
+                            if status.is_success() || status == hyper::StatusCode::CONFLICT =>
+                        {
+                            break;
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -470,8 +514,8 @@ async fn deployment(
 fn print_report(r: &Report, args: &SchedulerBenchArgs) {
     println!();
     println!(
-        "{:<34} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9}",
-        "phase", "pods", "bound", "seconds", "pods/s", "p50 ms", "p99 ms"
+        "{:<34} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "phase", "pods", "bound", "seconds", "pods/s", "p50 ms", "p99 ms", "CPU ms/pod"
     );
     let mut rows = vec![(
         format!("bare pods ({} clients)", args.clients),
@@ -482,17 +526,24 @@ fn print_report(r: &Report, args: &SchedulerBenchArgs) {
     }
     for (name, p) in rows {
         println!(
-            "{name:<34} {:>7} {:>7} {:>8.1} {:>9.0} {:>9.1} {:>9.1}",
-            p.pods, p.bound, p.seconds, p.pods_per_second, p.latency.p50_ms, p.latency.p99_ms
+            "{name:<34} {:>7} {:>7} {:>8.1} {:>9.0} {:>9.1} {:>9.1} {:>10.2}",
+            p.pods,
+            p.bound,
+            p.seconds,
+            p.pods_per_second,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.cpu_ms_per_pod
         );
     }
     if r.bare_pods.create_errors > 0 {
         println!("create errors: {}", r.bare_pods.create_errors);
     }
     println!(
-        "{} nodes; leader node{}; RSS MB (members 1/2/3): idle {}; after pods {}; after deployment {}",
+        "{} nodes; leader node{} (at the end node{}); RSS MB (members 1/2/3): idle {}; after pods {}; after deployment {}",
         r.nodes,
         r.leader,
+        r.leader_at_end,
         megabytes(&r.rss_idle_mb),
         megabytes(&r.rss_after_pods_mb),
         megabytes(&r.rss_after_deployment_mb)
@@ -518,7 +569,11 @@ mod tests {
         assert_eq!(bare_pod(1)["spec"]["nodeSelector"]["disk"], "ssd");
         assert!(bare_pod(2).pointer("/spec/affinity/nodeAffinity").is_some());
         assert!(bare_pod(3)["spec"]["topologySpreadConstraints"].is_array());
-        assert!(bare_pod(15).pointer("/spec/affinity/podAntiAffinity").is_some());
+        assert!(
+            bare_pod(15)
+                .pointer("/spec/affinity/podAntiAffinity")
+                .is_some()
+        );
         assert_eq!(bare_pod(7)["metadata"]["name"], "p-7");
     }
 }
