@@ -94,6 +94,9 @@ fn main() -> std::process::ExitCode {
                 bench::endpoints::run(args).await
             }
             cli::Command::Bench(cli::BenchCommand::Pods(args)) => bench::pods::run(args).await,
+            cli::Command::Bench(cli::BenchCommand::Scheduler(args)) => {
+                bench::scheduler::run(args).await
+            }
             cli::Command::Bench(cli::BenchCommand::Backup(args)) => bench::backup::run(args).await,
             cli::Command::Backup(args) => cli::backup::run_backup(args).await,
             cli::Command::Restore(args) => cli::backup::run_restore(args).await,

@@ -50,6 +50,7 @@ fn write_options(query: &Query, headers: &HeaderMap) -> Result<WriteOptions, Api
         dry_run: dry_run(query),
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
         field_manager: Some(field_manager(query, headers)),
+        ..WriteOptions::default()
     })
 }
 

@@ -117,6 +117,12 @@ pub struct WriteOptions {
     /// Who makes the change, for `metadata.managedFields` (None: not tracked, e.g. a write
     /// whose transform records ownership itself, as server-side apply does).
     pub field_manager: Option<String>,
+    /// The object as the caller last saw it (an informer's copy, with its resourceVersion):
+    /// an update's first attempt writes on top of it instead of reading the store first, as
+    /// Kubernetes' GuaranteedUpdate does with a cached existing object. The write is guarded
+    /// by that resourceVersion, so a stale copy only loses the race; then (and when the copy
+    /// fails the transform or admission, or makes the change a no-op) the store is read.
+    pub cached: Option<std::sync::Arc<Value>>,
 }
 
 /// The 400 kube-apiserver's strict decoder gives for undeclared fields.
@@ -430,135 +436,191 @@ impl Objects {
         transform: &Transform<'_>,
         options: &WriteOptions,
     ) -> Result<Value, ApiError> {
+        let info = scope.kind.info();
+        let key = scope.key(name);
+        let mut cached = options.cached.as_deref().and_then(|object| {
+            let revision = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)?
+                .parse()
+                .ok()?;
+            Some(Stored {
+                object: object.clone(),
+                mod_revision: revision,
+            })
+        });
+        for attempt in 0..MAX_RETRIES {
+            let guessed = cached.is_some();
+            let stored = match cached.take() {
+                Some(stored) => stored,
+                None => self
+                    .store
+                    .get(&key, true)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(info, name))?,
+            };
+            let attempt = UpdateAttempt {
+                scope,
+                name,
+                part,
+                options,
+                attempt,
+                guessed,
+            };
+            match self.update_once(&attempt, transform, stored).await {
+                Ok(Some(written)) => return Ok(written),
+                // The cached copy was stale or unusable: read the store, without a pause.
+                Ok(None) | Err(_) if guessed => {}
+                Ok(None) => {
+                    // The next read answers a client's resourceVersion with 409 if the object
+                    // moved on; a race lost only on a charged quota is simply retried.
+                    tracing::debug!(key, "lost an update race; retrying");
+                    lost_race_pause(attempt.attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(info, name, MODIFIED))
+    }
+
+    /// One attempt of `update_with` on top of `stored`: the written object, or None when the
+    /// race was lost (or a cached copy could not be trusted).
+    async fn update_once(
+        &self,
+        attempt: &UpdateAttempt<'_>,
+        transform: &Transform<'_>,
+        stored: Stored,
+    ) -> Result<Option<Value>, ApiError> {
+        let UpdateAttempt {
+            scope,
+            name,
+            part,
+            options,
+            attempt,
+            guessed,
+        } = *attempt;
+        let Stored {
+            object: current,
+            mod_revision,
+        } = stored;
         let dry_run = options.dry_run;
         let info = scope.kind.info();
         let key = scope.key(name);
-        for attempt in 0..MAX_RETRIES {
-            let Stored {
-                object: current,
-                mod_revision,
-            } = self
-                .store
-                .get(&key, true)
-                .await?
-                .ok_or_else(|| ApiError::not_found(info, name))?;
-            let mut new = transform(&current)?;
-            check_fields(scope.kind, &new, options.field_validation)?;
-            check_type(info, &mut new)?;
-            check_namespace(info, &mut new, scope.namespace)?;
-            if name_of(&new) != name {
-                return Err(ApiError::BadRequest(format!(
-                    "the name of the object ({}) does not match the name on the URL ({name})",
-                    name_of(&new)
-                )));
-            }
-            let client_rv = new
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .filter(|rv| !rv.is_empty())
-                .map(str::to_string);
-            if client_rv
-                .as_deref()
-                .is_some_and(|rv| rv != mod_revision.to_string())
-            {
-                return Err(ApiError::conflict(info, name, MODIFIED));
-            }
-            if part == Part::Status {
-                // Status writers change status only; everything else stays as stored.
-                let status = new.get("status").cloned();
-                new = current.clone();
-                match status {
-                    Some(s) => new["status"] = s,
-                    None => {
-                        if let Some(obj) = new.as_object_mut() {
-                            obj.remove("status");
-                        }
+        let mut new = transform(&current)?;
+        check_fields(scope.kind, &new, options.field_validation)?;
+        check_type(info, &mut new)?;
+        check_namespace(info, &mut new, scope.namespace)?;
+        if name_of(&new) != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(&new)
+            )));
+        }
+        let client_rv = new
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty())
+            .map(str::to_string);
+        if client_rv
+            .as_deref()
+            .is_some_and(|rv| rv != mod_revision.to_string())
+        {
+            return Err(ApiError::conflict(info, name, MODIFIED));
+        }
+        if part == Part::Status {
+            // Status writers change status only; everything else stays as stored.
+            let status = new.get("status").cloned();
+            new = current.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(obj) = new.as_object_mut() {
+                        obj.remove("status");
                     }
                 }
             }
-            // Fields the server owns are carried over from the stored object.
-            let meta = meta_mut(&mut new)?;
-            for field in [
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "generation",
-            ] {
-                match current.pointer(&format!("/metadata/{field}")) {
-                    Some(v) => meta.insert(field.into(), v.clone()),
-                    None => meta.remove(field),
-                };
-            }
-            meta.insert("resourceVersion".into(), json!(mod_revision.to_string()));
-            if let Some(manager) = &options.field_manager {
-                super::apply::record_update(&mut new, Some(&current), manager, &info.api_version());
-            }
-            let admitted = match part {
-                Part::Main => scope.kind.admit_update(new, &current),
-                Part::Status | Part::Binding | Part::Finalize => {
-                    scope.kind.admit_status_update(new, &current)
-                }
-            };
-            let mut new = admitted.map_err(|e| admit_error(info, name, e))?;
-            self.network
-                .assign(info, &self.store, &mut new, Some(&current))
-                .await?;
-            if info.tracks_generation && new.get("spec") != current.get("spec") {
-                let generation = current
-                    .pointer("/metadata/generation")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                meta_mut(&mut new)?.insert("generation".into(), json!(generation + 1));
-            }
-            // A no-op update writes nothing and keeps the resourceVersion (as kube does).
-            if new == current || dry_run {
-                return Ok(new);
-            }
-            // A namespace is also held by spec.finalizers until the namespace controller is done.
-            let finished = is_deleting(&new)
-                && finalizers(&new).is_empty()
-                && (info.kind != "Namespace" || strings_at(&new, "/spec/finalizers").is_empty());
-            let written = if finished {
-                let release = claims_of(info, &current);
-                match self.store.delete(&key, mod_revision, &[], &release).await? {
-                    Some(revision) => UpdateOutcome::Written(revision),
-                    None => UpdateOutcome::LostRace,
-                }
-            } else {
-                let mut claims = claim_changes(info, &new, Some(&current));
-                if let (Part::Main, Some(namespace)) = (part, scope.namespace) {
-                    let linearizable = admission::read_linearizable(self, attempt);
-                    claims.guarded = admission::quota::charge(
-                        self,
-                        info,
-                        name,
-                        namespace,
-                        &new,
-                        Some(&current),
-                        linearizable,
-                    )
-                    .await?;
-                }
-                self.store
-                    .update_claiming(&key, &new, mod_revision, &claims)
-                    .await?
-            };
-            match written {
-                UpdateOutcome::Written(revision) => {
-                    super::store::set_resource_version(&mut new, revision);
-                    return Ok(new);
-                }
-                UpdateOutcome::ClaimTaken(claim) => {
-                    return Err(service_network::claim_taken(info, name, &claim));
-                }
-                UpdateOutcome::LostRace => {}
-            }
-            // The next read answers a client's resourceVersion with 409 if the object moved
-            // on; a race lost only on a charged quota is simply retried.
-            tracing::debug!(key, "lost an update race; retrying");
-            lost_race_pause(attempt).await;
         }
-        Err(ApiError::conflict(info, name, MODIFIED))
+        // Fields the server owns are carried over from the stored object.
+        let meta = meta_mut(&mut new)?;
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "generation",
+        ] {
+            match current.pointer(&format!("/metadata/{field}")) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        meta.insert("resourceVersion".into(), json!(mod_revision.to_string()));
+        if let Some(manager) = &options.field_manager {
+            super::apply::record_update(&mut new, Some(&current), manager, &info.api_version());
+        }
+        let admitted = match part {
+            Part::Main => scope.kind.admit_update(new, &current),
+            Part::Status | Part::Binding | Part::Finalize => {
+                scope.kind.admit_status_update(new, &current)
+            }
+        };
+        let mut new = admitted.map_err(|e| admit_error(info, name, e))?;
+        self.network
+            .assign(info, &self.store, &mut new, Some(&current))
+            .await?;
+        if info.tracks_generation && new.get("spec") != current.get("spec") {
+            let generation = current
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut new)?.insert("generation".into(), json!(generation + 1));
+        }
+        // A no-op against a cached copy proves nothing: read the store and look again.
+        if guessed && new == current && !dry_run {
+            return Ok(None);
+        }
+        // A no-op update writes nothing and keeps the resourceVersion (as kube does).
+        if new == current || dry_run {
+            return Ok(Some(new));
+        }
+        // A namespace is also held by spec.finalizers until the namespace controller is done.
+        let finished = is_deleting(&new)
+            && finalizers(&new).is_empty()
+            && (info.kind != "Namespace" || strings_at(&new, "/spec/finalizers").is_empty());
+        let written = if finished {
+            let release = claims_of(info, &current);
+            match self.store.delete(&key, mod_revision, &[], &release).await? {
+                Some(revision) => UpdateOutcome::Written(revision),
+                None => UpdateOutcome::LostRace,
+            }
+        } else {
+            let mut claims = claim_changes(info, &new, Some(&current));
+            if let (Part::Main, Some(namespace)) = (part, scope.namespace) {
+                let linearizable = admission::read_linearizable(self, attempt);
+                claims.guarded = admission::quota::charge(
+                    self,
+                    info,
+                    name,
+                    namespace,
+                    &new,
+                    Some(&current),
+                    linearizable,
+                )
+                .await?;
+            }
+            self.store
+                .update_claiming(&key, &new, mod_revision, &claims)
+                .await?
+        };
+        match written {
+            UpdateOutcome::Written(revision) => {
+                super::store::set_resource_version(&mut new, revision);
+                Ok(Some(new))
+            }
+            UpdateOutcome::ClaimTaken(claim) => {
+                Err(service_network::claim_taken(info, name, &claim))
+            }
+            UpdateOutcome::LostRace => Ok(None),
+        }
     }
 
     /// Deletes an object. With finalizers (its own, or the one the propagation policy adds)
@@ -788,6 +850,19 @@ fn pod_grace_period(info: &KindInfo, pod: &Value, options: &DeleteOptions) -> Op
 
 /// A short random pause before retrying a lost race on a shared object (a quota many creates
 /// charge), so the racers spread out instead of colliding again.
+/// What one attempt of `Objects::update_with` works with besides the transform.
+#[derive(Clone, Copy)]
+struct UpdateAttempt<'a> {
+    scope: Scope<'a>,
+    name: &'a str,
+    part: Part,
+    options: &'a WriteOptions,
+    /// Retries so far (quota reads turn linearizable after the first).
+    attempt: usize,
+    /// Working on the caller's cached copy rather than a fresh read.
+    guessed: bool,
+}
+
 async fn lost_race_pause(attempt: usize) {
     let ceiling = 2u64 << attempt.min(6);
     let pause = rand::rng().random_range(0..ceiling);

@@ -98,6 +98,35 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// RSS figures of the members, "a / b / c" (MB).
+pub(super) fn megabytes(v: &[f64]) -> String {
+    v.iter()
+        .map(|m| format!("{m:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// CPU time (user + system, seconds) process `pid` has used so far: a figure that, unlike
+/// a rate, says what the work costs even when other jobs share the cores.
+pub(super) fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) closed by ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 pub(super) fn rss_mb(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else {
         return 0.0;
@@ -136,24 +165,42 @@ impl Clients {
 }
 
 pub async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(&args.dir);
-    std::fs::create_dir_all(&args.dir)?;
-    let progress = Progress::spinner("skiff: starting 3 members on 127.0.10.1-3");
-    let mut cluster =
-        LocalCluster::start(&args.dir.join("skiff"), "127.0.10.", 3, &[], &progress).await?;
-    let result = measure(&args, &cluster, &progress).await;
+    on_three_members(
+        &args.dir,
+        "127.0.10.",
+        async |cluster, progress| measure(&args, cluster, progress).await,
+        |report| print_report(report, &args),
+    )
+    .await
+}
+
+/// The frame of a benchmark on a fresh 3-member cluster (separate processes, data and logs in
+/// DIR/skiff, members on PREFIX1-3): measure, stop the cluster whatever the outcome, then
+/// print the report and save it as DIR/results.json.
+pub(super) async fn on_three_members<R: Serialize>(
+    dir: &std::path::Path,
+    prefix: &str,
+    measure: impl AsyncFnOnce(&LocalCluster, &Progress) -> anyhow::Result<R>,
+    print: impl FnOnce(&R),
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let progress = Progress::spinner(&format!("skiff: starting 3 members on {prefix}1-3"));
+    let mut cluster = LocalCluster::start(&dir.join("skiff"), prefix, 3, &[], &progress).await?;
+    let result = measure(&cluster, &progress).await;
     cluster.stop().await;
     let report = result?;
     progress.finish("done");
-    print_report(&report, &args);
-    let path = args.dir.join("results.json");
+    print(&report);
+    let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
     Ok(())
 }
 
-async fn connect(cluster: &LocalCluster, member: usize) -> anyhow::Result<ApiClient> {
+/// A client of member `member`'s Kubernetes API as the cluster's admin.
+pub(super) async fn connect(cluster: &LocalCluster, member: usize) -> anyhow::Result<ApiClient> {
     let pki = cluster.pki()?;
     ApiClient::connect(
         &format!("{}:6443", cluster.member_ip(member)),
@@ -450,20 +497,14 @@ fn print_report(r: &Report, args: &ApiBenchArgs) {
             l.samples, l.errors, l.per_second, l.p50_ms, l.p99_ms
         );
     }
-    let mb = |v: &[f64]| {
-        v.iter()
-            .map(|m| format!("{m:.0}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
     println!(
         "RSS idle (MB, members 1/2/3):          {}",
-        mb(&r.rss_idle_mb)
+        megabytes(&r.rss_idle_mb)
     );
     println!(
         "RSS holding {} pods (MB, members 1/2/3): {}",
         r.pods_held,
-        mb(&r.rss_loaded_mb)
+        megabytes(&r.rss_loaded_mb)
     );
     println!(
         "goals: create p99 <= 50 ms at 500/s: {}; watch p99 <= 100 ms: {}",

@@ -9,4 +9,5 @@ pub mod load;
 pub mod netns;
 pub mod peers;
 pub mod pods;
+pub mod scheduler;
 pub mod store;

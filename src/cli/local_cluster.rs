@@ -357,6 +357,25 @@ impl LocalCluster {
         }
     }
 
+    /// The member (1-based) that leads now: the one running the controllers and the
+    /// scheduler, which a benchmark profiles and reports on.
+    pub async fn leader_index(&self) -> anyhow::Result<usize> {
+        let pki = self.pki()?;
+        for index in 1..=self.members.len() {
+            let dir = Self::member_dir(&self.base, index);
+            let Some(identity) = NodeIdentity::load(&dir)? else {
+                continue;
+            };
+            let addr = self.admin_addr.as_deref().unwrap_or(&identity.api_addr);
+            let mut client = admin_client(addr, &pki.ca.cert_pem, Some(&pki.admin)).await?;
+            let status = client.status(StatusRequest {}).await?.into_inner();
+            if status.leader_id != 0 && status.leader_id == status.node_id {
+                return Ok(index);
+            }
+        }
+        bail!("no member says it leads")
+    }
+
     fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child) in self.members.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {

@@ -127,6 +127,9 @@ pub enum BenchCommand {
     Pods(crate::bench::pods::PodsBenchArgs),
     /// wrk through the built-in ingress vs straight to the pod: requests/s and p99 (root, wrk).
     Ingress(crate::bench::ingress::IngressBenchArgs),
+    /// Pods scheduled per second onto fake nodes (bare pods and a Deployment), create ->
+    /// bound latency, member RSS.
+    Scheduler(crate::bench::scheduler::SchedulerBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

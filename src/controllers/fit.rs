@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::ownership::{controller_uid, labels, string_map};
+use super::ownership::{controller_uid, labels};
 use super::pod_affinity::{self, InterPodAffinity, NamespaceLabels, PlacedPod};
 use super::topology_spread::{self, TopologySpread};
 use super::volume_fit::volumes_allow;
@@ -182,6 +182,15 @@ fn requirement_matches(req: &Value, values_of: &BTreeMap<String, String>) -> boo
 
 /// One NodeSelectorTerm: all its expressions and fields match; an empty term matches nothing.
 pub fn term_matches(term: &Value, node: &Value) -> bool {
+    term_matches_labels(term, name_of(node), &labels(node))
+}
+
+/// `term_matches` for a node whose labels are already at hand.
+fn term_matches_labels(
+    term: &Value,
+    node_name: &str,
+    node_labels: &BTreeMap<String, String>,
+) -> bool {
     let list = |f: &str| {
         term.get(f)
             .and_then(Value::as_array)
@@ -192,19 +201,41 @@ pub fn term_matches(term: &Value, node: &Value) -> bool {
     if expressions.is_empty() && fields.is_empty() {
         return false;
     }
-    let node_labels = labels(node);
-    let node_fields = BTreeMap::from([("metadata.name".to_string(), name_of(node).to_string())]);
-    expressions
+    if !expressions
         .iter()
-        .all(|r| requirement_matches(r, &node_labels))
-        && fields.iter().all(|r| requirement_matches(r, &node_fields))
+        .all(|r| requirement_matches(r, node_labels))
+    {
+        return false;
+    }
+    if fields.is_empty() {
+        return true;
+    }
+    let node_fields = BTreeMap::from([("metadata.name".to_string(), node_name.to_string())]);
+    fields.iter().all(|r| requirement_matches(r, &node_fields))
 }
 
 /// nodeSelector and required node affinity (the NodeAffinity filter).
 pub fn matches_node_selection(pod: &Value, node: &Value) -> bool {
-    let node_labels = labels(node);
-    let selector = string_map(pod.pointer("/spec/nodeSelector"));
-    if !selector.iter().all(|(k, v)| node_labels.get(k) == Some(v)) {
+    matches_node_labels(pod, name_of(node), &labels(node))
+}
+
+/// `matches_node_selection` for a node whose labels are already at hand.
+fn matches_node_labels(
+    pod: &Value,
+    node_name: &str,
+    node_labels: &BTreeMap<String, String>,
+) -> bool {
+    let selector_ok = match pod.pointer("/spec/nodeSelector").and_then(Value::as_object) {
+        Some(selector) => selector
+            .iter()
+            // Non-string values are ignored, as the map form of the selector drops them.
+            .all(|(k, v)| {
+                v.as_str()
+                    .is_none_or(|v| node_labels.get(k).is_some_and(|l| l == v))
+            }),
+        None => true,
+    };
+    if !selector_ok {
         return false;
     }
     let required = "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
@@ -212,18 +243,27 @@ pub fn matches_node_selection(pod: &Value, node: &Value) -> bool {
         .pointer(&format!("{required}/nodeSelectorTerms"))
         .and_then(Value::as_array)
     {
-        Some(terms) => terms.iter().any(|t| term_matches(t, node)),
+        Some(terms) => terms
+            .iter()
+            .any(|t| term_matches_labels(t, node_name, node_labels)),
         None => true,
     }
 }
 
-/// The sum of the weights of the preferred node affinity terms `node` matches.
-fn preferred_affinity_weight(pod: &Value, node: &Value) -> i64 {
+/// The sum of the weights of the preferred node affinity terms the node matches.
+fn preferred_affinity_weight(
+    pod: &Value,
+    node_name: &str,
+    node_labels: &BTreeMap<String, String>,
+) -> i64 {
     pod.pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|p| p.get("preference").is_some_and(|t| term_matches(t, node)))
+        .filter(|p| {
+            p.get("preference")
+                .is_some_and(|t| term_matches_labels(t, node_name, node_labels))
+        })
         .filter_map(|p| p.get("weight").and_then(Value::as_i64))
         .sum()
 }
@@ -256,8 +296,8 @@ impl PodUsage {
 /// worked out once per scheduling cycle; the default applies none.
 #[derive(Default)]
 pub struct PodRules {
-    /// Labels of each node, parallel to the cycle's `NodeInfo`s.
-    node_labels: Vec<BTreeMap<String, String>>,
+    /// Each node's facts (for its labels), parallel to the cycle's `NodeInfo`s.
+    nodes: Vec<Arc<NodeFacts>>,
     spread: Option<TopologySpread>,
     affinity: Option<InterPodAffinity>,
 }
@@ -281,12 +321,13 @@ impl PodRules {
         namespace_labels: &NamespaceLabels,
     ) -> Self {
         let incoming = Arc::new(PlacedPod::of(pod));
-        let node_labels: Vec<_> = infos.iter().map(|i| labels(&i.node)).collect();
+        let node_labels: Vec<&BTreeMap<String, String>> =
+            infos.iter().map(|i| &i.facts.labels).collect();
         let nodes: Vec<&Value> = infos.iter().map(|i| &*i.node).collect();
         let spread = TopologySpread::new(pod, &incoming, &nodes, &node_labels, placed);
         let affinity = InterPodAffinity::new(incoming, &node_labels, placed, namespace_labels);
         PodRules {
-            node_labels,
+            nodes: infos.iter().map(|i| i.facts.clone()).collect(),
             spread,
             affinity,
         }
@@ -294,7 +335,7 @@ impl PodRules {
 
     /// kube's filter order: PodTopologySpread, then InterPodAffinity.
     fn filter(&self, node: usize) -> Option<&'static str> {
-        let labels = self.node_labels.get(node)?;
+        let labels = &self.nodes.get(node)?.labels;
         let spread = self.spread.as_ref().and_then(|s| s.filter(labels));
         spread.or_else(|| self.affinity.as_ref().and_then(|a| a.filter(labels)))
     }
@@ -346,36 +387,69 @@ impl Usage {
     }
 }
 
+/// What the filters and scores read from a Node object, worked out once per version of the
+/// node instead of once per pod and node: a scheduling cycle would otherwise rebuild every
+/// node's label map and re-parse its quantities, hundreds of allocations per pod.
+#[derive(Debug)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    /// With the not-ready taint of a not-Ready node (`node_taints`).
+    taints: Vec<Value>,
+    unschedulable: bool,
+    allocatable: Resources,
+    max_pods: f64,
+}
+
+impl NodeFacts {
+    pub fn of(node: &Value) -> Self {
+        NodeFacts {
+            labels: labels(node),
+            taints: node_taints(node),
+            unschedulable: node.pointer("/spec/unschedulable") == Some(&json!(true)),
+            allocatable: Resources {
+                cpu: quantity_at(node, "/status/allocatable/cpu").unwrap_or(0.0),
+                memory: quantity_at(node, "/status/allocatable/memory").unwrap_or(0.0),
+            },
+            max_pods: quantity_at(node, "/status/allocatable/pods").unwrap_or(DEFAULT_MAX_PODS),
+        }
+    }
+}
+
 /// A node and what is already placed on it.
 pub struct NodeInfo {
     pub node: Arc<Value>,
-    usage: Usage,
+    pub facts: Arc<NodeFacts>,
+    usage: Arc<Usage>,
 }
 
 impl NodeInfo {
+    /// A node with its facts worked out now (tests; the scheduler keeps them: `with_facts`).
+    #[cfg(test)]
     pub fn new(node: Arc<Value>, usage: Usage) -> Self {
-        NodeInfo { node, usage }
+        let facts = Arc::new(NodeFacts::of(&node));
+        NodeInfo::with_facts(node, facts, Arc::new(usage))
+    }
+
+    /// A node whose facts (and usage) the caller keeps between cycles.
+    pub fn with_facts(node: Arc<Value>, facts: Arc<NodeFacts>, usage: Arc<Usage>) -> Self {
+        NodeInfo { node, facts, usage }
     }
 
     #[cfg(test)]
     pub fn add_pod(&mut self, pod: &Value) {
-        self.usage.add(&PodUsage::of(pod));
-    }
-
-    fn allocatable(&self, resource: &str) -> f64 {
-        quantity_at(&self.node, &format!("/status/allocatable/{resource}")).unwrap_or(0.0)
+        Arc::make_mut(&mut self.usage).add(&PodUsage::of(pod));
     }
 
     /// Why `pod` cannot go here (empty: it fits): the first failing filter's reasons.
     /// `takes` is what the pod takes, worked out once for all nodes.
     fn filter(&self, pod: &Value, takes: &PodUsage, volumes: &[Vec<Value>]) -> Vec<String> {
         let node = &*self.node;
+        let facts = &*self.facts;
         let tolerations_unschedulable = || {
             let taint = json!({"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"});
             untolerated_taint(pod, std::slice::from_ref(&taint)).is_none()
         };
-        if node.pointer("/spec/unschedulable") == Some(&json!(true)) && !tolerations_unschedulable()
-        {
+        if facts.unschedulable && !tolerations_unschedulable() {
             return vec!["node(s) were unschedulable".into()];
         }
         let wanted = pod
@@ -385,7 +459,7 @@ impl NodeInfo {
         if !wanted.is_empty() && wanted != name_of(node) {
             return vec!["node(s) didn't match the requested node name".into()];
         }
-        if let Some(taint) = untolerated_taint(pod, &node_taints(node)) {
+        if let Some(taint) = untolerated_taint(pod, &facts.taints) {
             let text = |f: &str| taint.get(f).and_then(Value::as_str).unwrap_or("");
             return vec![format!(
                 "node(s) had untolerated taint {{{}: {}}}",
@@ -393,26 +467,24 @@ impl NodeInfo {
                 text("value")
             )];
         }
-        if !matches_node_selection(pod, node) {
+        if !matches_node_labels(pod, name_of(node), &facts.labels) {
             return vec!["node(s) didn't match Pod's node affinity/selector".into()];
         }
         if takes.ports.iter().any(|p| self.usage.ports.contains_key(p)) {
             return vec!["node(s) didn't have free ports for the requested pod ports".into()];
         }
         let mut reasons = Vec::new();
-        let max_pods = quantity_at(node, "/status/allocatable/pods").unwrap_or(DEFAULT_MAX_PODS);
-        if (self.usage.pods + 1) as f64 > max_pods {
+        if (self.usage.pods + 1) as f64 > facts.max_pods {
             reasons.push("Too many pods".to_string());
         }
         let want = takes.requested;
         // A little slack so "500m" + "500m" fits in "1" despite floating point.
         const EPSILON: f64 = 1e-9;
-        if want.cpu > 0.0 && self.usage.requested.cpu + want.cpu > self.allocatable("cpu") + EPSILON
-        {
+        if want.cpu > 0.0 && self.usage.requested.cpu + want.cpu > facts.allocatable.cpu + EPSILON {
             reasons.push("Insufficient cpu".into());
         }
         if want.memory > 0.0
-            && self.usage.requested.memory + want.memory > self.allocatable("memory") + EPSILON
+            && self.usage.requested.memory + want.memory > facts.allocatable.memory + EPSILON
         {
             reasons.push("Insufficient memory".into());
         }
@@ -432,11 +504,9 @@ impl NodeInfo {
                 ((alloc - used) * 100.0 / alloc).max(0.0)
             }
         };
-        (free(self.usage.scored.cpu + want.cpu, self.allocatable("cpu"))
-            + free(
-                self.usage.scored.memory + want.memory,
-                self.allocatable("memory"),
-            ))
+        let alloc = self.facts.allocatable;
+        (free(self.usage.scored.cpu + want.cpu, alloc.cpu)
+            + free(self.usage.scored.memory + want.memory, alloc.memory))
             / 2.0
     }
 }
@@ -503,12 +573,12 @@ pub fn select_node(
     let max_owned = feasible.iter().map(|&i| owned_on(i)).max().unwrap_or(0);
     let max_preferred = feasible
         .iter()
-        .map(|&i| preferred_affinity_weight(pod, &infos[i].node))
+        .map(|&i| preferred_affinity_weight(pod, name_of(&infos[i].node), &infos[i].facts.labels))
         .max()
         .unwrap_or(0);
     let feasible_labels: Vec<&BTreeMap<String, String>> = feasible
         .iter()
-        .filter_map(|&i| rules.node_labels.get(i))
+        .filter_map(|&i| rules.nodes.get(i).map(|f| &f.labels))
         .collect();
     // Explicit spread constraints replace the default spreading of a controller's pods.
     let spread_scores = rules.spread.as_ref().map(|s| s.scores(&feasible_labels));
@@ -526,7 +596,9 @@ pub fn select_node(
         let preferred = if max_preferred <= 0 {
             0.0
         } else {
-            preferred_affinity_weight(pod, &infos[i].node) as f64 * 100.0 / max_preferred as f64
+            let weight =
+                preferred_affinity_weight(pod, name_of(&infos[i].node), &infos[i].facts.labels);
+            weight as f64 * 100.0 / max_preferred as f64
         };
         // kube's default weights: spreading and inter-pod affinity count twice.
         infos[i].least_requested(&takes) + 2.0 * spread + 2.0 * inter_pod + preferred

@@ -14,7 +14,7 @@
 //! The cache is keyed by `namespace/name` (`name` for cluster-scoped kinds), which is also the
 //! object's store key without the kind's prefix.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::Error;
+use super::ownership::controller_uid;
 use crate::apiserver::objects::{ListOptions, Objects, Scope};
 use crate::apiserver::store::{decode, list_prefix};
 use crate::registry::{Kind, KindInfo};
@@ -73,27 +74,94 @@ struct Cache {
     items: HashMap<String, Arc<Value>>,
     /// uid -> key, for owner lookups.
     by_uid: HashMap<String, String>,
+    /// namespace -> keys (namespaced objects only): a controller reads its own namespace on
+    /// every reconcile, which must not cost a scan of every object of the kind.
+    by_namespace: HashMap<String, HashSet<String>>,
+    /// controller uid -> keys of the objects it controls, and (under `orphans_bucket`) a
+    /// namespace's objects without a controller: a ReplicaSet claims its pods from these two
+    /// sets instead of reading its whole namespace.
+    by_controller: HashMap<String, HashSet<String>>,
     /// The store revision everything in `items` reflects.
     revision: i64,
+}
+
+/// The `by_controller` bucket of a namespace's objects that no controller owns (a uid never
+/// contains a NUL, so it cannot collide with one).
+fn orphans_bucket(namespace: &str) -> String {
+    format!("\0{namespace}")
+}
+
+fn namespace_of(key: &str) -> &str {
+    split_key(key).0.unwrap_or("")
+}
+
+fn controller_bucket(key: &str, object: &Value) -> String {
+    match controller_uid(object) {
+        Some(uid) => uid.to_string(),
+        None => orphans_bucket(namespace_of(key)),
+    }
+}
+
+/// Removes `key` from the set under `bucket`, dropping the set when it empties.
+fn unindex(index: &mut HashMap<String, HashSet<String>>, bucket: &str, key: &str) {
+    if let Some(keys) = index.get_mut(bucket) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(bucket);
+        }
+    }
 }
 
 impl Cache {
     fn insert(&mut self, key: String, object: Arc<Value>) -> Option<Arc<Value>> {
         let uid = uid_of(&object).to_string();
+        let bucket = controller_bucket(&key, &object);
         let old = self.items.insert(key.clone(), object);
-        if let Some(old) = &old {
-            self.by_uid.remove(uid_of(old));
+        match &old {
+            Some(old) => {
+                self.by_uid.remove(uid_of(old));
+                let old_bucket = controller_bucket(&key, old);
+                if old_bucket != bucket {
+                    unindex(&mut self.by_controller, &old_bucket, &key);
+                }
+            }
+            None => {
+                if let (Some(namespace), _) = split_key(&key) {
+                    self.by_namespace
+                        .entry(namespace.to_string())
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
         }
         if !uid.is_empty() {
-            self.by_uid.insert(uid, key);
+            self.by_uid.insert(uid, key.clone());
         }
+        self.by_controller.entry(bucket).or_default().insert(key);
         old
     }
 
     fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
         let old = self.items.remove(key)?;
         self.by_uid.remove(uid_of(&old));
+        if let (Some(namespace), _) = split_key(key) {
+            unindex(&mut self.by_namespace, namespace, key);
+        }
+        unindex(&mut self.by_controller, &controller_bucket(key, &old), key);
         Some(old)
+    }
+
+    fn objects_under(
+        &self,
+        index: &HashMap<String, HashSet<String>>,
+        bucket: &str,
+    ) -> Vec<Arc<Value>> {
+        index
+            .get(bucket)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.items.get(key).cloned())
+            .collect()
     }
 }
 
@@ -161,13 +229,20 @@ impl Informer {
 
     /// The objects of one namespace.
     pub fn list_namespace(&self, namespace: &str) -> Vec<Arc<Value>> {
-        let prefix = format!("{namespace}/");
-        self.read()
-            .items
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| v.clone())
-            .collect()
+        let cache = self.read();
+        cache.objects_under(&cache.by_namespace, namespace)
+    }
+
+    /// The objects whose controller reference names `controller_uid`.
+    pub fn list_controlled_by(&self, controller_uid: &str) -> Vec<Arc<Value>> {
+        let cache = self.read();
+        cache.objects_under(&cache.by_controller, controller_uid)
+    }
+
+    /// The objects of one namespace that no controller owns (candidates for adoption).
+    pub fn list_orphans(&self, namespace: &str) -> Vec<Arc<Value>> {
+        let cache = self.read();
+        cache.objects_under(&cache.by_controller, &orphans_bucket(namespace))
     }
 
     /// The store revision the cache reflects: every write of this kind at or below it is in.
@@ -403,5 +478,49 @@ mod tests {
         assert_eq!(cache.by_uid.get("u2").map(String::as_str), Some("ns/a"));
         cache.remove("ns/a");
         assert!(cache.by_uid.is_empty());
+    }
+
+    #[test]
+    fn the_cache_indexes_by_namespace_and_controller() {
+        let owned = |name: &str, ns: &str, owner: Option<&str>| {
+            let mut pod = json!({"metadata": {"name": name, "namespace": ns, "uid": name}});
+            if let Some(uid) = owner {
+                pod["metadata"]["ownerReferences"] = json!([{"uid": uid, "controller": true}]);
+            }
+            Arc::new(pod)
+        };
+        let mut cache = Cache::default();
+        cache.insert("a/p1".into(), owned("p1", "a", Some("rs1")));
+        cache.insert("a/p2".into(), owned("p2", "a", None));
+        cache.insert("b/p3".into(), owned("p3", "b", None));
+        let keys = |objects: Vec<Arc<Value>>| {
+            let mut names: Vec<String> = objects.iter().map(|o| object_key(o)).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            keys(cache.objects_under(&cache.by_namespace, "a")),
+            ["a/p1", "a/p2"]
+        );
+        assert_eq!(
+            keys(cache.objects_under(&cache.by_controller, "rs1")),
+            ["a/p1"]
+        );
+        let orphans =
+            |c: &Cache, ns: &str| keys(c.objects_under(&c.by_controller, &orphans_bucket(ns)));
+        assert_eq!(orphans(&cache, "a"), ["a/p2"]);
+        // Adopted: moves from the orphans to its controller; released: back again.
+        cache.insert("a/p2".into(), owned("p2", "a", Some("rs1")));
+        assert!(orphans(&cache, "a").is_empty());
+        assert_eq!(
+            keys(cache.objects_under(&cache.by_controller, "rs1")),
+            ["a/p1", "a/p2"]
+        );
+        cache.insert("a/p1".into(), owned("p1", "a", None));
+        assert_eq!(orphans(&cache, "a"), ["a/p1"]);
+        cache.remove("a/p1");
+        cache.remove("a/p2");
+        cache.remove("b/p3");
+        assert!(cache.by_namespace.is_empty() && cache.by_controller.is_empty());
     }
 }

@@ -73,19 +73,32 @@ pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Whether `labels` satisfy a metav1.LabelSelector given as JSON. An empty, absent or
-/// malformed selector selects nothing here: a controller with one would otherwise adopt
-/// everything in its namespace.
-pub fn selector_matches(selector: Option<&Value>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(Ok(selector)) = selector.map(LabelSelector::deserialize) else {
-        return false;
-    };
+/// A metav1.LabelSelector given as JSON, parsed once for matching many objects; None when it
+/// is empty, absent or malformed, which selects nothing here: a controller with one would
+/// otherwise adopt everything in its namespace.
+pub fn parse_selector(selector: Option<&Value>) -> Option<LabelSelector> {
+    let selector = LabelSelector::deserialize(selector?).ok()?;
     let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && selector
             .match_expressions
             .as_ref()
             .is_none_or(|e| e.is_empty());
-    !empty && pod_template::selector_matches(&selector, labels)
+    (!empty).then_some(selector)
+}
+
+/// One label of an object, read in place.
+pub fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.get("metadata")?.get("labels")?.get(key)?.as_str()
+}
+
+/// Whether an object's labels satisfy a parsed selector, without copying them.
+pub fn selects(selector: &LabelSelector, object: &Value) -> bool {
+    pod_template::selector_matches_by(selector, |key| label(object, key))
+}
+
+/// Whether `labels` satisfy a metav1.LabelSelector given as JSON (see `parse_selector`).
+pub fn selector_matches(selector: Option<&Value>, labels: &BTreeMap<String, String>) -> bool {
+    parse_selector(selector).is_some_and(|s| pod_template::selector_matches(&s, labels))
 }
 
 /// A handler queueing the changed object's own key.

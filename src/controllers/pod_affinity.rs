@@ -15,6 +15,7 @@
 //! lists, or those its namespaceSelector picks, or (neither given) its own pod's namespace; a
 //! missing labelSelector selects nothing, an empty one everything.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -194,36 +195,69 @@ impl PlacedPod {
     }
 }
 
-/// A (topologyKey, value) domain.
-type Domain = (String, String);
+/// Counts per topology domain, by topologyKey and then value: a node's domain under a key is
+/// two lookups without allocating, and a node's score visits only the keys in use, not every
+/// domain (with one domain per hostname, a scan of all of them made each cycle O(nodes²)).
+#[derive(Default)]
+struct Domains(HashMap<String, HashMap<String, i64>>);
 
-/// Adds `by` to the domain of `node_labels` under `key`, if the node has that label.
-fn count(
-    map: &mut HashMap<Domain, i64>,
-    node_labels: &BTreeMap<String, String>,
-    key: &str,
-    by: i64,
-) {
-    if let Some(value) = node_labels.get(key) {
-        *map.entry((key.to_string(), value.clone())).or_default() += by;
+impl Domains {
+    /// Adds `by` to the domain of `node_labels` under `key`, if the node has that label.
+    fn count(&mut self, node_labels: &BTreeMap<String, String>, key: &str, by: i64) {
+        let Some(value) = node_labels.get(key) else {
+            return;
+        };
+        let values = match self.0.get_mut(key) {
+            Some(values) => values,
+            None => self.0.entry(key.to_string()).or_default(),
+        };
+        match values.get_mut(value) {
+            Some(n) => *n += by,
+            None => {
+                values.insert(value.clone(), by);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The count of the node's domain under `key` (0 when it has no such label).
+    fn of(&self, node_labels: &BTreeMap<String, String>, key: &str) -> i64 {
+        node_labels
+            .get(key)
+            .and_then(|v| self.0.get(key)?.get(v))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The counts of every domain the node is in, one per key in use.
+    fn node_counts<'a>(
+        &'a self,
+        node_labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = i64> + 'a {
+        self.0
+            .iter()
+            .filter_map(|(key, values)| values.get(node_labels.get(key)?).copied())
     }
 }
 
 /// The inter-pod state of one scheduling cycle (module docs, steps 1-4).
 pub struct InterPodAffinity {
     incoming: Arc<PlacedPod>,
-    affinity: HashMap<Domain, i64>,
-    anti_affinity: HashMap<Domain, i64>,
-    existing_anti_affinity: HashMap<Domain, i64>,
-    preferences: HashMap<Domain, i64>,
+    affinity: Domains,
+    anti_affinity: Domains,
+    existing_anti_affinity: Domains,
+    preferences: Domains,
 }
 
 impl InterPodAffinity {
     /// None when neither the incoming pod nor any placed pod has pod (anti-)affinity terms.
     /// `placed`: (index into `node_labels`, pod) for every pod on a node.
-    pub fn new(
+    pub fn new<L: Borrow<BTreeMap<String, String>>>(
         incoming: Arc<PlacedPod>,
-        node_labels: &[BTreeMap<String, String>],
+        node_labels: &[L],
         placed: &[(usize, Arc<PlacedPod>)],
         namespace_labels: &NamespaceLabels,
     ) -> Option<Self> {
@@ -233,16 +267,16 @@ impl InterPodAffinity {
         }
         let mut state = InterPodAffinity {
             incoming,
-            affinity: HashMap::new(),
-            anti_affinity: HashMap::new(),
-            existing_anti_affinity: HashMap::new(),
-            preferences: HashMap::new(),
+            affinity: Domains::default(),
+            anti_affinity: Domains::default(),
+            existing_anti_affinity: Domains::default(),
+            preferences: Domains::default(),
         };
         for (node, existing) in placed {
             let Some(node_labels) = node_labels.get(*node) else {
                 continue;
             };
-            state.count_existing(existing, node_labels, namespace_labels);
+            state.count_existing(existing, node_labels.borrow(), namespace_labels);
         }
         Some(state)
     }
@@ -262,23 +296,19 @@ impl InterPodAffinity {
                     .all(|t| t.matches(existing, namespace_labels))
             {
                 for t in required {
-                    count(&mut self.affinity, node_labels, &t.topology_key, 1);
+                    self.affinity.count(node_labels, &t.topology_key, 1);
                 }
             }
             for t in &own.required_anti {
                 if t.matches(existing, namespace_labels) {
-                    count(&mut self.anti_affinity, node_labels, &t.topology_key, 1);
+                    self.anti_affinity.count(node_labels, &t.topology_key, 1);
                 }
             }
             for (sign, terms) in [(1, &own.preferred_affinity), (-1, &own.preferred_anti)] {
                 for (weight, t) in terms {
                     if t.matches(existing, namespace_labels) {
-                        count(
-                            &mut self.preferences,
-                            node_labels,
-                            &t.topology_key,
-                            sign * weight,
-                        );
+                        self.preferences
+                            .count(node_labels, &t.topology_key, sign * weight);
                     }
                 }
             }
@@ -288,12 +318,8 @@ impl InterPodAffinity {
         };
         for t in &theirs.required_anti {
             if t.matches(&incoming, namespace_labels) {
-                count(
-                    &mut self.existing_anti_affinity,
-                    node_labels,
-                    &t.topology_key,
-                    1,
-                );
+                self.existing_anti_affinity
+                    .count(node_labels, &t.topology_key, 1);
             }
         }
         let hard = theirs
@@ -307,7 +333,7 @@ impl InterPodAffinity {
             .chain(theirs.preferred_anti.iter().map(|(w, t)| (-w, t)));
         for (weight, t) in hard.chain(weighted) {
             if t.matches(&incoming, namespace_labels) {
-                count(&mut self.preferences, node_labels, &t.topology_key, weight);
+                self.preferences.count(node_labels, &t.topology_key, weight);
             }
         }
     }
@@ -315,12 +341,7 @@ impl InterPodAffinity {
     /// Why the pod cannot go to a node with these labels, in kube's order: its affinity, its
     /// anti-affinity, then the placed pods' anti-affinity.
     pub fn filter(&self, node_labels: &BTreeMap<String, String>) -> Option<&'static str> {
-        let in_domain = |map: &HashMap<Domain, i64>, key: &str| {
-            node_labels.get(key).is_some_and(|v| {
-                map.get(&(key.to_string(), v.clone()))
-                    .is_some_and(|n| *n > 0)
-            })
-        };
+        let in_domain = |map: &Domains, key: &str| map.of(node_labels, key) > 0;
         let empty = AffinityTerms::default();
         let own = self.incoming.terms.as_ref().unwrap_or(&empty);
         if !own.required_affinity.is_empty() {
@@ -355,18 +376,14 @@ impl InterPodAffinity {
         }
         let blocked = self
             .existing_anti_affinity
-            .iter()
-            .any(|((k, v), n)| *n > 0 && node_labels.get(k) == Some(v));
+            .node_counts(node_labels)
+            .any(|n| n > 0);
         blocked.then_some(EXISTING_ANTI_AFFINITY_NOT_MATCHED)
     }
 
     /// The raw preference for a node: the weights of every domain it belongs to.
     pub fn score(&self, node_labels: &BTreeMap<String, String>) -> i64 {
-        self.preferences
-            .iter()
-            .filter(|((k, v), _)| node_labels.get(k) == Some(v))
-            .map(|(_, w)| *w)
-            .sum()
+        self.preferences.node_counts(node_labels).sum()
     }
 
     /// Scores 0..100 of the nodes with these labels: the raw preferences scaled from the

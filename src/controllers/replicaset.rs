@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::expectations::Expectations;
 use super::informer::{Informer, Informers, split_key, uid_of};
 use super::ownership::{
-    adopt, controller_uid, enqueue_controller, enqueue_self, is_deleting, labels, release,
-    selector_matches, string_map,
+    adopt, controller_uid, enqueue_controller, enqueue_self, is_deleting, label, parse_selector,
+    release, selects, string_map,
 };
 use super::queue::WorkQueue;
 use super::templates;
@@ -55,7 +55,12 @@ impl ReplicaSetController {
         let replicasets = informers.of(rs_kind);
         let pods = informers.of(pod_kind);
         replicasets.add_handler(enqueue_self(queue.clone()));
-        pods.add_handler(enqueue_controller(queue.clone(), replicasets.clone()));
+        let enqueue_owner = enqueue_controller(queue.clone(), replicasets.clone());
+        pods.add_handler(Arc::new(move |old, new| {
+            if concerns_replicaset(old, new) {
+                enqueue_owner(old, new);
+            }
+        }));
         let controller = Arc::new(ReplicaSetController {
             objects,
             rs_kind,
@@ -76,13 +81,23 @@ impl ReplicaSetController {
         Some(selector.clone())
     }
 
-    /// Step 1: the active pods this ReplicaSet owns after adopting and releasing.
+    /// Step 1: the active pods this ReplicaSet owns after adopting and releasing. Only its
+    /// own pods and the namespace's orphans can change hands (pods another controller owns are
+    /// left alone), so those two index entries are read, not the whole namespace: a reconcile
+    /// costs O(its pods) however many other pods the namespace holds.
     async fn claim_pods(&self, rs: &Value, namespace: &str) -> Result<Vec<Arc<Value>>, Error> {
         let rs_uid = uid_of(rs);
         let selector = self.selector_of(rs);
+        let selector = parse_selector(selector.as_ref());
+        let in_namespace = |pod: &Arc<Value>| {
+            pod.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+        };
+        let mut candidates = self.pods.list_controlled_by(rs_uid);
+        candidates.retain(in_namespace);
+        candidates.extend(self.pods.list_orphans(namespace));
         let mut owned = Vec::new();
-        for pod in self.pods.list_namespace(namespace) {
-            let matches = selector_matches(selector.as_ref(), &labels(&pod));
+        for pod in candidates {
+            let matches = selector.as_ref().is_some_and(|s| selects(s, &pod));
             match controller_uid(&pod) {
                 Some(uid) if uid == rs_uid => {
                     if matches {
@@ -189,8 +204,9 @@ impl ReplicaSetController {
         let fully_labeled = active
             .iter()
             .filter(|p| {
-                let l = labels(p);
-                template_labels.iter().all(|(k, v)| l.get(k) == Some(v))
+                template_labels
+                    .iter()
+                    .all(|(k, v)| label(p, k) == Some(v.as_str()))
             })
             .count();
         let ready = active.iter().filter(|p| is_ready(p)).count();
@@ -284,6 +300,32 @@ impl Reconcile for ReplicaSetController {
         }
         Ok(Action::Done)
     }
+}
+
+/// Whether a pod change can matter to the ReplicaSet controlling (or able to adopt) it: what
+/// the claim, the status counts and the expectations read (labels, owners, uid, deletion,
+/// phase, conditions). A binding changes only spec.nodeName, and re-reading thousands of pods
+/// for each of a thousand bindings a second would keep a core busy for nothing (Kubernetes'
+/// endpoints controller filters pod updates the same way). Adds, deletes and resyncs (same
+/// resourceVersion) always count.
+pub fn concerns_replicaset(old: Option<&Value>, new: Option<&Value>) -> bool {
+    let (Some(old), Some(new)) = (old, new) else {
+        return true;
+    };
+    let unchanged = |p: &str| old.pointer(p) == new.pointer(p);
+    if unchanged("/metadata/resourceVersion") {
+        return true;
+    }
+    ![
+        "/metadata/uid",
+        "/metadata/labels",
+        "/metadata/ownerReferences",
+        "/metadata/deletionTimestamp",
+        "/status/phase",
+        "/status/conditions",
+    ]
+    .iter()
+    .all(|p| unchanged(p))
 }
 
 /// A new pod for `rs`: the template's metadata and spec, named `<rs>-<random>`, controlled by it.
@@ -438,6 +480,30 @@ mod tests {
             ]
         );
         assert_eq!(names(&pods_to_delete(&pods, 1)), ["unscheduled"]);
+    }
+
+    #[test]
+    fn bindings_do_not_concern_the_replicaset_but_readiness_does() {
+        let pending = json!({"metadata": {"name": "p", "resourceVersion": "5",
+            "labels": {"app": "web"}}, "spec": {}, "status": {"phase": "Pending"}});
+        let mut bound = pending.clone();
+        bound["spec"]["nodeName"] = json!("n1");
+        bound["metadata"]["resourceVersion"] = json!("6");
+        assert!(!concerns_replicaset(Some(&pending), Some(&bound)));
+        assert!(
+            concerns_replicaset(Some(&bound), Some(&bound)),
+            "a resync counts"
+        );
+        assert!(concerns_replicaset(None, Some(&bound)));
+        assert!(concerns_replicaset(Some(&bound), None));
+        let mut ready = bound.clone();
+        ready["metadata"]["resourceVersion"] = json!("7");
+        ready["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        assert!(concerns_replicaset(Some(&bound), Some(&ready)));
+        let mut relabeled = bound.clone();
+        relabeled["metadata"]["resourceVersion"] = json!("8");
+        relabeled["metadata"]["labels"]["app"] = json!("db");
+        assert!(concerns_replicaset(Some(&bound), Some(&relabeled)));
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //!    default the pods of one controller across nodes), preferred node affinity and preferred
 //!    inter-pod (anti-)affinity; the best score wins, ties go to the first name;
 //! 4. assume the pod on the chosen node and bind it in a task of its own (kube's asynchronous
-//!    binding cycle: the next pod is placed while the write commits); or, when no node fits, set PodScheduled=False (reason Unschedulable) with kube's
+//!    binding cycle: the next pod is placed while the write commits; its "Scheduled" event
+//!    is written after the binding's slot is given back, and dropped rather than queued past
+//!    1000, as client-go's recorder does); or, when no node fits, set PodScheduled=False
+//!    (reason Unschedulable) with kube's
 //!    "0/N nodes are available: ..." message, record a FailedScheduling event when the message
 //!    changed, and retry after a backoff or as soon as a node changes or a pod leaves a node
 //!    (or, for a pod refused by the rules about other pods, a pod arrives on one).
@@ -27,6 +30,7 @@
 //! take the last free cpu of a node. Not yet: preemption.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +41,8 @@ use tracing::Instrument;
 use serde_json::{Value, json};
 
 use super::fit::{
-    NodeInfo, PodRules, PodUsage, Usage, depends_on_pods, select_node, unschedulable_message,
+    NodeFacts, NodeInfo, PodRules, PodUsage, Usage, depends_on_pods, select_node,
+    unschedulable_message,
 };
 use super::informer::{Handler, Informer, Informers, object_key};
 use super::ownership::is_deleting;
@@ -47,7 +52,7 @@ use super::recorder::{EventType, Recorder};
 use super::replicaset::is_active;
 use super::volume_fit::VolumeInformers;
 use super::{Action, Error, Reconcile, modify, run_workers};
-use crate::apiserver::objects::{Objects, Part, Scope, name_of};
+use crate::apiserver::objects::{Objects, Part, Scope, WriteOptions, name_of};
 use crate::apiserver::status::ApiError;
 use crate::registry::Kind;
 
@@ -77,28 +82,33 @@ struct Placement {
     unschedulable: HashMap<String, u32>,
     /// Those of them refused by a rule about other pods: a pod arriving may let them in.
     wait_for_pods: HashSet<String>,
-    /// How many of the placed pods have pod (anti-)affinity terms.
-    with_affinity: usize,
+    /// The placed pods with pod (anti-)affinity terms: the only ones a pod without such terms
+    /// or spread constraints must be checked against (kube's PodsWithAffinity lists).
+    with_affinity: HashSet<String>,
     /// Every pod counted on a node (bound, or assumed): pod key -> (node, what it takes).
     placed: HashMap<String, (String, PodUsage)>,
-    /// The sum of `placed` per node.
-    usage: HashMap<String, Usage>,
+    /// The sum of `placed` per node; shared with the snapshot of a cycle under way (a change
+    /// meanwhile copies that node's usage, `Arc::make_mut`).
+    usage: HashMap<String, Arc<Usage>>,
 }
 
 impl Placement {
     fn place(&mut self, key: &str, node: &str, pod: PodUsage) {
         self.unplace(key);
-        self.usage.entry(node.to_string()).or_default().add(&pod);
-        self.with_affinity += usize::from(pod.pod.terms.is_some());
+        Arc::make_mut(self.usage.entry(node.to_string()).or_default()).add(&pod);
+        if pod.pod.terms.is_some() {
+            self.with_affinity.insert(key.to_string());
+        }
         self.placed.insert(key.to_string(), (node.to_string(), pod));
     }
 
     fn unplace(&mut self, key: &str) {
         if let Some((node, pod)) = self.placed.remove(key) {
-            self.with_affinity -= usize::from(pod.pod.terms.is_some());
+            self.with_affinity.remove(key);
             let Some(usage) = self.usage.get_mut(&node) else {
                 return;
             };
+            let usage = Arc::make_mut(usage);
             usage.remove(&pod);
             if usage.pods == 0 {
                 self.usage.remove(&node);
@@ -138,17 +148,29 @@ impl Placement {
         self.wait_for_pods.remove(key);
     }
 
-    /// (node index, pod) for every placed pod on one of `infos`' nodes.
-    fn placed_on(&self, infos: &[NodeInfo]) -> Vec<(usize, Arc<PlacedPod>)> {
+    /// (node index, pod) for every placed pod on one of `infos`' nodes; with
+    /// `only_with_affinity`, for those with pod (anti-)affinity terms alone.
+    fn placed_on(
+        &self,
+        infos: &[NodeInfo],
+        only_with_affinity: bool,
+    ) -> Vec<(usize, Arc<PlacedPod>)> {
         let index: HashMap<&str, usize> = infos
             .iter()
             .enumerate()
             .map(|(i, info)| (name_of(&info.node), i))
             .collect();
-        self.placed
-            .values()
-            .filter_map(|(node, usage)| Some((*index.get(node.as_str())?, usage.pod.clone())))
-            .collect()
+        let on_node = |(node, usage): &(String, PodUsage)| {
+            Some((*index.get(node.as_str())?, usage.pod.clone()))
+        };
+        if only_with_affinity {
+            self.with_affinity
+                .iter()
+                .filter_map(|key| on_node(self.placed.get(key)?))
+                .collect()
+        } else {
+            self.placed.values().filter_map(on_node).collect()
+        }
     }
 }
 
@@ -170,16 +192,25 @@ pub struct Scheduler {
     /// Claims, volumes and classes, when this build serves them (the VolumeBinding filter).
     volumes: Option<VolumeInformers>,
     placement: Arc<Mutex<Placement>>,
+    /// The nodes sorted by name with their facts, as of the last node event.
+    node_cache: Mutex<Vec<(Arc<Value>, Arc<NodeFacts>)>>,
+    /// Set by every node event: the next cycle rebuilds `node_cache`.
+    nodes_changed: Arc<AtomicBool>,
     recorder: Recorder,
     queue: Arc<WorkQueue>,
     /// Binds under way; dropped (aborted) with the scheduler at the end of a leadership term.
     binds: Mutex<JoinSet<()>>,
     in_flight: Arc<Semaphore>,
+    events_in_flight: Arc<Semaphore>,
 }
 
 /// Binds under way at most: enough to keep raft's batches full, few enough that a failing
 /// store is not flooded.
 const MAX_IN_FLIGHT_BINDS: usize = 64;
+/// "Scheduled" events being written at most; beyond that they are dropped, as client-go's
+/// event broadcaster drops events when its queue (1000) is full: an event is worth less than
+/// the next binding.
+const MAX_QUEUED_EVENTS: usize = 1000;
 
 /// The binding cycle of one pod, run beside the scheduling of the next ones (kube-scheduler's
 /// asynchronous binding): the pod is already assumed on its node, so the next pods see the
@@ -190,15 +221,15 @@ struct Binder {
     pod_kind: &'static dyn Kind,
     placement: Arc<Mutex<Placement>>,
     queue: Arc<WorkQueue>,
-    recorder: Recorder,
 }
 
 impl Binder {
-    async fn bind(self, pod: Arc<Value>, node: String) {
-        let key = object_key(&pod);
+    /// Writes the binding on top of the cached pod (the store is read only when the cache
+    /// was behind: `WriteOptions::cached`); whether it was written.
+    async fn bind(&self, pod: &Arc<Value>, node: &str) -> bool {
+        let key = object_key(pod);
         let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
         let info = self.pod_kind.info();
-        let target = node.clone();
         let transform = move |current: &Value| {
             if !is_ours_and_pending(current) {
                 return Err(ApiError::conflict(
@@ -208,41 +239,61 @@ impl Binder {
                 ));
             }
             let mut next = current.clone();
-            next["spec"]["nodeName"] = json!(target);
+            next["spec"]["nodeName"] = json!(node);
             Ok(next)
         };
         let scope = Scope::new(self.pod_kind, namespace);
+        let options = WriteOptions {
+            cached: Some(pod.clone()),
+            ..WriteOptions::default()
+        };
         let result = self
             .objects
-            .update(scope, name_of(&pod), Part::Binding, &transform, false)
+            .update_with(scope, name_of(pod), Part::Binding, &transform, &options)
             .await;
-        if let Err(e) = result {
-            {
-                let mut placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-                // Unless the cache has meanwhile shown where the pod really is.
-                if placement.assumed.remove(&key).is_some() {
-                    placement.unplace(&key);
-                }
+        let Err(e) = result else {
+            return true;
+        };
+        {
+            let mut placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+            // Unless the cache has meanwhile shown where the pod really is.
+            if placement.assumed.remove(&key).is_some() {
+                placement.unplace(&key);
             }
-            match e {
-                // Deleted, or bound by someone else meanwhile: nothing left to do.
-                ApiError::NotFound { .. } | ApiError::Conflict { .. } => {}
-                e => {
-                    tracing::warn!(error = %e, "binding failed; retrying");
-                    self.queue.add_rate_limited(key);
-                }
-            }
-            return;
         }
-        let message = format!(
-            "Successfully assigned {}/{} to {node}",
-            namespace.unwrap_or(""),
-            name_of(&pod)
-        );
-        self.recorder
-            .record(&pod, EventType::Normal, "Scheduled", &message)
-            .await;
+        match e {
+            // Deleted, or bound by someone else meanwhile: nothing left to do.
+            ApiError::NotFound { .. } | ApiError::Conflict { .. } => {}
+            e => {
+                tracing::warn!(error = %e, "binding failed; retrying");
+                self.queue.add_rate_limited(key);
+            }
+        }
+        false
     }
+}
+
+/// Records "Scheduled" for a bound pod. Called once the bind permit is given back, so the
+/// event's write never holds up the next binding; dropped when `MAX_QUEUED_EVENTS` are
+/// already being written.
+async fn record_scheduled(recorder: &Recorder, events: &Arc<Semaphore>, pod: &Value, node: &str) {
+    let Ok(_permit) = events.clone().try_acquire_owned() else {
+        tracing::debug!(
+            pod = name_of(pod),
+            "event queue full; dropping a Scheduled event"
+        );
+        return;
+    };
+    let message = format!(
+        "Successfully assigned {}/{} to {node}",
+        pod.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        name_of(pod)
+    );
+    recorder
+        .record(pod, EventType::Normal, "Scheduled", &message)
+        .await;
 }
 
 impl Scheduler {
@@ -270,6 +321,9 @@ impl Scheduler {
             Arc::new(move |_: Option<&Value>, _: Option<&Value>| retry_unschedulable(&q, &p))
         };
         nodes.add_handler(retry());
+        let nodes_changed = Arc::new(AtomicBool::new(true));
+        let changed = nodes_changed.clone();
+        nodes.add_handler(Arc::new(move |_, _| changed.store(true, Ordering::Release)));
         for informer in volumes
             .iter()
             .flat_map(|v| [&v.claims, &v.volumes, &v.classes])
@@ -285,9 +339,12 @@ impl Scheduler {
             namespaces,
             volumes,
             placement,
+            node_cache: Mutex::new(Vec::new()),
+            nodes_changed,
             queue: queue.clone(),
             binds: Mutex::new(JoinSet::new()),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BINDS)),
+            events_in_flight: Arc::new(Semaphore::new(MAX_QUEUED_EVENTS)),
         });
         (scheduler, queue)
     }
@@ -296,16 +353,38 @@ impl Scheduler {
         self.placement.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Step 1: every node with what the pods placed on it take.
+    /// Step 1: every node with what the pods placed on it take. The sorted nodes and their
+    /// facts are kept between cycles and rebuilt only after a node changed (facts of nodes
+    /// whose resourceVersion stayed are reused); the usages are shared, not copied.
     fn snapshot(&self) -> Vec<NodeInfo> {
-        let mut nodes = self.nodes.list();
-        nodes.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        let mut cache = self.node_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Cleared before listing: a change after this point sets it again for the next cycle.
+        if self.nodes_changed.swap(false, Ordering::AcqRel) {
+            let previous: HashMap<String, (Arc<Value>, Arc<NodeFacts>)> = cache
+                .drain(..)
+                .map(|(node, facts)| (name_of(&node).to_string(), (node, facts)))
+                .collect();
+            let mut nodes = self.nodes.list();
+            nodes.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+            let version = |n: &Value| n.pointer("/metadata/resourceVersion").cloned();
+            *cache = nodes
+                .into_iter()
+                .map(|node| {
+                    let facts = match previous.get(name_of(&node)) {
+                        Some((old, facts)) if version(old) == version(&node) => facts.clone(),
+                        _ => Arc::new(NodeFacts::of(&node)),
+                    };
+                    (node, facts)
+                })
+                .collect();
+        }
         let placement = self.lock();
-        nodes
-            .into_iter()
-            .map(|node| {
-                let usage = placement.usage.get(name_of(&node)).cloned();
-                NodeInfo::new(node, usage.unwrap_or_default())
+        let empty = Arc::new(Usage::default());
+        cache
+            .iter()
+            .map(|(node, facts)| {
+                let usage = placement.usage.get(name_of(node)).unwrap_or(&empty);
+                NodeInfo::with_facts(node.clone(), facts.clone(), usage.clone())
             })
             .collect()
     }
@@ -318,14 +397,18 @@ impl Scheduler {
         placement.forget_unschedulable(key);
     }
 
-    /// Step 2's rules about other pods, when the pod or a placed pod has any.
+    /// Step 2's rules about other pods, when the pod or a placed pod has any. A pod without
+    /// pod (anti-)affinity or spread constraints of its own is only checked against the placed
+    /// pods that have terms (their anti-affinity may refuse it, their preferences score it):
+    /// the same outcome as counting every placed pod, at O(pods with terms) instead of
+    /// O(placed pods) per cycle.
     fn pod_rules(&self, pod: &Value, infos: &[NodeInfo]) -> PodRules {
         let placed = {
             let placement = self.lock();
-            if !PodRules::needed(pod, placement.with_affinity > 0) {
+            if !PodRules::needed(pod, !placement.with_affinity.is_empty()) {
                 return PodRules::default();
             }
-            placement.placed_on(infos)
+            placement.placed_on(infos, !PodRules::needed(pod, false))
         };
         let namespace_labels = |name: &str| {
             let namespace = self.namespaces.as_ref().and_then(|n| n.get(name));
@@ -530,15 +613,18 @@ impl Reconcile for Scheduler {
                     pod_kind: self.pod_kind,
                     placement: self.placement.clone(),
                     queue: self.queue.clone(),
-                    recorder: self.recorder.clone(),
                 };
+                let (recorder, events) = (self.recorder.clone(), self.events_in_flight.clone());
                 let span = tracing::Span::current();
                 let mut binds = self.binds.lock().unwrap_or_else(|e| e.into_inner());
                 while binds.try_join_next().is_some() {}
                 binds.spawn(
                     async move {
-                        binder.bind(pod, node).await;
+                        let bound = binder.bind(&pod, &node).await;
                         drop(permit);
+                        if bound {
+                            record_scheduled(&recorder, &events, &pod, &node).await;
+                        }
                     }
                     .instrument(span),
                 );
@@ -601,6 +687,24 @@ mod tests {
         p.observe("default/b", None);
         assert!(!p.usage.contains_key("n2"));
         assert!(p.assumed.is_empty());
+    }
+
+    #[test]
+    fn pods_with_affinity_terms_are_listed_apart() {
+        let mut p = Placement::default();
+        let mut anti = pod("1");
+        anti["metadata"]["labels"] = json!({"app": "web"});
+        anti["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "web"}}}]}});
+        p.place("default/anti", "n1", PodUsage::of(&anti));
+        p.place("default/plain", "n1", PodUsage::of(&pod("1")));
+        let node = json!({"metadata": {"name": "n1"}});
+        let infos = [NodeInfo::new(Arc::new(node), Usage::default())];
+        assert_eq!(p.placed_on(&infos, false).len(), 2);
+        assert_eq!(p.placed_on(&infos, true).len(), 1);
+        p.unplace("default/anti");
+        assert!(p.with_affinity.is_empty());
+        assert!(p.placed_on(&infos, true).is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - score (ScheduleAnyway): fewer matching pods in the node's domains is better, each
 //!   constraint weighted by log(domains + 2), normalised to 0..100 (nodes without the keys 0).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -76,11 +77,11 @@ pub struct TopologySpread {
 impl TopologySpread {
     /// None when the pod has no topologySpreadConstraints. `nodes` and `node_labels` are
     /// parallel; `placed` is (node index, pod) for every pod on a node.
-    pub fn new(
+    pub fn new<L: Borrow<BTreeMap<String, String>>>(
         pod: &Value,
         incoming: &PlacedPod,
         nodes: &[&Value],
-        node_labels: &[BTreeMap<String, String>],
+        node_labels: &[L],
         placed: &[(usize, Arc<PlacedPod>)],
     ) -> Option<Self> {
         let constraints: Vec<Constraint> = pod
@@ -106,6 +107,7 @@ impl TopologySpread {
         }
         let mut counts = vec![HashMap::new(); constraints.len()];
         for (i, (node, labels)) in nodes.iter().zip(node_labels).enumerate() {
+            let labels: &BTreeMap<String, String> = labels.borrow();
             for (j, c) in constraints.iter().enumerate() {
                 let has_keys = constraints
                     .iter()

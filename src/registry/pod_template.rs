@@ -145,13 +145,22 @@ pub fn validate_label_selector(selector: &LabelSelector, path: &str) -> FieldErr
 
 /// Whether `labels` satisfy every term of `selector` (an empty selector selects everything).
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    selector_matches_by(selector, |key| labels.get(key).map(String::as_str))
+}
+
+/// `selector_matches` over labels read in place (`label(key)`), e.g. straight from an
+/// object's JSON: a controller matching thousands of pods need not copy each one's labels.
+pub fn selector_matches_by<'a>(
+    selector: &LabelSelector,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
     let labels_ok = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| label(k) == Some(v.as_str()));
     let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
+        let value = label(&e.key);
         let listed = value.is_some_and(|v| e.values.iter().flatten().any(|x| x == v));
         match e.operator.as_str() {
             "In" => listed,
