@@ -97,9 +97,7 @@ impl StateMachineStore {
             }
         };
         status.last_applied = Some(log_id);
-        apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
-        self.engine.write(batch, false)?;
-        self.status.set(status);
+        self.commit(batch, &old, status)?;
         self.publish(&applied);
         Ok(applied.result)
     }
@@ -141,9 +139,7 @@ impl StateMachineStore {
             } else {
                 apply::write_batch_progress(&self.engine, &mut batch, log_id, done)?;
             }
-            apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
-            self.engine.write(batch, false)?;
-            self.status.set(status);
+            self.commit(batch, &old, status)?;
             self.publish(&applied);
             results.push(applied.result);
         }
@@ -151,10 +147,7 @@ impl StateMachineStore {
             let old = self.status.get();
             let mut status = old.clone();
             status.last_applied = Some(log_id);
-            let mut batch = WriteBatch::default();
-            apply::write_status(&self.engine, &mut batch, Some(&old), &status)?;
-            self.engine.write(batch, false)?;
-            self.status.set(status);
+            self.commit(WriteBatch::default(), &old, status)?;
         }
         Ok(CommandResult::Batch(results))
     }
@@ -192,6 +185,20 @@ impl StateMachineStore {
         };
         tracing::warn!(%log_id, done, total = commands.len(), "finishing a batch entry a crash interrupted");
         self.apply_batch(log_id, &commands).map(|_| ())
+    }
+
+    /// Writes `batch` with the status change from `old` to `status` (one atomic WriteBatch,
+    /// no fsync: the log's fsyncs make it durable), then publishes the new status to readers.
+    fn commit(
+        &self,
+        mut batch: WriteBatch,
+        old: &SmStatus,
+        status: SmStatus,
+    ) -> Result<(), StorageError> {
+        apply::write_status(&self.engine, &mut batch, Some(old), &status)?;
+        self.engine.write(batch, false)?;
+        self.status.set(status);
+        Ok(())
     }
 
     /// Hands a committed command's events to the watch hub and its compaction target to the
