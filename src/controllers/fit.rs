@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ownership::{controller_uid, labels};
-use super::pod_affinity::{self, InterPodAffinity, NamespaceLabels, PlacedPod};
+use super::pod_affinity::{self, InterPodAffinity, NamespaceLabels, PlacedGroup, PlacedPod};
 use super::topology_spread::{self, TopologySpread};
 use super::volume_fit::volumes_allow;
 use crate::apiserver::objects::name_of;
@@ -313,11 +313,12 @@ impl PodRules {
             || spec("/spec/topologySpreadConstraints")
     }
 
-    /// `placed`: (index into `infos`, pod) for every pod on a node.
+    /// `placed`: the pods on the nodes, in groups of alike pods with their nodes as indexes
+    /// into `infos`.
     pub fn new(
         pod: &Value,
         infos: &[NodeInfo],
-        placed: &[(usize, Arc<PlacedPod>)],
+        placed: &[PlacedGroup],
         namespace_labels: &NamespaceLabels,
     ) -> Self {
         let incoming = Arc::new(PlacedPod::of(pod));

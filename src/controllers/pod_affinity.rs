@@ -169,6 +169,10 @@ impl AffinityTerms {
 }
 
 /// What the inter-pod rules need of a pod: where it lives, its labels, its own terms.
+///
+/// Two pods with the same namespace, labels, termination and pod (anti-)affinity are alike for
+/// every inter-pod rule, so equality and hashing look at those alone (`terms` is derived from
+/// them): the scheduler keeps one `PlacedPod` per group of alike pods (`PlacedGroup`).
 #[derive(Debug, Default)]
 pub struct PlacedPod {
     pub namespace: String,
@@ -176,6 +180,9 @@ pub struct PlacedPod {
     /// Being deleted: still on its node, but no longer counted by topology spreading.
     pub terminating: bool,
     pub terms: Option<AffinityTerms>,
+    /// The pod's `podAffinity` and `podAntiAffinity` as JSON text ("" when it has neither):
+    /// what `terms` was parsed from, compared instead of the parsed terms.
+    terms_source: String,
 }
 
 impl PlacedPod {
@@ -186,13 +193,76 @@ impl PlacedPod {
             .unwrap_or("")
             .to_string();
         let labels = labels(pod);
+        let terms = AffinityTerms::of(pod, &namespace, &labels);
+        let terms_source = match &terms {
+            None => String::new(),
+            Some(_) => {
+                let affinity = pod.pointer("/spec/affinity");
+                let part = |name: &str| affinity.and_then(|a| a.get(name)).unwrap_or(&Value::Null);
+                format!("{}{}", part("podAffinity"), part("podAntiAffinity"))
+            }
+        };
         PlacedPod {
-            terms: AffinityTerms::of(pod, &namespace, &labels),
+            terms,
             terminating: pod.pointer("/metadata/deletionTimestamp").is_some(),
             namespace,
             labels,
+            terms_source,
         }
     }
+
+    fn alike_key(&self) -> (&str, &BTreeMap<String, String>, bool, &str) {
+        (
+            &self.namespace,
+            &self.labels,
+            self.terminating,
+            &self.terms_source,
+        )
+    }
+}
+
+impl PartialEq for PlacedPod {
+    fn eq(&self, other: &Self) -> bool {
+        self.alike_key() == other.alike_key()
+    }
+}
+
+impl Eq for PlacedPod {}
+
+impl std::hash::Hash for PlacedPod {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.alike_key().hash(state);
+    }
+}
+
+/// Placed pods that are alike (`PlacedPod`'s equality), with how many of them sit on each
+/// node: the replicas of a controller share one group, so a scheduling cycle matches terms
+/// once per group and counts per node, instead of once per placed pod.
+#[derive(Debug, Clone)]
+pub struct PlacedGroup {
+    pub pod: Arc<PlacedPod>,
+    /// (node index, pods of the group on it), every count > 0.
+    pub nodes: Vec<(usize, i64)>,
+}
+
+#[cfg(test)]
+impl PlacedGroup {
+    /// One pod on one node.
+    pub fn one(node: usize, pod: Arc<PlacedPod>) -> Self {
+        PlacedGroup {
+            pod,
+            nodes: vec![(node, 1)],
+        }
+    }
+}
+
+/// Which per-domain count a matching term adds to.
+#[derive(Clone, Copy)]
+enum Tally {
+    Affinity,
+    AntiAffinity,
+    ExistingAntiAffinity,
+    Preferences,
 }
 
 /// Counts per topology domain, by topologyKey and then value: a node's domain under a key is
@@ -254,14 +324,15 @@ pub struct InterPodAffinity {
 
 impl InterPodAffinity {
     /// None when neither the incoming pod nor any placed pod has pod (anti-)affinity terms.
-    /// `placed`: (index into `node_labels`, pod) for every pod on a node.
+    /// `placed`: the placed pods in groups of alike pods, with their nodes as indexes into
+    /// `node_labels`.
     pub fn new<L: Borrow<BTreeMap<String, String>>>(
         incoming: Arc<PlacedPod>,
         node_labels: &[L],
-        placed: &[(usize, Arc<PlacedPod>)],
+        placed: &[PlacedGroup],
         namespace_labels: &NamespaceLabels,
     ) -> Option<Self> {
-        let any_placed = placed.iter().any(|(_, p)| p.terms.is_some());
+        let any_placed = placed.iter().any(|g| g.pod.terms.is_some());
         if incoming.terms.is_none() && !any_placed {
             return None;
         }
@@ -272,23 +343,42 @@ impl InterPodAffinity {
             existing_anti_affinity: Domains::default(),
             preferences: Domains::default(),
         };
-        for (node, existing) in placed {
-            let Some(node_labels) = node_labels.get(*node) else {
-                continue;
-            };
-            state.count_existing(existing, node_labels.borrow(), namespace_labels);
+        for group in placed {
+            let tallies = state.tallies(&group.pod, namespace_labels);
+            for (node, pods) in &group.nodes {
+                let Some(labels) = node_labels.get(*node) else {
+                    continue;
+                };
+                for (tally, key, weight) in &tallies {
+                    state.domains(*tally).count(labels.borrow(), key, weight * pods);
+                }
+            }
         }
         Some(state)
     }
 
-    fn count_existing(
-        &mut self,
+    fn domains(&mut self, tally: Tally) -> &mut Domains {
+        match tally {
+            Tally::Affinity => &mut self.affinity,
+            Tally::AntiAffinity => &mut self.anti_affinity,
+            Tally::ExistingAntiAffinity => &mut self.existing_anti_affinity,
+            Tally::Preferences => &mut self.preferences,
+        }
+    }
+
+    /// What one placed pod adds, per pod, to the domains of its node: (count, topologyKey,
+    /// weight) for each term of either side that matches the other side. It does not depend
+    /// on the node, so alike pods share it.
+    fn tallies(
+        &self,
         existing: &PlacedPod,
-        node_labels: &BTreeMap<String, String>,
         namespace_labels: &NamespaceLabels,
-    ) {
-        let incoming = self.incoming.clone();
-        if let Some(own) = &incoming.terms {
+    ) -> Vec<(Tally, String, i64)> {
+        let mut out = Vec::new();
+        let mut add = |tally, term: &AffinityTerm, weight| {
+            out.push((tally, term.topology_key.clone(), weight));
+        };
+        if let Some(own) = &self.incoming.terms {
             let required = &own.required_affinity;
             if !required.is_empty()
                 && required
@@ -296,30 +386,28 @@ impl InterPodAffinity {
                     .all(|t| t.matches(existing, namespace_labels))
             {
                 for t in required {
-                    self.affinity.count(node_labels, &t.topology_key, 1);
+                    add(Tally::Affinity, t, 1);
                 }
             }
             for t in &own.required_anti {
                 if t.matches(existing, namespace_labels) {
-                    self.anti_affinity.count(node_labels, &t.topology_key, 1);
+                    add(Tally::AntiAffinity, t, 1);
                 }
             }
             for (sign, terms) in [(1, &own.preferred_affinity), (-1, &own.preferred_anti)] {
                 for (weight, t) in terms {
                     if t.matches(existing, namespace_labels) {
-                        self.preferences
-                            .count(node_labels, &t.topology_key, sign * weight);
+                        add(Tally::Preferences, t, sign * weight);
                     }
                 }
             }
         }
         let Some(theirs) = &existing.terms else {
-            return;
+            return out;
         };
         for t in &theirs.required_anti {
-            if t.matches(&incoming, namespace_labels) {
-                self.existing_anti_affinity
-                    .count(node_labels, &t.topology_key, 1);
+            if t.matches(&self.incoming, namespace_labels) {
+                add(Tally::ExistingAntiAffinity, t, 1);
             }
         }
         let hard = theirs
@@ -332,10 +420,11 @@ impl InterPodAffinity {
             .map(|(w, t)| (*w, t))
             .chain(theirs.preferred_anti.iter().map(|(w, t)| (-w, t)));
         for (weight, t) in hard.chain(weighted) {
-            if t.matches(&incoming, namespace_labels) {
-                self.preferences.count(node_labels, &t.topology_key, weight);
+            if t.matches(&self.incoming, namespace_labels) {
+                add(Tally::Preferences, t, weight);
             }
         }
+        out
     }
 
     /// Why the pod cannot go to a node with these labels, in kube's order: its affinity, its
@@ -448,7 +537,7 @@ mod tests {
         let web = json!({"matchLabels": {"app": "web"}});
         let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             [term("kubernetes.io/hostname", web)]}});
-        let placed = vec![(0, pod("default", json!({"app": "web"}), anti.clone()))];
+        let placed = vec![PlacedGroup::one(0, pod("default", json!({"app": "web"}), anti.clone()))];
         let n = nodes();
         let incoming = pod("default", json!({"app": "web"}), anti);
         let state = InterPodAffinity::new(incoming, &n, &placed, &no_labels).expect("terms");
@@ -472,7 +561,7 @@ mod tests {
         let n = nodes();
         let affinity = json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             [term("topology.kubernetes.io/zone", json!({"matchLabels": {"app": "db"}}))]}});
-        let placed = vec![(2, pod("default", json!({"app": "db"}), json!({})))];
+        let placed = vec![PlacedGroup::one(2, pod("default", json!({"app": "db"}), json!({})))];
         let incoming = pod("default", json!({"app": "web"}), affinity.clone());
         let state =
             InterPodAffinity::new(incoming.clone(), &n, &placed, &no_labels).expect("terms");
@@ -498,7 +587,7 @@ mod tests {
             [{"weight": 50, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone",
                 "labelSelector": {"matchLabels": {"app": "cache"}},
                 "namespaceSelector": {"matchLabels": {"team": "a"}}}}]}});
-        let placed = vec![(0, pod("cache-ns", json!({"app": "cache"}), json!({})))];
+        let placed = vec![PlacedGroup::one(0, pod("cache-ns", json!({"app": "cache"}), json!({})))];
         let incoming = pod("default", json!({}), preferred);
         let team = |ns: &str| {
             if ns == "cache-ns" {

@@ -46,7 +46,7 @@ use super::fit::{
 };
 use super::informer::{Handler, Informer, Informers, object_key};
 use super::ownership::is_deleting;
-use super::pod_affinity::{PlacedPod, namespace_labels_of};
+use super::pod_affinity::{PlacedGroup, PlacedPod, namespace_labels_of};
 use super::queue::WorkQueue;
 use super::recorder::{EventType, Recorder};
 use super::replicaset::is_active;
@@ -82,9 +82,13 @@ struct Placement {
     unschedulable: HashMap<String, u32>,
     /// Those of them refused by a rule about other pods: a pod arriving may let them in.
     wait_for_pods: HashSet<String>,
-    /// The placed pods with pod (anti-)affinity terms: the only ones a pod without such terms
-    /// or spread constraints must be checked against (kube's PodsWithAffinity lists).
-    with_affinity: HashSet<String>,
+    /// The groups of alike placed pods (`PlacedPod`'s equality: namespace, labels,
+    /// termination, pod (anti-)affinity), each with its pods per node: the inter-pod rules
+    /// of a cycle walk these, not every placed pod. Alike pods share the group's `PlacedPod`.
+    groups: HashMap<Arc<PlacedPod>, HashMap<String, i64>>,
+    /// The groups with pod (anti-)affinity terms: the only ones a pod without such terms or
+    /// spread constraints must be checked against (kube's PodsWithAffinity lists).
+    with_affinity: HashSet<Arc<PlacedPod>>,
     /// Every pod counted on a node (bound, or assumed): pod key -> (node, what it takes).
     placed: HashMap<String, (String, PodUsage)>,
     /// The sum of `placed` per node; shared with the snapshot of a cycle under way (a change
@@ -93,18 +97,35 @@ struct Placement {
 }
 
 impl Placement {
-    fn place(&mut self, key: &str, node: &str, pod: PodUsage) {
+    fn place(&mut self, key: &str, node: &str, mut pod: PodUsage) {
         self.unplace(key);
         Arc::make_mut(self.usage.entry(node.to_string()).or_default()).add(&pod);
-        if pod.pod.terms.is_some() {
-            self.with_affinity.insert(key.to_string());
+        match self.groups.get_key_value(&pod.pod) {
+            Some((group, _)) => pod.pod = group.clone(),
+            None if pod.pod.terms.is_some() => {
+                self.with_affinity.insert(pod.pod.clone());
+            }
+            None => {}
         }
+        let group = self.groups.entry(pod.pod.clone()).or_default();
+        *group.entry(node.to_string()).or_default() += 1;
         self.placed.insert(key.to_string(), (node.to_string(), pod));
     }
 
     fn unplace(&mut self, key: &str) {
         if let Some((node, pod)) = self.placed.remove(key) {
-            self.with_affinity.remove(key);
+            if let Some(group) = self.groups.get_mut(&pod.pod) {
+                if let Some(count) = group.get_mut(&node) {
+                    *count -= 1;
+                    if *count <= 0 {
+                        group.remove(&node);
+                    }
+                }
+                if group.is_empty() {
+                    self.groups.remove(&pod.pod);
+                    self.with_affinity.remove(&pod.pod);
+                }
+            }
             let Some(usage) = self.usage.get_mut(&node) else {
                 return;
             };
@@ -148,28 +169,29 @@ impl Placement {
         self.wait_for_pods.remove(key);
     }
 
-    /// (node index, pod) for every placed pod on one of `infos`' nodes; with
-    /// `only_with_affinity`, for those with pod (anti-)affinity terms alone.
-    fn placed_on(
-        &self,
-        infos: &[NodeInfo],
-        only_with_affinity: bool,
-    ) -> Vec<(usize, Arc<PlacedPod>)> {
+    /// The placed pods on `infos`' nodes in groups of alike pods, nodes as indexes into
+    /// `infos`; with `only_with_affinity`, the groups with pod (anti-)affinity terms alone.
+    fn placed_on(&self, infos: &[NodeInfo], only_with_affinity: bool) -> Vec<PlacedGroup> {
         let index: HashMap<&str, usize> = infos
             .iter()
             .enumerate()
             .map(|(i, info)| (name_of(&info.node), i))
             .collect();
-        let on_node = |(node, usage): &(String, PodUsage)| {
-            Some((*index.get(node.as_str())?, usage.pod.clone()))
+        let group = |pod: &Arc<PlacedPod>| {
+            let nodes = self.groups.get(pod)?;
+            let nodes: Vec<(usize, i64)> = nodes
+                .iter()
+                .filter_map(|(node, pods)| Some((*index.get(node.as_str())?, *pods)))
+                .collect();
+            (!nodes.is_empty()).then(|| PlacedGroup {
+                pod: pod.clone(),
+                nodes,
+            })
         };
         if only_with_affinity {
-            self.with_affinity
-                .iter()
-                .filter_map(|key| on_node(self.placed.get(key)?))
-                .collect()
+            self.with_affinity.iter().filter_map(group).collect()
         } else {
-            self.placed.values().filter_map(on_node).collect()
+            self.groups.keys().filter_map(group).collect()
         }
     }
 }
@@ -702,6 +724,17 @@ mod tests {
         let infos = [NodeInfo::new(Arc::new(node), Usage::default())];
         assert_eq!(p.placed_on(&infos, false).len(), 2);
         assert_eq!(p.placed_on(&infos, true).len(), 1);
+        // Alike pods share one group, counted per node.
+        p.place("default/plain-2", "n1", PodUsage::of(&pod("2")));
+        let groups = p.placed_on(&infos, false);
+        assert_eq!(groups.len(), 2);
+        let pods: i64 = groups.iter().flat_map(|g| &g.nodes).map(|(_, n)| n).sum();
+        assert_eq!(pods, 3);
+        assert!(Arc::ptr_eq(
+            &p.placed["default/plain"].1.pod,
+            &p.placed["default/plain-2"].1.pod
+        ));
+        p.unplace("default/plain-2");
         p.unplace("default/anti");
         assert!(p.with_affinity.is_empty());
         assert!(p.placed_on(&infos, true).is_empty());

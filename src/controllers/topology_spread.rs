@@ -15,13 +15,12 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 use super::fit::{matches_node_selection, node_taints, untolerated_taint};
-use super::pod_affinity::{PlacedPod, parse_selector, selects};
+use super::pod_affinity::{PlacedGroup, PlacedPod, parse_selector, selects};
 use crate::apiserver::objects::strings_at;
 
 pub const SPREAD_NOT_MATCHED: &str = "node(s) didn't match pod topology spread constraints";
@@ -82,7 +81,7 @@ impl TopologySpread {
         incoming: &PlacedPod,
         nodes: &[&Value],
         node_labels: &[L],
-        placed: &[(usize, Arc<PlacedPod>)],
+        placed: &[PlacedGroup],
     ) -> Option<Self> {
         let constraints: Vec<Constraint> = pod
             .pointer("/spec/topologySpreadConstraints")
@@ -92,16 +91,21 @@ impl TopologySpread {
             .map(|c| Constraint::parse(c, incoming))
             .collect();
         let mut per_node = vec![vec![0i64; constraints.len()]; nodes.len()];
-        for (node, other) in placed {
+        for group in placed {
+            let other = &group.pod;
             if other.terminating || other.namespace != incoming.namespace {
                 continue;
             }
-            let Some(row) = per_node.get_mut(*node) else {
-                continue;
-            };
-            for (n, c) in row.iter_mut().zip(&constraints) {
-                if selects(c.selector.as_ref(), &other.labels) {
-                    *n += 1;
+            let matched: Vec<bool> = constraints
+                .iter()
+                .map(|c| selects(c.selector.as_ref(), &other.labels))
+                .collect();
+            for (node, pods) in &group.nodes {
+                let Some(row) = per_node.get_mut(*node) else {
+                    continue;
+                };
+                for (n, _) in row.iter_mut().zip(&matched).filter(|(_, m)| **m) {
+                    *n += pods;
                 }
             }
         }
@@ -195,6 +199,8 @@ fn included(c: &Constraint, pod: &Value, node: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use serde_json::json;
 
@@ -219,11 +225,11 @@ mod tests {
             "spec": {"topologySpreadConstraints": [constraint]}})
     }
 
-    fn placed(on: &[usize]) -> Vec<(usize, Arc<PlacedPod>)> {
+    fn placed(on: &[usize]) -> Vec<PlacedGroup> {
         on.iter()
             .map(|n| {
                 let pod = json!({"metadata": {"namespace": "default", "labels": {"app": "web"}}});
-                (*n, Arc::new(PlacedPod::of(&pod)))
+                PlacedGroup::one(*n, Arc::new(PlacedPod::of(&pod)))
             })
             .collect()
     }
