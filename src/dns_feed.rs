@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, anyhow};
+use serde::Deserialize;
 use serde_json::Value;
 use skiff_dns::{ClusterDns, DnsConfig, Endpoint, EndpointSlice, IndexConfig, Pod, Port, Service};
 use skiff_dns::{ServiceKind, server::BoundServer};
@@ -16,6 +17,7 @@ use skiff_raft::RaftNode;
 
 use crate::apiserver::mirror::Mirror;
 use crate::cli::ServerArgs;
+use crate::json_path::JsonPath;
 
 const SERVICES: &str = "/registry/services/";
 const ENDPOINT_SLICES: &str = "/registry/discovery.k8s.io/endpointslices/";
@@ -115,12 +117,12 @@ pub fn spawn(node: &RaftNode, dns: ClusterDns, server: BoundServer) {
         feed.set_endpoint_slices(objects.values().filter_map(endpoint_slice).collect())
     });
     let feed = dns;
-    Mirror::follow(
+    // Only pods with an address are kept, and only their addresses.
+    Mirror::follow_projected(
         node.clone(),
         PODS,
-        move |objects: &BTreeMap<String, Value>| {
-            feed.set_pods(objects.values().filter_map(pod).collect())
-        },
+        |_, bytes| pod(bytes),
+        move |pods: &BTreeMap<String, Pod>| feed.set_pods(pods.values().cloned().collect()),
     );
     tokio::spawn(async move {
         if let Err(e) = server.run().await {
@@ -130,7 +132,7 @@ pub fn spawn(node: &RaftNode, dns: ClusterDns, server: BoundServer) {
 }
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
-    object.pointer(pointer).and_then(Value::as_str)
+    object.at(pointer).and_then(Value::as_str)
 }
 
 fn ips(values: Option<&Value>) -> Vec<IpAddr> {
@@ -177,7 +179,7 @@ pub fn service(object: &Value) -> Option<Service> {
     } else if str_at(object, "/spec/clusterIP") == Some("None") {
         ServiceKind::Headless
     } else {
-        let mut cluster_ips = ips(object.pointer("/spec/clusterIPs"));
+        let mut cluster_ips = ips(object.at("/spec/clusterIPs"));
         if cluster_ips.is_empty() {
             cluster_ips = ip_at(object, "/spec/clusterIP");
         }
@@ -187,9 +189,9 @@ pub fn service(object: &Value) -> Option<Service> {
         namespace: str_at(object, "/metadata/namespace")?.to_string(),
         name: str_at(object, "/metadata/name")?.to_string(),
         kind,
-        ports: ports(object.pointer("/spec/ports"), "port"),
+        ports: ports(object.at("/spec/ports"), "port"),
         publish_not_ready: object
-            .pointer("/spec/publishNotReadyAddresses")
+            .at("/spec/publishNotReadyAddresses")
             .and_then(Value::as_bool)
             .unwrap_or(false),
     })
@@ -197,7 +199,7 @@ pub fn service(object: &Value) -> Option<Service> {
 
 /// A stored EndpointSlice; `None` when it belongs to no Service.
 pub fn endpoint_slice(object: &Value) -> Option<EndpointSlice> {
-    let labels = object.pointer("/metadata/labels")?;
+    let labels = object.at("/metadata/labels")?;
     let endpoints = object
         .get("endpoints")
         .and_then(Value::as_array)
@@ -208,7 +210,7 @@ pub fn endpoint_slice(object: &Value) -> Option<EndpointSlice> {
                     hostname: e.get("hostname").and_then(Value::as_str).map(String::from),
                     // An absent ready condition means ready (discovery.k8s.io/v1).
                     ready: e
-                        .pointer("/conditions/ready")
+                        .at("/conditions/ready")
                         .and_then(Value::as_bool)
                         .unwrap_or(true),
                 })
@@ -223,27 +225,60 @@ pub fn endpoint_slice(object: &Value) -> Option<EndpointSlice> {
     })
 }
 
-/// A stored Pod's addresses (`status.podIPs`, or `status.podIP` from older writers).
-pub fn pod(object: &Value) -> Option<Pod> {
-    let mut addresses: Vec<IpAddr> = object
-        .pointer("/status/podIPs")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|p| p.get("ip")?.as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+/// A stored Pod's addresses (`status.podIPs`, or `status.podIP` from older writers), decoded
+/// from its JSON straight into the few fields used: every member follows every pod, and building
+/// each as a JSON tree cost more than anything else the feed does. None: no address yet, or
+/// not a pod object.
+pub fn pod(bytes: &[u8]) -> Option<Pod> {
+    let stored: StoredPod = serde_json::from_slice(bytes).ok()?;
+    let mut addresses: Vec<IpAddr> = stored
+        .status
+        .pod_ips
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.ip.as_deref()?.parse().ok())
+        .collect();
     if addresses.is_empty() {
-        addresses = ip_at(object, "/status/podIP");
+        addresses.extend(
+            stored
+                .status
+                .pod_ip
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
     }
     if addresses.is_empty() {
         return None;
     }
     Some(Pod {
-        namespace: str_at(object, "/metadata/namespace")?.to_string(),
+        namespace: stored.metadata.namespace?,
         ips: addresses,
     })
+}
+
+#[derive(Deserialize)]
+struct StoredPod {
+    #[serde(default)]
+    metadata: StoredPodMeta,
+    #[serde(default)]
+    status: StoredPodStatus,
+}
+
+#[derive(Deserialize, Default)]
+struct StoredPodMeta {
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StoredPodStatus {
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<StoredPodIp>>,
+}
+
+#[derive(Deserialize)]
+struct StoredPodIp {
+    ip: Option<String>,
 }
 
 #[cfg(test)]
@@ -302,10 +337,13 @@ mod tests {
     fn pod_ips_from_either_field() {
         let new = json!({"metadata": {"namespace": "a"},
             "status": {"podIP": "10.42.0.5", "podIPs": [{"ip": "10.42.0.5"}, {"ip": "fd00::5"}]}});
-        assert_eq!(pod(&new).expect("pod").ips.len(), 2);
+        let pod = |v: Value| pod(&serde_json::to_vec(&v).expect("json"));
+        assert_eq!(pod(new).expect("pod").ips.len(), 2);
         let old = json!({"metadata": {"namespace": "a"}, "status": {"podIP": "10.42.0.9"}});
-        assert_eq!(pod(&old).expect("pod").ips.len(), 1);
+        assert_eq!(pod(old).expect("pod").ips.len(), 1);
         let pending = json!({"metadata": {"namespace": "a"}, "status": {}});
-        assert!(pod(&pending).is_none());
+        assert!(pod(pending).is_none());
+        let nulls = json!({"metadata": {"namespace": "a"}, "status": {"podIPs": null, "podIP": "10.42.0.7"}});
+        assert_eq!(pod(nulls).expect("pod").ips.len(), 1);
     }
 }

@@ -12,6 +12,7 @@ mod dns_feed;
 mod dns_probe;
 mod etcd;
 mod ingress;
+mod json_path;
 mod kubeconfig;
 mod nodeapi;
 mod pki;

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
+use crate::json_path::JsonPath;
 use crate::pki::{JoinToken, PEER_DNS_NAME, write_file};
 
 /// The node's credentials, as stored under `DATA/pki/`.
@@ -372,7 +373,7 @@ fn parse(bytes: &[u8]) -> Result<Value, Status> {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_json::Value;
 
+use crate::json_path::JsonPath;
 use crate::registry::quantity;
 
 /// Reads the objects a pod refers to (over the agent's gRPC connection in production).
@@ -36,7 +37,7 @@ pub struct NodeResources {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The value of a Downward API `fieldPath` for `pod`.
@@ -62,7 +63,7 @@ pub fn field_value(pod: &Value, path: &str) -> Result<String, ConfigError> {
         "metadata.labels" | "metadata.annotations" => {
             let field = path.trim_start_matches("metadata.");
             let map = pod
-                .pointer(&format!("/metadata/{field}"))
+                .at(&format!("/metadata/{field}"))
                 .and_then(Value::as_object);
             // key="value" lines, sorted, as the kubelet writes them.
             let mut lines: Vec<String> = map
@@ -76,7 +77,7 @@ pub fn field_value(pod: &Value, path: &str) -> Result<String, ConfigError> {
         "status.podIPs" | "status.hostIPs" => {
             let field = path.trim_start_matches("status.");
             let ips: Vec<&str> = pod
-                .pointer(&format!("/status/{field}"))
+                .at(&format!("/status/{field}"))
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -91,7 +92,7 @@ pub fn field_value(pod: &Value, path: &str) -> Result<String, ConfigError> {
             ] {
                 if let Some(key) = path.strip_prefix(prefix).and_then(|k| k.strip_suffix("']")) {
                     return Ok(pod
-                        .pointer(&format!("/metadata/{field}"))
+                        .at(&format!("/metadata/{field}"))
                         .and_then(|m| m.get(key))
                         .and_then(Value::as_str)
                         .unwrap_or("")
@@ -119,7 +120,7 @@ pub fn resource_value(
         return Err(ConfigError(format!("unsupported resource {resource:?}")));
     }
     let declared = container
-        .pointer(&format!("/resources/{section}/{name}"))
+        .at(&format!("/resources/{section}/{name}"))
         .and_then(|q| match q {
             Value::String(s) => quantity::parse(s),
             Value::Number(n) => n.as_f64(),
@@ -128,7 +129,7 @@ pub fn resource_value(
         .or_else(|| {
             // A request defaults to the limit when only the limit is set.
             (section == "requests")
-                .then(|| container.pointer(&format!("/resources/limits/{name}")))
+                .then(|| container.at(&format!("/resources/limits/{name}")))
                 .flatten()
                 .and_then(Value::as_str)
                 .and_then(quantity::parse)
@@ -194,7 +195,7 @@ pub fn service_links(services: &[Value]) -> Vec<(String, String)> {
             continue;
         }
         let prefix = text(svc, "/metadata/name").to_uppercase().replace('-', "_");
-        let ports = svc.pointer("/spec/ports").and_then(Value::as_array);
+        let ports = svc.at("/spec/ports").and_then(Value::as_array);
         let ports: Vec<&Value> = ports.into_iter().flatten().collect();
         let Some(first) = ports.first() else { continue };
         let port_of = |p: &Value| p.get("port").and_then(Value::as_i64).unwrap_or(0);
@@ -298,7 +299,7 @@ pub async fn build(
             }
         };
     let links = pod
-        .pointer("/spec/enableServiceLinks")
+        .at("/spec/enableServiceLinks")
         .and_then(Value::as_bool)
         .unwrap_or(true);
     let linked: Vec<Value> = services
@@ -333,7 +334,7 @@ pub async fn build(
         };
         let name = text(from, &format!("/{key}/name")).to_string();
         let optional = from
-            .pointer(&format!("/{key}/optional"))
+            .at(&format!("/{key}/optional"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
         match fetch(resource, name.clone()).await? {
@@ -392,7 +393,7 @@ pub async fn build(
             let object_name = text(from, &format!("/{key}/name")).to_string();
             let entry = text(from, &format!("/{key}/key")).to_string();
             let optional = from
-                .pointer(&format!("/{key}/optional"))
+                .at(&format!("/{key}/optional"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let kind = if secret { "secret" } else { "configmap" };
@@ -422,7 +423,7 @@ pub async fn build(
 
 fn find_container(pod: &Value, name: &str) -> Option<Value> {
     ["containers", "initContainers"].iter().find_map(|list| {
-        pod.pointer(&format!("/spec/{list}"))
+        pod.at(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -450,8 +451,7 @@ mod tests {
                 .0
                 .iter()
                 .find(|(r, o)| {
-                    *r == resource
-                        && o.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                    *r == resource && o.at("/metadata/name").and_then(Value::as_str) == Some(name)
                 })
                 .map(|(_, o)| o.clone()))
         }

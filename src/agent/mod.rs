@@ -28,6 +28,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracing::{info, warn};
 
+use crate::json_path::JsonPath;
 use control_plane::{ControlPlane, Credentials};
 use pods::{NodeContext, PodManager, PodRegistry, ServiceCache};
 use runtime::Runtime;
@@ -195,7 +196,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     });
     let registered = node::register(&control, &spec).await;
     let pod_cidr = registered
-        .pointer("/spec/podCIDR")
+        .at("/spec/podCIDR")
         .and_then(serde_json::Value::as_str)
         .map(str::to_string);
     let runtime: Arc<dyn Runtime> = match args.runtime {

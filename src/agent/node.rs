@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::control_plane::ControlPlane;
 use super::env::NodeResources;
 use super::pods::status::timestamp;
+use crate::json_path::JsonPath;
 
 /// The kubelet renews its Lease every 10 s with a 40 s duration.
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -167,7 +168,7 @@ pub async fn register(control: &ControlPlane, spec: &NodeSpec) -> Value {
         match control.register_node(&spec.object(true)).await {
             Ok(node) => {
                 let cidr = node
-                    .pointer("/spec/podCIDR")
+                    .at("/spec/podCIDR")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 info!(node = %spec.name, pod_cidr = cidr, "node registered");

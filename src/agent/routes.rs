@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 use tracing::{info, warn};
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// podCIDR -> InternalIP of every node but `me`.
@@ -19,7 +20,7 @@ pub fn wanted(nodes: &[Value], me: &str) -> BTreeMap<String, String> {
         .filter_map(|n| {
             let cidr = text(n, "/spec/podCIDR");
             let ip = n
-                .pointer("/status/addresses")
+                .at("/status/addresses")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()

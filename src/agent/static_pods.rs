@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::control_plane::ControlPlane;
 use crate::apiserver::objects::str_at;
+use crate::json_path::JsonPath;
 use crate::nodeapi::mirror_pods::MIRROR_ANNOTATION;
 
 /// How often the directory is read again (the kubelet's fileCheckFrequency is 20 s).
@@ -61,7 +62,7 @@ fn mirror_of(path: &Path, bytes: &[u8], node: &str) -> Manifest {
         return Err(not_a_pod("kind must be Pod".into()));
     }
     let name = pod
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| not_a_pod("metadata.name is required".into()))?
@@ -196,7 +197,7 @@ async fn mirror_alive(control: &ControlPlane, mirror: &Running) -> bool {
     match control.get("pods", &mirror.namespace, &mirror.name).await {
         Ok(Some(pod)) => {
             str_at(&pod, "/metadata/uid") == mirror.uid
-                && pod.pointer("/metadata/deletionTimestamp").is_none()
+                && pod.at("/metadata/deletionTimestamp").is_none()
         }
         Ok(None) => false,
         // Unreachable control plane: assume it is there; the next scan asks again.

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::env::{ConfigError, NodeResources, ObjectSource, field_value, resource_value};
 use super::runtime::Mount;
+use crate::json_path::JsonPath;
 
 /// Where the kubelet mounts a pod's service account credentials.
 pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -28,7 +29,7 @@ pub trait TokenSource: Send + Sync {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// What the volumes need from the node.
@@ -160,7 +161,7 @@ fn downward_files(
             let container = ["containers", "initContainers"]
                 .iter()
                 .flat_map(|l| {
-                    pod.pointer(&format!("/spec/{l}"))
+                    pod.at(&format!("/spec/{l}"))
                         .and_then(Value::as_array)
                         .into_iter()
                         .flatten()
@@ -199,7 +200,7 @@ pub async fn prepare(
     let mut out = BTreeMap::new();
     let io = |e: std::io::Error| ConfigError(format!("preparing volumes: {e}"));
     for volume in pod
-        .pointer("/spec/volumes")
+        .at("/spec/volumes")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -384,14 +385,14 @@ pub async fn prepare(
 /// did not opt out and no volume already sits at the standard path.
 fn automount(pod: &Value) -> bool {
     if pod
-        .pointer("/spec/automountServiceAccountToken")
+        .at("/spec/automountServiceAccountToken")
         .and_then(Value::as_bool)
         == Some(false)
     {
         return false;
     }
     let mounted = ["containers", "initContainers"].iter().any(|list| {
-        pod.pointer(&format!("/spec/{list}"))
+        pod.at(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()

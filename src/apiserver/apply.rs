@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::patch::{list_merge_key, strategic_merge};
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 
 /// One path from the object root to a field: `["f:spec", "f:containers", "k:{\"name\":\"c\"}",
 /// "f:image"]`.
@@ -238,7 +239,7 @@ struct Entry {
 
 fn entries(object: &Value) -> Vec<Entry> {
     object
-        .pointer("/metadata/managedFields")
+        .at("/metadata/managedFields")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

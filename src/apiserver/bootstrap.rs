@@ -14,6 +14,7 @@ use super::objects::{Objects, Part, Scope, WriteOptions};
 use super::service_network::{KUBERNETES_SERVICE_OFFSET, cluster_dns_ip};
 use super::status::ApiError;
 use super::store::{CreateOutcome, ObjectStore, namespace_key};
+use crate::json_path::JsonPath;
 use crate::registry;
 
 pub const SYSTEM_NAMESPACES: &[&str] =
@@ -189,7 +190,7 @@ async fn ensure_object(
     };
     let text = |p: &str| {
         object
-            .pointer(p)
+            .at(p)
             .and_then(serde_json::Value::as_str)
             .unwrap_or("")
             .to_string()
@@ -283,7 +284,7 @@ pub async fn register_cluster_dns(objects: Objects, member_ip: String) {
                     .and_then(serde_json::Value::as_array)
                     .is_some_and(|eps| {
                         eps.iter()
-                            .any(|e| e.pointer("/addresses/0") == Some(&json!(member_ip)))
+                            .any(|e| e.at("/addresses/0") == Some(&json!(member_ip)))
                     });
                 if !listed {
                     match next

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::auth::UserInfo;
+use crate::json_path::JsonPath;
 use crate::pki::{JoinToken, constant_time_eq};
 
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers";
@@ -39,7 +40,7 @@ pub fn secret_name(id: &str) -> String {
 
 /// One decoded `data` entry of a Secret.
 fn data(secret: &Value, key: &str) -> Option<String> {
-    let raw = secret.pointer(&format!("/data/{key}"))?.as_str()?;
+    let raw = secret.at(&format!("/data/{key}"))?.as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
     String::from_utf8(bytes).ok()
 }
@@ -55,7 +56,7 @@ pub fn user_from_secret(
     if secret.get("type").and_then(Value::as_str) != Some(SECRET_TYPE) {
         return None;
     }
-    if secret.pointer("/metadata/deletionTimestamp").is_some() {
+    if secret.at("/metadata/deletionTimestamp").is_some() {
         return None;
     }
     if !constant_time_eq(&data(secret, "token-id")?, id)

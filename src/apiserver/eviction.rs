@@ -26,16 +26,17 @@ use super::status::ApiError;
 use super::subresources::success;
 use crate::controllers::ownership::labels;
 use crate::controllers::replicaset::is_ready;
+use crate::json_path::JsonPath;
 use crate::registry::{self, poddisruptionbudget};
 
 fn int_at(object: &Value, pointer: &str) -> i64 {
-    object.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+    object.at(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// Step 1: evicting these pods disrupts nothing.
 fn ignores_budgets(pod: &Value) -> bool {
     matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.at("/status/phase").and_then(Value::as_str),
         None | Some("Succeeded" | "Failed" | "Pending")
     ) || super::objects::is_deleting(pod)
 }
@@ -46,7 +47,7 @@ fn unhealthy_may_go(pod: &Value, pdb: &Value) -> bool {
         return false;
     }
     match pdb
-        .pointer("/spec/unhealthyPodEvictionPolicy")
+        .at("/spec/unhealthyPodEvictionPolicy")
         .and_then(Value::as_str)
     {
         Some("AlwaysAllow") => true,

@@ -14,6 +14,7 @@ use super::request::{Output, Query, ResourceTarget, decode_body};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -29,7 +30,7 @@ fn ok(output: Output, kind: &dyn Kind, code: StatusCode, object: Value, query: &
     match output {
         Output::Json => json_response(code, &object),
         Output::Table => {
-            let rv = object.pointer("/metadata/resourceVersion").cloned();
+            let rv = object.at("/metadata/resourceVersion").cloned();
             let include = IncludeObject::parse(query.get("includeObject"));
             let t = table::table(kind, &[object], json!({"resourceVersion": rv}), include);
             json_response(code, &t)
@@ -292,7 +293,7 @@ async fn server_side_apply(
             Ok(_) => {
                 // The precondition is the configuration's resourceVersion, if it has one, not the
                 // live object's: an apply racing a controller's status write just retries.
-                let wanted_rv = config.pointer("/metadata/resourceVersion").cloned();
+                let wanted_rv = config.at("/metadata/resourceVersion").cloned();
                 let transform = |current: &Value| {
                     let mut merged =
                         super::apply::apply(Some(current), &config, &manager, force, &api_version)?;
@@ -312,7 +313,7 @@ async fn server_side_apply(
             Err(ApiError::NotFound { .. }) if target.subresource.is_none() => {
                 let mut created =
                     super::apply::apply(None, &config, &manager, force, &api_version)?;
-                if created.pointer("/metadata/name").is_none() {
+                if created.at("/metadata/name").is_none() {
                     created["metadata"]["name"] = serde_json::json!(name);
                 }
                 match objects.create_with(scope, created, &options).await {

@@ -15,6 +15,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::service_network::{self, ServiceNetwork, claim_changes, claims_of};
 use super::status::{ApiError, MODIFIED};
 use super::store::{CreateOutcome, ObjectStore, Stored, UpdateOutcome, list_prefix, object_key};
+use crate::json_path::JsonPath;
 use crate::registry::{self, AdmitError, Kind, KindInfo};
 
 /// How often a write without a client precondition retries a lost race before giving up.
@@ -172,9 +173,9 @@ impl DeleteOptions {
         }
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?;
-        let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let text = |p: &str| v.at(p).and_then(Value::as_str).map(str::to_string);
         let mut policy = text("/propagationPolicy");
-        if policy.is_none() && v.pointer("/orphanDependents") == Some(&Value::Bool(true)) {
+        if policy.is_none() && v.at("/orphanDependents") == Some(&Value::Bool(true)) {
             policy = Some("Orphan".into());
         }
         if let Some(p) = &policy
@@ -440,7 +441,7 @@ impl Objects {
         let key = scope.key(name);
         let mut cached = options.cached.as_deref().and_then(|object| {
             let revision = object
-                .pointer("/metadata/resourceVersion")
+                .at("/metadata/resourceVersion")
                 .and_then(Value::as_str)?
                 .parse()
                 .ok()?;
@@ -517,7 +518,7 @@ impl Objects {
             )));
         }
         let client_rv = new
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .filter(|rv| !rv.is_empty())
             .map(str::to_string);
@@ -548,7 +549,7 @@ impl Objects {
             "deletionTimestamp",
             "generation",
         ] {
-            match current.pointer(&format!("/metadata/{field}")) {
+            match current.at(&format!("/metadata/{field}")) {
                 Some(v) => meta.insert(field.into(), v.clone()),
                 None => meta.remove(field),
             };
@@ -569,7 +570,7 @@ impl Objects {
             .await?;
         if info.tracks_generation && new.get("spec") != current.get("spec") {
             let generation = current
-                .pointer("/metadata/generation")
+                .at("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             meta_mut(&mut new)?.insert("generation".into(), json!(generation + 1));
@@ -657,13 +658,7 @@ impl Objects {
             let mut contents = contents.clone();
             if info.group == "apiextensions.k8s.io" && info.resource == "customresourcedefinitions"
             {
-                let text = |p: &str| {
-                    stored
-                        .object
-                        .pointer(p)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                };
+                let text = |p: &str| stored.object.at(p).and_then(Value::as_str).unwrap_or("");
                 let (group, plural) = (text("/spec/group"), text("/spec/names/plural"));
                 if !group.is_empty() && !plural.is_empty() {
                     contents.push(format!("/registry/{group}/{plural}/"));
@@ -810,7 +805,7 @@ impl Objects {
         let items = self.list(scope, list).await?.items;
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
-            let namespace = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            let namespace = item.at("/metadata/namespace").and_then(Value::as_str);
             let item_scope = Scope::new(scope.kind, namespace.or(scope.namespace));
             match self.delete(item_scope, name_of(&item), options).await {
                 Ok(d) => deleted.push(d.into_object()),
@@ -832,7 +827,7 @@ fn pod_grace_period(info: &KindInfo, pod: &Value, options: &DeleteOptions) -> Op
     if info.kind != "Pod" || !info.group.is_empty() || options.grace_period_seconds == Some(0) {
         return None;
     }
-    let text = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or("");
+    let text = |p: &str| pod.at(p).and_then(Value::as_str).unwrap_or("");
     if text("/spec/nodeName").is_empty()
         || text("/status/hostIP").is_empty()
         || matches!(text("/status/phase"), "Succeeded" | "Failed")
@@ -840,7 +835,7 @@ fn pod_grace_period(info: &KindInfo, pod: &Value, options: &DeleteOptions) -> Op
         return None;
     }
     let grace = options.grace_period_seconds.unwrap_or_else(|| {
-        pod.pointer("/spec/terminationGracePeriodSeconds")
+        pod.at("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(30)
     });
@@ -870,7 +865,7 @@ async fn lost_race_pause(attempt: usize) {
 }
 
 pub fn is_deleting(object: &Value) -> bool {
-    object.pointer("/metadata/deletionTimestamp").is_some()
+    object.at("/metadata/deletionTimestamp").is_some()
 }
 
 pub fn finalizers(object: &Value) -> Vec<String> {
@@ -879,16 +874,13 @@ pub fn finalizers(object: &Value) -> Vec<String> {
 
 /// The string at `pointer` ("" when absent or not a string).
 pub fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    object.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The strings of the list at `pointer` (empty when absent).
 pub fn strings_at(object: &Value, pointer: &str) -> Vec<String> {
     object
-        .pointer(pointer)
+        .at(pointer)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -914,7 +906,7 @@ fn check_preconditions(
         ),
     ] {
         let have = object
-            .pointer(&format!("/metadata/{field}"))
+            .at(&format!("/metadata/{field}"))
             .and_then(Value::as_str)
             .unwrap_or("");
         if let Some(want) = want
@@ -941,7 +933,7 @@ fn admit_error(info: &KindInfo, name: &str, e: AdmitError) -> ApiError {
 
 pub fn name_of(object: &Value) -> &str {
     object
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
 }

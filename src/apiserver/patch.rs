@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatchType {
@@ -64,7 +65,7 @@ pub fn apply_to_latest(kind: PatchType, target: &Value, patch: &[u8]) -> Result<
         Ok(Value::Array(ops)) => ops
             .iter()
             .any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")),
-        Ok(object) => object.pointer("/metadata/resourceVersion").is_some(),
+        Ok(object) => object.at("/metadata/resourceVersion").is_some(),
         Err(_) => false,
     };
     if !names_version && let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut)
@@ -257,7 +258,7 @@ fn parent_mut<'a>(
 }
 
 fn get_at(doc: &Value, path: &str) -> Result<Value, ApiError> {
-    doc.pointer(path)
+    doc.at(path)
         .cloned()
         .ok_or_else(|| bad(format!("doc is missing path: \"{path}\": missing value")))
 }
@@ -362,18 +363,18 @@ mod tests {
         let current = serde_json::json!({"metadata": {"name": "a", "resourceVersion": "7"}, "spec": {"replicas": 1}});
         let merge = br#"{"spec": {"replicas": 3}}"#;
         let plain = apply_to_latest(PatchType::Merge, &current, merge).expect("merge");
-        assert_eq!(plain.pointer("/spec/replicas"), Some(&serde_json::json!(3)));
-        assert!(plain.pointer("/metadata/resourceVersion").is_none());
+        assert_eq!(plain.at("/spec/replicas"), Some(&serde_json::json!(3)));
+        assert!(plain.at("/metadata/resourceVersion").is_none());
         let guarded = br#"{"metadata": {"resourceVersion": "6"}, "spec": {"replicas": 3}}"#;
         let pinned = apply_to_latest(PatchType::Strategic, &current, guarded).expect("strategic");
         assert_eq!(
-            pinned.pointer("/metadata/resourceVersion"),
+            pinned.at("/metadata/resourceVersion"),
             Some(&serde_json::json!("6"))
         );
         let ops = br#"[{"op": "replace", "path": "/metadata/resourceVersion", "value": "5"}]"#;
         let pinned = apply_to_latest(PatchType::Json, &current, ops).expect("json patch");
         assert_eq!(
-            pinned.pointer("/metadata/resourceVersion"),
+            pinned.at("/metadata/resourceVersion"),
             Some(&serde_json::json!("5"))
         );
     }

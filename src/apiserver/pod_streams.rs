@@ -27,6 +27,7 @@ use tracing::{Instrument, debug};
 use super::objects::{Objects, Scope};
 use super::request::{Query, ResourceTarget};
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::pki::{AGENT_DNS_NAME, CertKey};
 
 /// Channels to the nodes' Kubelet APIs, one per address, reused.
@@ -76,7 +77,7 @@ impl Kubelets {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn kubelet_error(status: tonic::Status) -> ApiError {
@@ -109,7 +110,7 @@ async fn locate(
     let names: Vec<String> = ["initContainers", "containers"]
         .iter()
         .flat_map(|l| {
-            pod.pointer(&format!("/spec/{l}"))
+            pod.at(&format!("/spec/{l}"))
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -117,7 +118,7 @@ async fn locate(
         .map(|c| text(c, "/name").to_string())
         .collect();
     let apps: Vec<String> = pod
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -166,14 +167,14 @@ pub(super) async fn node_address(
 /// Where a node's Kubelet API listens: its InternalIP and the kubelet port it reported.
 pub fn kubelet_address(node: &Value) -> Option<String> {
     let ip = node
-        .pointer("/status/addresses")
+        .at("/status/addresses")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .find(|a| text(a, "/type") == "InternalIP")
         .map(|a| text(a, "/address").to_string())?;
     let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .at("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
         .unwrap_or(10250);
     Some(if ip.contains(':') {

@@ -17,6 +17,7 @@ use super::pod_streams::{Kubelets, kubelet_address};
 use super::request::Query;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{self, KindInfo};
 
 pub const GROUP: &str = "metrics.k8s.io";
@@ -266,7 +267,7 @@ pub async fn serve(
             let mut items = Vec::new();
             for node in nodes {
                 let node_name = node
-                    .pointer("/metadata/name")
+                    .at("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let Some(address) = kubelet_address(&node) else {
@@ -281,7 +282,7 @@ pub async fn serve(
                     }
                 };
                 items.push(json!({
-                    "metadata": {"name": node_name, "labels": node.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+                    "metadata": {"name": node_name, "labels": node.at("/metadata/labels").cloned().unwrap_or(json!({})),
                                  "creationTimestamp": timestamp(rates.wall)},
                     "timestamp": timestamp(rates.wall),
                     "window": window_text(rates.window),
@@ -301,11 +302,11 @@ pub async fn serve(
             let mut items = Vec::new();
             for (pod, rates) in pods_with_rates(objects, kubelets, samples, &pods).await {
                 let ns = pod
-                    .pointer("/metadata/namespace")
+                    .at("/metadata/namespace")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let pod_name = pod
-                    .pointer("/metadata/name")
+                    .at("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let Some(containers) = rates
@@ -318,7 +319,7 @@ pub async fn serve(
                 containers.sort_by(|a, b| a.0.cmp(&b.0));
                 items.push(json!({
                     "metadata": {"name": pod_name, "namespace": ns,
-                                 "labels": pod.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+                                 "labels": pod.at("/metadata/labels").cloned().unwrap_or(json!({})),
                                  "creationTimestamp": timestamp(rates.wall)},
                     "timestamp": timestamp(rates.wall),
                     "window": window_text(rates.window),
@@ -347,7 +348,7 @@ async fn pods_with_rates<'a>(
     let mut out = Vec::new();
     for pod in pods {
         let node_name = pod
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .unwrap_or("");
         if node_name.is_empty() {
@@ -397,7 +398,7 @@ impl PodMetrics {
     pub async fn usage(&self, objects: &Objects, pods: &[Value]) -> HashMap<String, PodUsage> {
         let mut usage = HashMap::new();
         for (pod, rates) in pods_with_rates(objects, &self.kubelets, &self.samples, pods).await {
-            let text = |f: &str| pod.pointer(f).and_then(Value::as_str).unwrap_or("");
+            let text = |f: &str| pod.at(f).and_then(Value::as_str).unwrap_or("");
             let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
             if let Some(containers) = rates.containers.get(&(ns.to_string(), name.to_string())) {
                 let total = containers

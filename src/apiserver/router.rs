@@ -24,6 +24,7 @@ use super::static_tokens::StaticTokens;
 use super::status::ApiError;
 use super::tokens::TokenIssuer;
 use super::{auth, bootstrap_tokens, eviction, subresources, watch};
+use crate::json_path::JsonPath;
 
 /// Largest request body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -241,7 +242,7 @@ async fn token_user(state: &ApiState, token: &str) -> Result<auth::UserInfo, Api
         .await
         .map_err(|_| ApiError::Unauthorized)?;
     if account
-        .pointer("/metadata/uid")
+        .at("/metadata/uid")
         .and_then(serde_json::Value::as_str)
         != Some(&subject.uid)
     {
@@ -361,7 +362,7 @@ async fn serve(
         if review.resource == "tokenreviews" {
             // Answered here: verifying a token needs the store (ServiceAccounts).
             let token = body
-                .pointer("/spec/token")
+                .at("/spec/token")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("");
             let status = match token_user(state, token).await {

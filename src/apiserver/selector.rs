@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Requirement {
@@ -84,7 +85,7 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels");
+        let labels = object.at("/metadata/labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|req| match req {
             Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
@@ -144,10 +145,7 @@ impl FieldSelector {
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, negate, value)| {
             let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = object
-                .pointer(&pointer)
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let actual = object.at(&pointer).and_then(Value::as_str).unwrap_or("");
             (actual == value) != *negate
         })
     }

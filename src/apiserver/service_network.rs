@@ -14,6 +14,7 @@ use skiff_storage::{KeyRange, RangeRequest};
 
 use super::status::ApiError;
 use super::store::{Claims, ObjectStore};
+use crate::json_path::JsonPath;
 use crate::registry::KindInfo;
 use crate::registry::fields::{FieldError, FieldErrors};
 
@@ -62,14 +63,14 @@ pub fn holds_claims(info: &KindInfo) -> bool {
 
 fn uses_node_ports(object: &Value) -> bool {
     matches!(
-        object.pointer("/spec/type").and_then(Value::as_str),
+        object.at("/spec/type").and_then(Value::as_str),
         Some("NodePort" | "LoadBalancer")
     )
 }
 
 fn cluster_ip(object: &Value) -> Option<&str> {
     object
-        .pointer("/spec/clusterIP")
+        .at("/spec/clusterIP")
         .and_then(Value::as_str)
         .filter(|ip| !ip.is_empty())
 }
@@ -95,7 +96,7 @@ pub fn claims_of(info: &KindInfo, object: &Value) -> Vec<String> {
 
 fn node_ports(object: &Value) -> Vec<i64> {
     object
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -150,7 +151,7 @@ impl ServiceNetwork {
             return Ok(());
         }
         let name = object
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
@@ -173,7 +174,7 @@ impl ServiceNetwork {
         errors: &mut FieldErrors,
     ) -> Result<(), ApiError> {
         let is_external_name =
-            object.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+            object.at("/spec/type").and_then(Value::as_str) == Some("ExternalName");
         let old_ip = old.and_then(cluster_ip).map(str::to_string);
         let ip = match (cluster_ip(object).map(str::to_string), old_ip) {
             (Some(new), Some(old)) if new != old => {
@@ -220,7 +221,7 @@ impl ServiceNetwork {
     ) -> Result<(), ApiError> {
         let wanted = uses_node_ports(object);
         let old_ports: Vec<(i64, String, i64)> = old
-            .and_then(|o| o.pointer("/spec/ports"))
+            .and_then(|o| o.at("/spec/ports"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()

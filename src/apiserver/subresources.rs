@@ -12,6 +12,7 @@ use super::patch::{self, PatchType};
 use super::request::{Query, ResourceTarget, decode_body};
 use super::status::ApiError;
 use super::tokens::{TokenIssuer, TokenSubject};
+use crate::json_path::JsonPath;
 use crate::registry::KindInfo;
 
 /// Kinds with `spec.replicas` and a `/scale` subresource.
@@ -60,7 +61,7 @@ fn scope(target: &ResourceTarget) -> Scope<'_> {
 
 /// `spec.selector` as a selector string (`app=web,tier in (a,b)`), what Scale.status carries.
 fn selector_string(object: &Value) -> String {
-    let Some(selector) = object.pointer("/spec/selector") else {
+    let Some(selector) = object.at("/spec/selector") else {
         return String::new();
     };
     // ReplicationControllers use a plain map; the apps kinds a LabelSelector.
@@ -98,7 +99,7 @@ fn selector_string(object: &Value) -> String {
 
 /// autoscaling/v1 Scale of a replicated object.
 fn scale_of(object: &Value) -> Value {
-    let meta = |f: &str| object.pointer(&format!("/metadata/{f}")).cloned();
+    let meta = |f: &str| object.at(&format!("/metadata/{f}")).cloned();
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -109,9 +110,9 @@ fn scale_of(object: &Value) -> Value {
             "resourceVersion": meta("resourceVersion"),
             "creationTimestamp": meta("creationTimestamp"),
         },
-        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "spec": {"replicas": object.at("/spec/replicas").cloned().unwrap_or(json!(1))},
         "status": {
-            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": object.at("/status/replicas").cloned().unwrap_or(json!(0)),
             "selector": selector_string(object),
         },
     })
@@ -166,13 +167,13 @@ pub async fn update_scale(
             (None, None) => scale_of(current),
         };
         let replicas = scale
-            .pointer("/spec/replicas")
+            .at("/spec/replicas")
             .and_then(Value::as_i64)
             .ok_or_else(|| ApiError::BadRequest("Scale.spec.replicas must be an integer".into()))?;
         let mut new = current.clone();
         new["spec"]["replicas"] = json!(replicas);
         match scale
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .and_then(Value::as_str)
         {
             Some(rv) if !rv.is_empty() => new["metadata"]["resourceVersion"] = json!(rv),
@@ -211,7 +212,7 @@ pub async fn bind(
 ) -> Result<Response, ApiError> {
     let binding = decode_body(headers, body)?;
     let node = binding
-        .pointer("/target/name")
+        .at("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest("Binding.target.name is required".into()))?
@@ -219,7 +220,7 @@ pub async fn bind(
     let info = target.kind.info();
     let transform = move |current: &Value| {
         let assigned = current
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .unwrap_or("");
         if !assigned.is_empty() {
@@ -267,13 +268,13 @@ pub async fn create_token(
     };
     let audiences = strings_at(&request, "/spec/audiences");
     let ttl = request
-        .pointer("/spec/expirationSeconds")
+        .at("/spec/expirationSeconds")
         .and_then(Value::as_i64);
     let subject = TokenSubject {
         namespace: target.namespace.clone().unwrap_or_default(),
         name: name.to_string(),
         uid: account
-            .pointer("/metadata/uid")
+            .at("/metadata/uid")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string(),

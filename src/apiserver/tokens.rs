@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 
 use super::status::ApiError;
 use super::store::{CreateOutcome, ObjectStore};
+use crate::json_path::JsonPath;
 
 const KEY_PATH: &str = "/registry/skiff/serviceaccount-signing-key";
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -198,8 +199,8 @@ fn check(key: &EcdsaKeyPair, token: &str, now: i64) -> Option<TokenSubject> {
     let k = claims.get("kubernetes.io")?;
     Some(TokenSubject {
         namespace: k.get("namespace")?.as_str()?.to_string(),
-        name: k.pointer("/serviceaccount/name")?.as_str()?.to_string(),
-        uid: k.pointer("/serviceaccount/uid")?.as_str()?.to_string(),
+        name: k.at("/serviceaccount/name")?.as_str()?.to_string(),
+        uid: k.at("/serviceaccount/uid")?.as_str()?.to_string(),
     })
 }
 

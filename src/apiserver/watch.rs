@@ -31,6 +31,7 @@ use super::request::{Output, Query, ResourceTarget};
 use super::status::ApiError;
 use super::store::{decode, list_prefix};
 use super::table::{self, IncludeObject};
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 /// Events buffered towards a slow HTTP client before the hub's own queue takes the strain.
@@ -46,7 +47,7 @@ impl Encoder {
     fn event(&self, kind: &str, object: Value) -> Bytes {
         let object = match (self.output, kind) {
             (Output::Table, "ADDED" | "MODIFIED" | "DELETED") => {
-                let rv = object.pointer("/metadata/resourceVersion").cloned();
+                let rv = object.at("/metadata/resourceVersion").cloned();
                 table::table(
                     self.kind,
                     &[object],

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use skiff_storage::scan_snapshot_kvs;
 
 use crate::apiclient::ApiClient;
+use crate::json_path::JsonPath;
 use crate::pki::CertKey;
 
 /// Credentials and address of the running cluster's API.
@@ -36,14 +37,14 @@ impl Target {
             .with_context(|| format!("{} is not YAML", path.display()))?;
         let field = |pointer: &str| -> anyhow::Result<String> {
             let encoded = config
-                .pointer(pointer)
+                .at(pointer)
                 .and_then(Value::as_str)
                 .ok_or_else(|| anyhow!("{} has no {pointer}", path.display()))?;
             let bytes = base64::engine::general_purpose::STANDARD.decode(encoded)?;
             Ok(String::from_utf8(bytes)?)
         };
         let server = config
-            .pointer("/clusters/0/cluster/server")
+            .at("/clusters/0/cluster/server")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{} has no server", path.display()))?;
         Ok(Target {
@@ -67,16 +68,13 @@ struct Planned {
 }
 
 fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    object.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Objects a controller writes; recreated by that controller, so never restored.
 fn controller_maintained(object: &Value, selector_services: &[String]) -> bool {
     let owned = object
-        .pointer("/metadata/ownerReferences")
+        .at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .is_some_and(|refs| {
             refs.iter()
@@ -176,7 +174,7 @@ fn plan(
         .iter()
         .filter(|(_, o)| {
             text(o, "/kind") == "Service"
-                && o.pointer("/spec/selector")
+                && o.at("/spec/selector")
                     .is_some_and(|s| s.as_object().is_some_and(|m| !m.is_empty()))
         })
         .map(|(_, o)| text(o, "/metadata/name").to_string())
@@ -227,7 +225,7 @@ pub async fn run(
                 )
                 .await?;
             let current: Value = serde_json::from_slice(&current)?;
-            if current.pointer("/metadata/deletionTimestamp").is_some() {
+            if current.at("/metadata/deletionTimestamp").is_some() {
                 bail!(
                     "namespace {namespace} is being deleted; wait until it is gone and run the restore again"
                 );

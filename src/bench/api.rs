@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
+use crate::json_path::JsonPath;
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
@@ -312,7 +313,7 @@ async fn watch_fan_out(
         .await?;
     let list: Value = serde_json::from_slice(&body)?;
     let rv = list
-        .pointer("/metadata/resourceVersion")
+        .at("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .unwrap_or("0")
         .to_string();
@@ -334,7 +335,7 @@ async fn watch_fan_out(
             let _ = client
                 .watch(&path, |line| {
                     let sent = serde_json::from_slice::<Value>(line).ok().and_then(|e| {
-                        e.pointer("/object/metadata/annotations/bench.skiff.dev~1sent")
+                        e.at("/object/metadata/annotations/bench.skiff.dev~1sent")
                             .and_then(Value::as_str)
                             .and_then(|s| s.parse::<u128>().ok())
                     });

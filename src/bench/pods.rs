@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::api::{Latency, rss_mb, summarize};
 use crate::cli::up::LocalUp;
 use crate::cli::{UpArgs, UpRuntime};
+use crate::json_path::JsonPath;
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
@@ -57,9 +58,9 @@ fn pod(name: &str) -> Value {
 }
 
 fn running_and_ready(pod: &Value) -> bool {
-    pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+    pod.at("/status/phase").and_then(Value::as_str) == Some("Running")
         && pod
-            .pointer("/status/conditions")
+            .at("/status/conditions")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -136,7 +137,7 @@ async fn measure(
         .await?;
     let list: Value = serde_json::from_slice(&list)?;
     let revision = list
-        .pointer("/metadata/resourceVersion")
+        .at("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .unwrap_or("0")
         .to_string();
@@ -153,7 +154,7 @@ async fn measure(
                     };
                     let object = &event["object"];
                     if running_and_ready(object)
-                        && let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
+                        && let Some(name) = object.at("/metadata/name").and_then(Value::as_str)
                     {
                         let started = created.lock().ok().and_then(|c| c.get(name).copied());
                         if let (Some(started), Ok(mut done)) = (started, latencies.lock()) {
@@ -221,7 +222,7 @@ async fn measure(
     let pods: Value = serde_json::from_slice(&body)?;
     let mut per_node: HashMap<String, usize> = HashMap::new();
     for pod in pods["items"].as_array().into_iter().flatten() {
-        if let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+        if let Some(node) = pod.at("/spec/nodeName").and_then(Value::as_str) {
             *per_node.entry(node.to_string()).or_default() += 1;
         }
     }

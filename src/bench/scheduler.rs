@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use super::api::{Latency, connect, cpu_seconds, megabytes, on_three_members, rss_mb, summarize};
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
+use crate::json_path::JsonPath;
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
@@ -241,7 +242,7 @@ async fn register_nodes(members: &[ApiClient], args: &SchedulerBenchArgs) -> any
         .call(Method::GET, "/api/v1/nodes/sim-000", None)
         .await?;
     let node: Value = serde_json::from_slice(&body)?;
-    if node.pointer("/status/allocatable/cpu").is_none() {
+    if node.at("/status/allocatable/cpu").is_none() {
         bail!("the registered node has no allocatable resources: {node}");
     }
     Ok(())
@@ -310,7 +311,7 @@ impl BindWatch {
             .await?;
         let list: Value = serde_json::from_slice(&body)?;
         let mut revision = list
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .unwrap_or("0")
             .to_string();
@@ -335,20 +336,19 @@ impl BindWatch {
                         }
                         let object = &event["object"];
                         if let Some(rv) = object
-                            .pointer("/metadata/resourceVersion")
+                            .at("/metadata/resourceVersion")
                             .and_then(Value::as_str)
                         {
                             revision = rv.to_string();
                         }
-                        let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
-                        else {
+                        let Some(name) = object.at("/metadata/name").and_then(Value::as_str) else {
                             return true;
                         };
                         let now = Instant::now();
                         let mut timeline = t.lock().unwrap_or_else(|e| e.into_inner());
                         timeline.seen.entry(name.to_string()).or_insert(now);
                         let on_node = object
-                            .pointer("/spec/nodeName")
+                            .at("/spec/nodeName")
                             .and_then(Value::as_str)
                             .is_some_and(|n| !n.is_empty());
                         if on_node && !timeline.bound.contains_key(name) {
@@ -567,13 +567,9 @@ mod tests {
     fn the_pod_mix_exercises_each_rule() {
         assert!(bare_pod(0)["spec"].get("affinity").is_none());
         assert_eq!(bare_pod(1)["spec"]["nodeSelector"]["disk"], "ssd");
-        assert!(bare_pod(2).pointer("/spec/affinity/nodeAffinity").is_some());
+        assert!(bare_pod(2).at("/spec/affinity/nodeAffinity").is_some());
         assert!(bare_pod(3)["spec"]["topologySpreadConstraints"].is_array());
-        assert!(
-            bare_pod(15)
-                .pointer("/spec/affinity/podAntiAffinity")
-                .is_some()
-        );
+        assert!(bare_pod(15).at("/spec/affinity/podAntiAffinity").is_some());
         assert_eq!(bare_pod(7)["metadata"]["name"], "p-7");
     }
 }

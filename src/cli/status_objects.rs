@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::apiclient::ApiClient;
 use crate::apiserver::objects::str_at;
+use crate::json_path::JsonPath;
 use crate::pki::CertKey;
 
 /// How many Warning events the summary shows.
@@ -71,7 +72,7 @@ pub fn summarize(nodes: &[Value], pods: &[Value], events: &[Value]) -> ObjectsSu
         .iter()
         .map(|node| {
             let ready = node
-                .pointer("/status/conditions")
+                .at("/status/conditions")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()

@@ -26,6 +26,7 @@ use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{Objects, Part, Scope, now_rfc3339, str_at};
 use crate::apiserver::resource_metrics::{PodMetrics, PodUsage};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind, quantity};
 
 /// kube's `--horizontal-pod-autoscaler-sync-period`.
@@ -78,13 +79,13 @@ fn total_requests(pods: &[Value], resource: &str) -> Result<f64, String> {
     let mut total = 0.0;
     for pod in pods {
         for container in pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
             let request = container
-                .pointer(&format!("/resources/requests/{resource}"))
+                .at(&format!("/resources/requests/{resource}"))
                 .and_then(Value::as_str)
                 .and_then(quantity::parse);
             match request {
@@ -141,10 +142,7 @@ fn measure(
         "cpu" => format!("{}m", (average * 1000.0).round() as i64),
         _ => format!("{}", average.round() as i64),
     };
-    let target = spec
-        .pointer("/resource/target")
-        .cloned()
-        .unwrap_or_default();
+    let target = spec.at("/resource/target").cloned().unwrap_or_default();
     match str_at(&target, "/type") {
         "Utilization" => {
             let requested = total_requests(&measured, resource)?;
@@ -222,7 +220,7 @@ impl Autoscaler {
 
     /// The target's live pods that its selector matches.
     fn pods_of(&self, namespace: &str, target: &Value) -> Vec<Value> {
-        let selector = target.pointer("/spec/selector");
+        let selector = target.at("/spec/selector");
         if selector.is_none() {
             return Vec::new();
         }
@@ -391,7 +389,7 @@ impl Autoscaler {
                 "desiredReplicas": round.desired,
                 "currentMetrics": round.metrics,
             });
-            if let Some(generation) = h.pointer("/metadata/generation") {
+            if let Some(generation) = h.at("/metadata/generation") {
                 status["observedGeneration"] = generation.clone();
             }
             match (rescaled, previous.get("lastScaleTime")) {
@@ -461,10 +459,7 @@ impl Reconcile for Autoscaler {
             return Ok(Action::Done);
         }
         let (namespace, _) = split_key(key);
-        let reference = hpa
-            .pointer("/spec/scaleTargetRef")
-            .cloned()
-            .unwrap_or_default();
+        let reference = hpa.at("/spec/scaleTargetRef").cloned().unwrap_or_default();
         let Some(kind) = target_kind(&reference) else {
             let missing = format!(
                 "no kind {} in {}",
@@ -487,7 +482,7 @@ impl Reconcile for Autoscaler {
             Err(e) => return Err(e.into()),
         };
         let current = target
-            .pointer("/spec/replicas")
+            .at("/spec/replicas")
             .and_then(Value::as_i64)
             .unwrap_or(1) as i32;
         let round = self.evaluate(key, &hpa, &target, current).await;

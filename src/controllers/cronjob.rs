@@ -33,6 +33,7 @@ use super::{Action, Error, Reconcile};
 use crate::apiserver::objects::{Objects, Scope, name_of};
 use crate::apiserver::status::ApiError;
 use crate::backup::cron::Schedule;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 /// At most this many missed times are walked through to find the latest (kube warns at 100).
@@ -74,14 +75,14 @@ fn rfc3339(unix: i64) -> String {
 
 fn unix_at(object: &Value, pointer: &str) -> Option<i64> {
     object
-        .pointer(pointer)
+        .at(pointer)
         .and_then(Value::as_str)
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map(|t| t.as_second())
 }
 
 fn job_succeeded(job: &Value) -> bool {
-    job.pointer("/status/conditions")
+    job.at("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -93,7 +94,7 @@ fn job_succeeded(job: &Value) -> bool {
 /// The Job for the time `scheduled`.
 pub fn job_for(cronjob: &Value, info: &crate::registry::KindInfo, scheduled: i64) -> Value {
     let template = cronjob
-        .pointer("/spec/jobTemplate")
+        .at("/spec/jobTemplate")
         .cloned()
         .unwrap_or(json!({}));
     let mut meta = json!({
@@ -101,10 +102,10 @@ pub fn job_for(cronjob: &Value, info: &crate::registry::KindInfo, scheduled: i64
         "ownerReferences": [controller_reference(cronjob, info)],
         "annotations": {"batch.kubernetes.io/cronjob-scheduled-timestamp": rfc3339(scheduled)},
     });
-    if let Some(labels) = template.pointer("/metadata/labels") {
+    if let Some(labels) = template.at("/metadata/labels") {
         meta["labels"] = labels.clone();
     }
-    if let Some(Value::Object(annotations)) = template.pointer("/metadata/annotations") {
+    if let Some(Value::Object(annotations)) = template.at("/metadata/annotations") {
         for (k, v) in annotations {
             meta["annotations"][k] = v.clone();
         }
@@ -115,7 +116,7 @@ pub fn job_for(cronjob: &Value, info: &crate::registry::KindInfo, scheduled: i64
 
 fn reference(job: &Value) -> Value {
     let meta = |f: &str| {
-        job.pointer(&format!("/metadata/{f}"))
+        job.at(&format!("/metadata/{f}"))
             .cloned()
             .unwrap_or(Value::Null)
     };
@@ -169,7 +170,7 @@ impl CronJobController {
     async fn trim_history(&self, cronjob: &Value, finished: &[Arc<Value>]) -> Result<(), Error> {
         let limit = |f: &str, default: i64| {
             cronjob
-                .pointer(&format!("/spec/{f}"))
+                .at(&format!("/spec/{f}"))
                 .and_then(Value::as_i64)
                 .unwrap_or(default)
                 .max(0) as usize
@@ -250,7 +251,7 @@ impl Reconcile for CronJobController {
             .filter_map(|j| unix_at(j, "/status/completionTime"))
             .max();
         let mut active: Vec<Value> = running.iter().map(|j| reference(j)).collect();
-        let spec = |f: &str| cronjob.pointer(&format!("/spec/{f}"));
+        let spec = |f: &str| cronjob.at(&format!("/spec/{f}"));
         if spec("suspend") == Some(&json!(true)) {
             self.update_status(&cronjob, &active, None, last_success)
                 .await?;

@@ -37,6 +37,7 @@ use super::templates::{
 use super::workloads::{live, write_status};
 use super::{Action, Error, Reconcile};
 use crate::apiserver::objects::{Objects, Scope, name_of};
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 const EXPECTATIONS_RECHECK: Duration = Duration::from_secs(5);
@@ -70,9 +71,9 @@ fn default_tolerations() -> Vec<Value> {
 
 /// The daemon pod template with the default tolerations added.
 pub fn daemon_template(ds: &Value) -> Value {
-    let mut template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut template = ds.at("/spec/template").cloned().unwrap_or(json!({}));
     if !template
-        .pointer("/spec/tolerations")
+        .at("/spec/tolerations")
         .is_some_and(Value::is_array)
     {
         template["spec"]["tolerations"] = json!([]);
@@ -94,7 +95,7 @@ pub fn daemon_template(ds: &Value) -> Value {
 /// matches and it tolerates the node's own taints.
 pub fn should_run(template: &Value, node: &Value) -> bool {
     let taints = node
-        .pointer("/spec/taints")
+        .at("/spec/taints")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
@@ -104,17 +105,17 @@ pub fn should_run(template: &Value, node: &Value) -> bool {
 /// The node a daemon pod is for: its nodeName, or the node its required affinity names.
 pub fn target_node(pod: &Value) -> Option<&str> {
     if let Some(node) = pod
-        .pointer("/spec/nodeName")
+        .at("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
     {
         return Some(node);
     }
-    pod.pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields")?
+    pod.at("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields")?
         .as_array()?
         .iter()
         .find(|f| f.get("key") == Some(&json!("metadata.name")))?
-        .pointer("/values/0")?
+        .at("/values/0")?
         .as_str()
 }
 
@@ -135,7 +136,7 @@ fn pin_to_node(pod: &mut Value, node: &str) {
 
 /// maxUnavailable against `desired` pods: an integer, or a percentage rounded up; at least 1.
 pub fn max_unavailable(ds: &Value, desired: usize) -> usize {
-    let value = ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable");
+    let value = ds.at("/spec/updateStrategy/rollingUpdate/maxUnavailable");
     let n = match value {
         Some(Value::Number(n)) => n.as_u64().unwrap_or(1) as usize,
         Some(Value::String(s)) => match s.strip_suffix('%').and_then(|p| p.parse::<usize>().ok()) {
@@ -211,7 +212,7 @@ impl DaemonSetController {
     ) -> Result<(), Error> {
         let mut pod = revision_pod(ds, self.kinds.daemonsets.info(), template, hash)?;
         pod["metadata"]["generateName"] = json!(format!("{}-", name_of(ds)));
-        if let Some(generation) = ds.pointer("/metadata/generation").and_then(Value::as_i64) {
+        if let Some(generation) = ds.at("/metadata/generation").and_then(Value::as_i64) {
             set_label(&mut pod, "pod-template-generation", &generation.to_string());
         }
         pin_to_node(&mut pod, node);
@@ -291,7 +292,7 @@ impl Reconcile for DaemonSetController {
             tally.desired += 1;
             pods.sort_by(|a, b| {
                 let created = |p: &Value| {
-                    p.pointer("/metadata/creationTimestamp")
+                    p.at("/metadata/creationTimestamp")
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string()
@@ -302,7 +303,7 @@ impl Reconcile for DaemonSetController {
             });
             let failed: Vec<Arc<Value>> = pods
                 .iter()
-                .filter(|p| p.pointer("/status/phase") == Some(&json!("Failed")))
+                .filter(|p| p.at("/status/phase") == Some(&json!("Failed")))
                 .cloned()
                 .collect();
             for pod in failed
@@ -339,7 +340,7 @@ impl Reconcile for DaemonSetController {
         }
         // Step 3.
         let rolling = ds
-            .pointer("/spec/updateStrategy/type")
+            .at("/spec/updateStrategy/type")
             .and_then(Value::as_str)
             .unwrap_or("RollingUpdate")
             == "RollingUpdate";
@@ -366,7 +367,7 @@ impl Reconcile for DaemonSetController {
             "numberAvailable": tally.ready,
             "numberUnavailable": tally.desired.saturating_sub(tally.ready),
         });
-        if let Some(generation) = ds.pointer("/metadata/generation") {
+        if let Some(generation) = ds.at("/metadata/generation") {
             status["observedGeneration"] = generation.clone();
         }
         write_status(&self.objects, self.kinds.daemonsets, &ds, status).await?;

@@ -34,6 +34,7 @@ use super::rollout::{
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, name_of};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -139,7 +140,7 @@ impl DeploymentController {
     /// Step 1: the ReplicaSets this Deployment controls.
     async fn claim_replicasets(&self, d: &Value, namespace: &str) -> Result<Vec<Value>, Error> {
         let d_uid = uid_of(d);
-        let selector = d.pointer("/spec/selector");
+        let selector = d.at("/spec/selector");
         let mut owned = Vec::new();
         for rs in self.replicasets.list_namespace(namespace) {
             let matches = selector_matches(selector, &labels(&rs));
@@ -202,17 +203,11 @@ impl DeploymentController {
     /// Step 2 without a new ReplicaSet: creates `<deployment>-<hash>` with `replicas`.
     async fn create_new_rs(&self, d: &Value, old: &[Value], replicas: i64) -> Result<Value, Error> {
         let namespace = namespace_of(d);
-        let collisions = d.pointer("/status/collisionCount").and_then(Value::as_i64);
-        let mut template = d
-            .pointer("/spec/template")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let collisions = d.at("/status/collisionCount").and_then(Value::as_i64);
+        let mut template = d.at("/spec/template").cloned().unwrap_or_else(|| json!({}));
         let hash = template_hash(&template, collisions);
         template["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
-        let mut selector = d
-            .pointer("/spec/selector")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let mut selector = d.at("/spec/selector").cloned().unwrap_or_else(|| json!({}));
         selector["matchLabels"][TEMPLATE_HASH_LABEL] = json!(hash);
         let name = format!("{}-{hash}", name_of(d));
         let mut rs = json!({
@@ -226,7 +221,7 @@ impl DeploymentController {
             },
             "spec": {
                 "replicas": replicas,
-                "minReadySeconds": d.pointer("/spec/minReadySeconds").cloned().unwrap_or(json!(0)),
+                "minReadySeconds": d.at("/spec/minReadySeconds").cloned().unwrap_or(json!(0)),
                 "selector": selector,
                 "template": template,
             },
@@ -243,9 +238,9 @@ impl DeploymentController {
             Err(ApiError::AlreadyExists { .. }) => {
                 // Ours, but not in the cache yet; or a hash collision with someone else's.
                 let existing = self.objects.get(scope, &name, true).await?;
-                let template = d.pointer("/spec/template").unwrap_or(&Value::Null);
+                let template = d.at("/spec/template").unwrap_or(&Value::Null);
                 let same = existing
-                    .pointer("/spec/template")
+                    .at("/spec/template")
                     .is_some_and(|t| equal_ignoring_hash(t, template));
                 if controller_uid(&existing) == Some(uid_of(d)) && same {
                     existing
@@ -268,7 +263,7 @@ impl DeploymentController {
     async fn bump_collision_count(&self, d: &Value) -> Result<(), Error> {
         let change = |d: &mut Value| {
             let count = d
-                .pointer("/status/collisionCount")
+                .at("/status/collisionCount")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             d["status"]["collisionCount"] = json!(count + 1);
@@ -424,7 +419,7 @@ impl DeploymentController {
             })
             .collect();
         let status_replicas = d
-            .pointer("/status/replicas")
+            .at("/status/replicas")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         let (surge, _) = rolling_fenceposts(d);
@@ -437,10 +432,7 @@ impl DeploymentController {
 
     /// Step 4: deletes the oldest scaled-down ReplicaSets beyond revisionHistoryLimit.
     async fn cleanup(&self, d: &Value, old: &[Value]) -> Result<(), Error> {
-        let Some(limit) = d
-            .pointer("/spec/revisionHistoryLimit")
-            .and_then(Value::as_i64)
-        else {
+        let Some(limit) = d.at("/spec/revisionHistoryLimit").and_then(Value::as_i64) else {
             return Ok(());
         };
         let mut cleanable: Vec<&Value> = old.iter().filter(|rs| !is_deleting(rs)).collect();
@@ -452,15 +444,15 @@ impl DeploymentController {
         let scope = Scope::new(self.rs_kind, Some(namespace_of(d)));
         for rs in cleanable.into_iter().take(excess as usize) {
             let observed = rs
-                .pointer("/status/observedGeneration")
+                .at("/status/observedGeneration")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             let generation = rs
-                .pointer("/metadata/generation")
+                .at("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             let status_replicas = rs
-                .pointer("/status/replicas")
+                .at("/status/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             if replicas_of(rs) != 0 || status_replicas != 0 || generation > observed {
@@ -516,18 +508,18 @@ impl Reconcile for DeploymentController {
             return Ok(Action::Done);
         }
         let all = self.claim_replicasets(&d, namespace).await?;
-        let template = d.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-        let collisions = d.pointer("/status/collisionCount").and_then(Value::as_i64);
+        let template = d.at("/spec/template").cloned().unwrap_or(Value::Null);
+        let collisions = d.at("/status/collisionCount").and_then(Value::as_i64);
         let hash = template_hash(&template, collisions);
         let position = all
             .iter()
             .position(|rs| {
-                rs.pointer("/spec/template")
+                rs.at("/spec/template")
                     .is_some_and(|t| equal_ignoring_hash(t, &template))
             })
             .or_else(|| {
                 all.iter().position(|rs| {
-                    rs.pointer(&format!(
+                    rs.at(&format!(
                         "/spec/template/metadata/labels/{TEMPLATE_HASH_LABEL}"
                     ))
                     .and_then(Value::as_str)
@@ -536,7 +528,7 @@ impl Reconcile for DeploymentController {
             });
         let mut old = all;
         let new = position.map(|i| old.remove(i));
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
+        let paused = d.at("/spec/paused").and_then(Value::as_bool) == Some(true);
         let (new, step) = if paused || is_scaling_event(&d, new.as_ref(), &old) {
             (self.scale_only(&d, new, &old).await?, Step::Nothing)
         } else if is_recreate(&d) {
@@ -551,7 +543,7 @@ impl Reconcile for DeploymentController {
         }
         // Look again when the progress deadline would pass, to report it.
         let deadline = d
-            .pointer("/spec/progressDeadlineSeconds")
+            .at("/spec/progressDeadlineSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(600);
         Ok(Action::RequeueAfter(Duration::from_secs(
@@ -561,7 +553,7 @@ impl Reconcile for DeploymentController {
 }
 
 fn is_recreate(d: &Value) -> bool {
-    d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate")
+    d.at("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate")
 }
 
 /// spec.replicas changed since an active ReplicaSet was last scaled (its desired-replicas
@@ -577,13 +569,13 @@ fn is_scaling_event(d: &Value, new: Option<&Value>, old: &[Value]) -> bool {
 
 fn namespace_of(object: &Value) -> &str {
     object
-        .pointer("/metadata/namespace")
+        .at("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 fn selects_something(d: &Value) -> bool {
-    d.pointer("/spec/selector")
+    d.at("/spec/selector")
         .and_then(Value::as_object)
         .is_some_and(|s| {
             s.values().any(|v| {
@@ -595,7 +587,7 @@ fn selects_something(d: &Value) -> bool {
 
 fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     object
-        .pointer("/metadata/annotations")
+        .at("/metadata/annotations")
         .and_then(|a| a.get(key))
         .and_then(Value::as_str)
 }
@@ -618,7 +610,7 @@ pub fn revision(object: &Value) -> i64 {
 
 fn created_at(object: &Value) -> String {
     object
-        .pointer("/metadata/creationTimestamp")
+        .at("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string()
@@ -628,11 +620,8 @@ fn created_at(object: &Value) -> String {
 /// revision (below) and minReadySeconds. True when something changed.
 fn sync_new_rs(d: &Value, rs: &mut Value, next_revision: i64) -> bool {
     let mut changed = set_new_rs_annotations(d, rs, next_revision);
-    let min_ready = d
-        .pointer("/spec/minReadySeconds")
-        .cloned()
-        .unwrap_or(json!(0));
-    if rs.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+    let min_ready = d.at("/spec/minReadySeconds").cloned().unwrap_or(json!(0));
+    if rs.at("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
         rs["spec"]["minReadySeconds"] = min_ready;
         changed = true;
     }
@@ -643,9 +632,9 @@ fn sync_new_rs(d: &Value, rs: &mut Value, next_revision: i64) -> bool {
 /// revision to `next_revision`, keeping its earlier revision in revision-history. True when
 /// something changed.
 fn set_new_rs_annotations(d: &Value, rs: &mut Value, next_revision: i64) -> bool {
-    let before = rs.pointer("/metadata/annotations").cloned();
+    let before = rs.at("/metadata/annotations").cloned();
     let copied: Map<String, Value> = d
-        .pointer("/metadata/annotations")
+        .at("/metadata/annotations")
         .and_then(Value::as_object)
         .map(|a| {
             a.iter()
@@ -671,7 +660,7 @@ fn set_new_rs_annotations(d: &Value, rs: &mut Value, next_revision: i64) -> bool
             set_annotation(rs, REVISION_HISTORY, &history);
         }
     }
-    rs.pointer("/metadata/annotations").cloned() != before
+    rs.at("/metadata/annotations").cloned() != before
 }
 
 fn set_replicas_annotations(d: &Value, rs: &mut Value) {

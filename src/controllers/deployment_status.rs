@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::rollout::{desired_replicas, max_unavailable, status_count};
 use crate::apiserver::objects::name_of;
+use crate::json_path::JsonPath;
 
 /// What a reconcile did, for the Progressing condition.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub enum Step {
 pub fn is_complete(d: &Value, status: &Value) -> bool {
     let desired = desired_replicas(d);
     let generation = d
-        .pointer("/metadata/generation")
+        .at("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(0);
     status_count(&json!({"status": status}), "updatedReplicas") == desired
@@ -50,7 +51,7 @@ pub fn next_status(
     let desired = desired_replicas(d);
     let available = sum("availableReplicas");
     let mut status = json!({
-        "observedGeneration": d.pointer("/metadata/generation").cloned().unwrap_or(json!(0)),
+        "observedGeneration": d.at("/metadata/generation").cloned().unwrap_or(json!(0)),
         "replicas": sum("replicas"),
         "updatedReplicas": new.map(|rs| status_count(rs, "replicas")).unwrap_or(0),
         "readyReplicas": sum("readyReplicas"),
@@ -61,11 +62,11 @@ pub fn next_status(
     if let Some(fields) = status.as_object_mut() {
         fields.retain(|k, v| k == "observedGeneration" || v.as_i64() != Some(0));
     }
-    if let Some(count) = d.pointer("/status/collisionCount") {
+    if let Some(count) = d.at("/status/collisionCount") {
         status["collisionCount"] = count.clone();
     }
     let mut conditions: Vec<Value> = d
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -92,7 +93,7 @@ pub fn next_status(
             false,
         );
     }
-    let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
+    let paused = d.at("/spec/paused").and_then(Value::as_bool) == Some(true);
     let current = conditions
         .iter()
         .find(|c| c["type"] == "Progressing")
@@ -198,7 +199,7 @@ pub fn timed_out(d: &Value, progressing: Option<&Value>, now: jiff::Timestamp) -
         return false;
     }
     let deadline = d
-        .pointer("/spec/progressDeadlineSeconds")
+        .at("/spec/progressDeadlineSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(600);
     condition["lastUpdateTime"]

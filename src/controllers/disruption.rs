@@ -31,6 +31,7 @@ use super::queue::WorkQueue;
 use super::replicaset::is_ready;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{Objects, Part, name_of};
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 use crate::registry::poddisruptionbudget::{selects, set_disruption_allowed};
 
@@ -73,8 +74,8 @@ fn expected_and_desired(
     pods: &[Arc<Value>],
     scale_of: impl Fn(&Value) -> Option<(String, i64)>,
 ) -> Result<(i64, i64), String> {
-    let min_available = pdb.pointer("/spec/minAvailable");
-    let max_unavailable = pdb.pointer("/spec/maxUnavailable");
+    let min_available = pdb.at("/spec/minAvailable");
+    let max_unavailable = pdb.at("/spec/maxUnavailable");
     if let Some(Value::Number(n)) = min_available {
         return Ok((pods.len() as i64, n.as_i64().unwrap_or(0)));
     }
@@ -114,7 +115,7 @@ fn budget_status(
         status = json!({});
     }
     status["observedGeneration"] = stored
-        .pointer("/metadata/generation")
+        .at("/metadata/generation")
         .cloned()
         .unwrap_or(json!(0));
     let (expected, desired) = match counts {
@@ -208,10 +209,10 @@ impl DisruptionController {
             owner = parent;
         }
         let replicas = owner
-            .pointer("/spec/replicas")
+            .at("/spec/replicas")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        let uid = owner.pointer("/metadata/uid").and_then(Value::as_str)?;
+        let uid = owner.at("/metadata/uid").and_then(Value::as_str)?;
         Some((uid.to_string(), replicas))
     }
 }
@@ -261,7 +262,7 @@ impl Reconcile for DisruptionController {
         // Look again when the first recorded disruption expires.
         let expiry = written
             .as_ref()
-            .and_then(|b| b.pointer("/status/disruptedPods"))
+            .and_then(|b| b.at("/status/disruptedPods"))
             .and_then(Value::as_object)
             .into_iter()
             .flatten()

@@ -19,6 +19,7 @@ use super::{Action, Error, Reconcile};
 use crate::apiserver::bootstrap::DNS_MEMBERS_SLICE;
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -41,14 +42,14 @@ pub struct EndpointsController {
 
 fn name_of(object: &Value) -> &str {
     object
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// The Service's selector, if it has a non-empty one.
 fn selector(service: &Value) -> Option<BTreeMap<String, String>> {
-    let selector = string_map(service.pointer("/spec/selector"));
+    let selector = string_map(service.at("/spec/selector"));
     (!selector.is_empty()).then_some(selector)
 }
 
@@ -57,7 +58,7 @@ fn selects(service: &Value, pod_labels: &BTreeMap<String, String>) -> bool {
 }
 
 fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -69,7 +70,7 @@ fn target_port(service_port: &Value, pod: &Value) -> Option<i64> {
     match service_port.get("targetPort") {
         Some(Value::Number(n)) => n.as_i64(),
         Some(Value::String(name)) => pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -98,10 +99,10 @@ struct Address {
 
 /// What a Service selects now: one Address per pod with an IP.
 fn addresses(service: &Value, pods: &[Arc<Value>]) -> Vec<Address> {
-    let publish_not_ready = service.pointer("/spec/publishNotReadyAddresses") == Some(&json!(true));
+    let publish_not_ready = service.at("/spec/publishNotReadyAddresses") == Some(&json!(true));
     let service_name = name_of(service);
     let service_ports: Vec<Value> = service
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -109,8 +110,8 @@ fn addresses(service: &Value, pods: &[Arc<Value>]) -> Vec<Address> {
         .iter()
         .filter(|pod| !is_deleting(pod) && selects(service, &labels(pod)))
         .filter_map(|pod| {
-            let ip = pod.pointer("/status/podIP").and_then(Value::as_str).filter(|ip| !ip.is_empty())?;
-            let text = |p: &str| pod.pointer(p).and_then(Value::as_str).map(str::to_string);
+            let ip = pod.at("/status/podIP").and_then(Value::as_str).filter(|ip| !ip.is_empty())?;
+            let text = |p: &str| pod.at(p).and_then(Value::as_str).map(str::to_string);
             let hostname = text("/spec/hostname")
                 .filter(|_| text("/spec/subdomain").as_deref() == Some(service_name));
             let ports = service_ports
@@ -216,7 +217,7 @@ fn slice_body(addresses: &[Address], service: &Value) -> (Vec<Value>, Vec<Value>
     };
     let ports = addresses.first().map(|a| a.ports.iter().map(named).collect()).unwrap_or_else(|| {
         service
-            .pointer("/spec/ports")
+            .at("/spec/ports")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -265,7 +266,7 @@ impl EndpointsController {
             let mut next = desired.clone();
             next["metadata"] = current["metadata"].clone();
             for field in ["labels", "ownerReferences"] {
-                if let Some(v) = desired.pointer(&format!("/metadata/{field}")) {
+                if let Some(v) = desired.at(&format!("/metadata/{field}")) {
                     next["metadata"][field] = v.clone();
                 }
             }
@@ -324,7 +325,7 @@ impl EndpointsController {
         }
         let keep = |endpoint: &Value| {
             endpoint
-                .pointer("/addresses/0")
+                .at("/addresses/0")
                 .and_then(Value::as_str)
                 .is_some_and(|ip| hosts.iter().any(|h| h == ip))
         };

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::apiserver::objects::{DeleteOptions, ListOptions, Objects, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -29,7 +30,7 @@ fn last_seen(event: &Value) -> Option<jiff::Timestamp> {
         "/metadata/creationTimestamp",
     ]
     .iter()
-    .filter_map(|p| event.pointer(p).and_then(Value::as_str))
+    .filter_map(|p| event.at(p).and_then(Value::as_str))
     .find_map(|t| t.parse::<jiff::Timestamp>().ok())
 }
 
@@ -70,7 +71,7 @@ async fn sweep(
         }
         let meta = |f: &str| {
             event
-                .pointer(&format!("/metadata/{f}"))
+                .at(&format!("/metadata/{f}"))
                 .and_then(Value::as_str)
                 .unwrap_or("")
         };

@@ -17,6 +17,7 @@ use super::pod_affinity::{self, InterPodAffinity, NamespaceLabels, PlacedGroup, 
 use super::topology_spread::{self, TopologySpread};
 use super::volume_fit::volumes_allow;
 use crate::apiserver::objects::name_of;
+use crate::json_path::JsonPath;
 use crate::registry::quantity;
 
 /// The taint a not-Ready node carries (the node lifecycle controller's).
@@ -36,7 +37,7 @@ pub struct Resources {
 }
 
 fn quantity_at(value: &Value, pointer: &str) -> Option<f64> {
-    value.pointer(pointer).and_then(|q| match q {
+    value.at(pointer).and_then(|q| match q {
         Value::String(s) => quantity::parse(s),
         Value::Number(n) => n.as_f64(),
         _ => None,
@@ -59,7 +60,7 @@ pub fn pod_requests(pod: &Value, non_zero: bool) -> Resources {
         }
     };
     let list = |field: &str| {
-        pod.pointer(&format!("/spec/{field}"))
+        pod.at(&format!("/spec/{field}"))
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or(&[])
@@ -82,7 +83,7 @@ pub fn pod_requests(pod: &Value, non_zero: bool) -> Resources {
 pub fn host_ports(pod: &Value) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for c in pod
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -106,7 +107,7 @@ pub fn host_ports(pod: &Value) -> Vec<(String, i64)> {
 /// The node's taints, plus the not-ready taint a not-Ready node would carry.
 pub fn node_taints(node: &Value) -> Vec<Value> {
     let mut taints: Vec<Value> = node
-        .pointer("/spec/taints")
+        .at("/spec/taints")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -141,7 +142,7 @@ pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
 /// The first NoSchedule/NoExecute taint of `taints` that `pod` does not tolerate.
 pub fn untolerated_taint<'a>(pod: &Value, taints: &'a [Value]) -> Option<&'a Value> {
     let tolerations = pod
-        .pointer("/spec/tolerations")
+        .at("/spec/tolerations")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
@@ -225,7 +226,7 @@ fn matches_node_labels(
     node_name: &str,
     node_labels: &BTreeMap<String, String>,
 ) -> bool {
-    let selector_ok = match pod.pointer("/spec/nodeSelector").and_then(Value::as_object) {
+    let selector_ok = match pod.at("/spec/nodeSelector").and_then(Value::as_object) {
         Some(selector) => selector
             .iter()
             // Non-string values are ignored, as the map form of the selector drops them.
@@ -240,7 +241,7 @@ fn matches_node_labels(
     }
     let required = "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
     match pod
-        .pointer(&format!("{required}/nodeSelectorTerms"))
+        .at(&format!("{required}/nodeSelectorTerms"))
         .and_then(Value::as_array)
     {
         Some(terms) => terms
@@ -256,7 +257,7 @@ fn preferred_affinity_weight(
     node_name: &str,
     node_labels: &BTreeMap<String, String>,
 ) -> i64 {
-    pod.pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+    pod.at("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -306,7 +307,7 @@ impl PodRules {
     /// Whether a cycle for `pod` needs them: it has pod (anti-)affinity or spread
     /// constraints, or some placed pod has pod (anti-)affinity (which may concern it).
     pub fn needed(pod: &Value, placed_with_affinity: bool) -> bool {
-        let spec = |p: &str| pod.pointer(p).is_some_and(|v| !v.is_null());
+        let spec = |p: &str| pod.at(p).is_some_and(|v| !v.is_null());
         placed_with_affinity
             || spec("/spec/affinity/podAffinity")
             || spec("/spec/affinity/podAntiAffinity")
@@ -406,7 +407,7 @@ impl NodeFacts {
         NodeFacts {
             labels: labels(node),
             taints: node_taints(node),
-            unschedulable: node.pointer("/spec/unschedulable") == Some(&json!(true)),
+            unschedulable: node.at("/spec/unschedulable") == Some(&json!(true)),
             allocatable: Resources {
                 cpu: quantity_at(node, "/status/allocatable/cpu").unwrap_or(0.0),
                 memory: quantity_at(node, "/status/allocatable/memory").unwrap_or(0.0),
@@ -454,7 +455,7 @@ impl NodeInfo {
             return vec!["node(s) were unschedulable".into()];
         }
         let wanted = pod
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .unwrap_or("");
         if !wanted.is_empty() && wanted != name_of(node) {

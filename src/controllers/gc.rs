@@ -28,6 +28,7 @@ use crate::apiserver::objects::{
     name_of,
 };
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind};
 
 /// How often an owner waiting for its dependents looks again without news.
@@ -126,9 +127,7 @@ impl GarbageCollector {
     /// An object with owner references: delete it when all owners are gone, or drop the
     /// references to the ones that are.
     async fn check_owners(&self, index: usize, object: &Value) -> Result<(), Error> {
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
+        let namespace = object.at("/metadata/namespace").and_then(Value::as_str);
         let references = owner_references(object).to_vec();
         let mut absent = Vec::new();
         let mut known = 0;
@@ -206,9 +205,7 @@ impl GarbageCollector {
         let uid = uid_of(owner);
         for (index, dependent) in self.dependents(uid) {
             let (namespace, name) = (
-                dependent
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str),
+                dependent.at("/metadata/namespace").and_then(Value::as_str),
                 name_of(&dependent),
             );
             super::ownership::release(&self.objects, self.kinds[index], namespace, name, uid)
@@ -238,9 +235,7 @@ impl GarbageCollector {
             };
             let scope = Scope::new(
                 self.kinds[index],
-                dependent
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str),
+                dependent.at("/metadata/namespace").and_then(Value::as_str),
             );
             match self
                 .objects
@@ -279,7 +274,7 @@ impl GarbageCollector {
                 }
             }
         };
-        let namespace = owner.pointer("/metadata/namespace").and_then(Value::as_str);
+        let namespace = owner.at("/metadata/namespace").and_then(Value::as_str);
         let kind = self.kinds[index];
         modify(
             &self.objects,

@@ -28,6 +28,7 @@ use super::Error;
 use super::ownership::controller_uid;
 use crate::apiserver::objects::{ListOptions, Objects, Scope};
 use crate::apiserver::store::{decode, list_prefix};
+use crate::json_path::JsonPath;
 use crate::registry::{Kind, KindInfo};
 
 /// How often every cached object is handed to the handlers again (client-go's resync).
@@ -44,7 +45,7 @@ pub type Handler = Arc<dyn Fn(Option<&Value>, Option<&Value>) + Send + Sync>;
 pub fn object_key(object: &Value) -> String {
     let meta = |f: &str| {
         object
-            .pointer(&format!("/metadata/{f}"))
+            .at(&format!("/metadata/{f}"))
             .and_then(Value::as_str)
             .unwrap_or("")
     };
@@ -64,7 +65,7 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
 
 pub fn uid_of(object: &Value) -> &str {
     object
-        .pointer("/metadata/uid")
+        .at("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
@@ -397,7 +398,7 @@ impl Informer {
 
 fn rv(object: &Value) -> Option<&str> {
     object
-        .pointer("/metadata/resourceVersion")
+        .at("/metadata/resourceVersion")
         .and_then(Value::as_str)
 }
 

@@ -16,6 +16,7 @@ use super::service_lb::{ingress_ips, ready_node_ips, set_load_balancer_ingress};
 use super::{Action, Error, Reconcile};
 use crate::apiserver::objects::Objects;
 use crate::ingress::class::{Classes, ROLE_NODE_LABEL};
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub struct Kinds {
@@ -37,7 +38,7 @@ fn ingress_node_ips(nodes: &[Arc<Value>]) -> Vec<Ipv4Addr> {
     let serving: Vec<Arc<Value>> = nodes
         .iter()
         .filter(|n| {
-            n.pointer("/metadata/labels")
+            n.at("/metadata/labels")
                 .and_then(|l| l.get(ROLE_NODE_LABEL))
                 .and_then(Value::as_str)
                 == Some("true")

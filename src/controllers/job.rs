@@ -37,6 +37,7 @@ use super::workloads::{controlled_by, live, write_status};
 use super::{Action, Error, Reconcile};
 use crate::apiserver::objects::{DeleteOptions, Objects, Scope, name_of, now_rfc3339};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 /// Kubernetes' DefaultJobPodFailureBackOff and MaxJobPodFailureBackOff.
@@ -56,7 +57,7 @@ pub struct Counts {
 }
 
 fn phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase")
+    pod.at("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("Pending")
 }
@@ -75,7 +76,7 @@ pub fn count(pods: &[Arc<Value>], on_failure: bool) -> Counts {
         }
         if on_failure {
             c.failed += pod
-                .pointer("/status/containerStatuses")
+                .at("/status/containerStatuses")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -102,7 +103,7 @@ pub enum Outcome {
 
 /// Step 2: the decision from the spec, the counts and how long the Job has been active.
 pub fn outcome(job: &Value, counts: Counts, active_for: Duration) -> Outcome {
-    let spec = |f: &str| job.pointer(&format!("/spec/{f}")).and_then(Value::as_i64);
+    let spec = |f: &str| job.at(&format!("/spec/{f}")).and_then(Value::as_i64);
     let completions = spec("completions");
     let parallelism = spec("parallelism").unwrap_or(1).max(0);
     let done = match completions {
@@ -145,7 +146,7 @@ pub fn failure_backoff(base: Duration, failures: i64) -> Duration {
 }
 
 fn condition_true(job: &Value, kind: &str) -> bool {
-    job.pointer("/status/conditions")
+    job.at("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -158,7 +159,7 @@ pub fn is_finished(job: &Value) -> bool {
 
 fn timestamp(value: &Value, pointer: &str) -> Option<jiff::Timestamp> {
     value
-        .pointer(pointer)
+        .at(pointer)
         .and_then(Value::as_str)
         .and_then(|t| t.parse().ok())
 }
@@ -166,7 +167,7 @@ fn timestamp(value: &Value, pointer: &str) -> Option<jiff::Timestamp> {
 /// When a finished Job finished: completionTime, or its Failed condition's transition.
 fn finished_at(job: &Value) -> Option<jiff::Timestamp> {
     timestamp(job, "/status/completionTime").or_else(|| {
-        job.pointer("/status/conditions")
+        job.at("/status/conditions")
             .and_then(Value::as_array)?
             .iter()
             .find(|c| c.get("type") == Some(&json!("Failed")))
@@ -244,10 +245,7 @@ impl JobController {
         key: &str,
         count: i64,
     ) -> Result<(), Error> {
-        let template = job
-            .pointer("/spec/template")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let template = job.at("/spec/template").cloned().unwrap_or(Value::Null);
         let mut pod = pod_from_template(job, self.job_kind.info(), &template)?;
         pod["metadata"]["generateName"] = json!(format!("{}-", name_of(job)));
         let scope = Scope::new(self.pod_kind, Some(namespace));
@@ -265,7 +263,7 @@ impl JobController {
     /// Step 4: deletes a finished Job whose TTL ran out, or says when to look again.
     async fn expire(&self, job: &Value, namespace: &str) -> Result<Action, Error> {
         let Some(ttl) = job
-            .pointer("/spec/ttlSecondsAfterFinished")
+            .at("/spec/ttlSecondsAfterFinished")
             .and_then(Value::as_i64)
         else {
             return Ok(Action::Done);
@@ -388,8 +386,7 @@ impl Reconcile for JobController {
         };
         let namespace = namespace.as_str();
         let pods = controlled_by(&self.pods, &job);
-        let on_failure =
-            job.pointer("/spec/template/spec/restartPolicy") == Some(&json!("OnFailure"));
+        let on_failure = job.at("/spec/template/spec/restartPolicy") == Some(&json!("OnFailure"));
         let counts = count(&pods, on_failure);
         let active: Vec<Arc<Value>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
         if is_finished(&job) {
@@ -398,7 +395,7 @@ impl Reconcile for JobController {
             return self.expire(&job, namespace).await;
         }
         let start = job
-            .pointer("/status/startTime")
+            .at("/status/startTime")
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(now_rfc3339);
@@ -441,7 +438,7 @@ impl Reconcile for JobController {
         self.update_status(&job, counts, &start, &decision).await?;
         if let (Action::Done, Outcome::Run { .. }) = (next, &decision)
             && let Some(deadline) = job
-                .pointer("/spec/activeDeadlineSeconds")
+                .at("/spec/activeDeadlineSeconds")
                 .and_then(Value::as_u64)
         {
             let left =

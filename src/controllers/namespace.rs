@@ -14,6 +14,7 @@ use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, ListOptions, Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind};
 
 /// How often a terminating namespace is looked at while content with finalizers remains.
@@ -62,7 +63,7 @@ impl NamespaceController {
             remaining += items.len();
             for item in items.iter().filter(|i| !is_deleting(i)) {
                 let name = item
-                    .pointer("/metadata/name")
+                    .at("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 match self.objects.delete(scope, name, &options).await {

@@ -19,6 +19,7 @@ use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 use crate::registry::pod::UNREACHABLE_TAINT;
 
@@ -56,7 +57,7 @@ fn seconds(text: Option<&str>) -> Option<i64> {
 
 /// Whether the pod tolerates the unreachable NoExecute taint, and for how long (None: forever).
 fn toleration_of_unreachable(pod: &Value) -> Option<Option<i64>> {
-    pod.pointer("/spec/tolerations")
+    pod.at("/spec/tolerations")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -87,7 +88,7 @@ fn unreachable_taints(now: &str) -> Value {
 }
 
 fn taint_added_at(node: &Value) -> Option<i64> {
-    node.pointer("/spec/taints")
+    node.at("/spec/taints")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -112,9 +113,8 @@ impl NodeLifecycleController {
         let lease_queue = queue.clone();
         leases.add_handler(Arc::new(move |old, new| {
             for lease in [old, new].into_iter().flatten() {
-                if lease.pointer("/metadata/namespace").and_then(Value::as_str)
-                    == Some(LEASE_NAMESPACE)
-                    && let Some(name) = lease.pointer("/metadata/name").and_then(Value::as_str)
+                if lease.at("/metadata/namespace").and_then(Value::as_str) == Some(LEASE_NAMESPACE)
+                    && let Some(name) = lease.at("/metadata/name").and_then(Value::as_str)
                 {
                     lease_queue.add(name.to_string());
                 }
@@ -214,9 +214,7 @@ impl NodeLifecycleController {
     async fn evict(&self, node: &str, tainted_at: i64, now: i64) -> Result<Option<i64>, Error> {
         let mut next: Option<i64> = None;
         for pod in self.pods.list() {
-            if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
-                || is_deleting(&pod)
-            {
+            if pod.at("/spec/nodeName").and_then(Value::as_str) != Some(node) || is_deleting(&pod) {
                 continue;
             }
             let Some(at) = eviction_time(&pod, tainted_at) else {
@@ -226,7 +224,7 @@ impl NodeLifecycleController {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 continue;
             }
-            let text = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or("");
+            let text = |p: &str| pod.at(p).and_then(Value::as_str).unwrap_or("");
             tracing::info!(
                 node,
                 pod = text("/metadata/name"),
@@ -259,8 +257,7 @@ impl Reconcile for NodeLifecycleController {
             return Ok(Action::Done);
         };
         let now = jiff::Timestamp::now();
-        let renewed =
-            seconds(lease.pointer("/spec/renewTime").and_then(Value::as_str)).unwrap_or(0);
+        let renewed = seconds(lease.at("/spec/renewTime").and_then(Value::as_str)).unwrap_or(0);
         let stale = now.as_second() - renewed > self.grace.as_secs() as i64;
         let tainted_at = taint_added_at(&node);
         match (stale, tainted_at) {

@@ -14,11 +14,12 @@ use super::informer::{Handler, Informer, object_key};
 use super::queue::WorkQueue;
 use super::{Error, modify};
 use crate::apiserver::objects::{Objects, Part, name_of};
+use crate::json_path::JsonPath;
 use crate::registry::{Kind, KindInfo, pod_template};
 
 pub fn owner_references(object: &Value) -> &[Value] {
     object
-        .pointer("/metadata/ownerReferences")
+        .at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[])
@@ -59,7 +60,7 @@ pub fn controller_reference(owner: &Value, info: &KindInfo) -> Value {
 }
 
 pub fn labels(object: &Value) -> BTreeMap<String, String> {
-    string_map(object.pointer("/metadata/labels"))
+    string_map(object.at("/metadata/labels"))
 }
 
 pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
@@ -121,7 +122,7 @@ pub fn enqueue_selecting(
     Arc::new(move |old, new| {
         for object in [old, new].into_iter().flatten() {
             let namespace = object
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let object_labels = labels(object);
@@ -140,7 +141,7 @@ pub fn enqueue_controller(queue: Arc<WorkQueue>, owners: Arc<Informer>) -> Handl
     Arc::new(move |old, new| {
         for dependent in [old, new].into_iter().flatten() {
             let namespace = dependent
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if controller_ref(dependent).is_some() {
@@ -151,7 +152,7 @@ pub fn enqueue_controller(queue: Arc<WorkQueue>, owners: Arc<Informer>) -> Handl
             }
             let dependent_labels = labels(dependent);
             for owner in owners.list_namespace(namespace) {
-                if selector_matches(owner.pointer("/spec/selector"), &dependent_labels) {
+                if selector_matches(owner.at("/spec/selector"), &dependent_labels) {
                     queue.add(object_key(&owner));
                 }
             }
@@ -160,7 +161,7 @@ pub fn enqueue_controller(queue: Arc<WorkQueue>, owners: Arc<Informer>) -> Handl
 }
 
 pub fn is_deleting(object: &Value) -> bool {
-    object.pointer("/metadata/deletionTimestamp").is_some()
+    object.at("/metadata/deletionTimestamp").is_some()
 }
 
 /// Makes `owner` the controller of the object `name` (of `kind`, in `namespace`), unless in
@@ -270,6 +271,6 @@ mod tests {
         assert_eq!(controller_uid(&pod), None);
         assert_eq!(owner_references(&pod).len(), 1);
         remove_reference(&mut pod, "u0");
-        assert!(pod.pointer("/metadata/ownerReferences").is_none());
+        assert!(pod.at("/metadata/ownerReferences").is_none());
     }
 }

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use super::ownership::{labels, string_map};
 use crate::apiserver::objects::strings_at;
+use crate::json_path::JsonPath;
 use crate::registry::pod_template;
 
 pub const AFFINITY_NOT_MATCHED: &str = "node(s) didn't match pod affinity rules";
@@ -126,10 +127,10 @@ pub struct AffinityTerms {
 impl AffinityTerms {
     /// None when the pod has no pod (anti-)affinity at all.
     fn of(pod: &Value, namespace: &str, pod_labels: &BTreeMap<String, String>) -> Option<Self> {
-        let affinity = pod.pointer("/spec/affinity")?;
+        let affinity = pod.at("/spec/affinity")?;
         let list = |path: &str| {
             affinity
-                .pointer(path)
+                .at(path)
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or(&[])
@@ -188,7 +189,7 @@ pub struct PlacedPod {
 impl PlacedPod {
     pub fn of(pod: &Value) -> Self {
         let namespace = pod
-            .pointer("/metadata/namespace")
+            .at("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
@@ -197,14 +198,14 @@ impl PlacedPod {
         let terms_source = match &terms {
             None => String::new(),
             Some(_) => {
-                let affinity = pod.pointer("/spec/affinity");
+                let affinity = pod.at("/spec/affinity");
                 let part = |name: &str| affinity.and_then(|a| a.get(name)).unwrap_or(&Value::Null);
                 format!("{}{}", part("podAffinity"), part("podAntiAffinity"))
             }
         };
         PlacedPod {
             terms,
-            terminating: pod.pointer("/metadata/deletionTimestamp").is_some(),
+            terminating: pod.at("/metadata/deletionTimestamp").is_some(),
             namespace,
             labels,
             terms_source,
@@ -350,7 +351,9 @@ impl InterPodAffinity {
                     continue;
                 };
                 for (tally, key, weight) in &tallies {
-                    state.domains(*tally).count(labels.borrow(), key, weight * pods);
+                    state
+                        .domains(*tally)
+                        .count(labels.borrow(), key, weight * pods);
                 }
             }
         }
@@ -497,7 +500,7 @@ impl InterPodAffinity {
 
 /// Labels of a namespace object (for the scheduler's namespace lookup).
 pub fn namespace_labels_of(namespace: Option<&Value>) -> BTreeMap<String, String> {
-    string_map(namespace.and_then(|n| n.pointer("/metadata/labels")))
+    string_map(namespace.and_then(|n| n.at("/metadata/labels")))
 }
 
 #[cfg(test)]
@@ -537,7 +540,10 @@ mod tests {
         let web = json!({"matchLabels": {"app": "web"}});
         let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             [term("kubernetes.io/hostname", web)]}});
-        let placed = vec![PlacedGroup::one(0, pod("default", json!({"app": "web"}), anti.clone()))];
+        let placed = vec![PlacedGroup::one(
+            0,
+            pod("default", json!({"app": "web"}), anti.clone()),
+        )];
         let n = nodes();
         let incoming = pod("default", json!({"app": "web"}), anti);
         let state = InterPodAffinity::new(incoming, &n, &placed, &no_labels).expect("terms");
@@ -561,7 +567,10 @@ mod tests {
         let n = nodes();
         let affinity = json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
             [term("topology.kubernetes.io/zone", json!({"matchLabels": {"app": "db"}}))]}});
-        let placed = vec![PlacedGroup::one(2, pod("default", json!({"app": "db"}), json!({})))];
+        let placed = vec![PlacedGroup::one(
+            2,
+            pod("default", json!({"app": "db"}), json!({})),
+        )];
         let incoming = pod("default", json!({"app": "web"}), affinity.clone());
         let state =
             InterPodAffinity::new(incoming.clone(), &n, &placed, &no_labels).expect("terms");
@@ -587,7 +596,10 @@ mod tests {
             [{"weight": 50, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone",
                 "labelSelector": {"matchLabels": {"app": "cache"}},
                 "namespaceSelector": {"matchLabels": {"team": "a"}}}}]}});
-        let placed = vec![PlacedGroup::one(0, pod("cache-ns", json!({"app": "cache"}), json!({})))];
+        let placed = vec![PlacedGroup::one(
+            0,
+            pod("cache-ns", json!({"app": "cache"}), json!({})),
+        )];
         let incoming = pod("default", json!({}), preferred);
         let team = |ns: &str| {
             if ns == "cache-ns" {

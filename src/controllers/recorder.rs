@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::informer::uid_of;
 use crate::apiserver::objects::{DeleteOptions, Objects, Scope, name_of, now_rfc3339};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind};
 
 /// Normal or Warning, as Kubernetes' event types.
@@ -43,7 +44,7 @@ impl Recorder {
         };
         let event = event_for(involved, kind, reason, message, self.component);
         let namespace = involved
-            .pointer("/metadata/namespace")
+            .at("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or("default");
         let scope = Scope::new(events, Some(namespace));
@@ -65,9 +66,7 @@ impl Recorder {
         propagation: Option<&str>,
         message: &str,
     ) -> Result<(), ApiError> {
-        let namespace = dependent
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
+        let namespace = dependent.at("/metadata/namespace").and_then(Value::as_str);
         let options = DeleteOptions {
             uid: Some(uid_of(dependent).to_string()),
             propagation_policy: propagation.map(str::to_string),
@@ -98,7 +97,7 @@ pub fn event_for(
     message: &str,
     component: &str,
 ) -> Value {
-    let text = |p: &str| involved.pointer(p).cloned().unwrap_or(Value::Null);
+    let text = |p: &str| involved.at(p).cloned().unwrap_or(Value::Null);
     let now = now_rfc3339();
     let nanos = jiff::Timestamp::now().as_nanosecond();
     json!({

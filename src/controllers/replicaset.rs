@@ -27,6 +27,7 @@ use super::templates;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, name_of};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 /// At most this many pods are created or deleted by one reconcile (Kubernetes' burstReplicas).
@@ -74,7 +75,7 @@ impl ReplicaSetController {
 
     /// The selector as a LabelSelector: a ReplicationController's map is its matchLabels.
     fn selector_of(&self, rs: &Value) -> Option<Value> {
-        let selector = rs.pointer("/spec/selector")?;
+        let selector = rs.at("/spec/selector")?;
         if self.rs_kind.info().kind == "ReplicationController" {
             return Some(json!({"matchLabels": selector}));
         }
@@ -90,7 +91,7 @@ impl ReplicaSetController {
         let selector = self.selector_of(rs);
         let selector = parse_selector(selector.as_ref());
         let in_namespace = |pod: &Arc<Value>| {
-            pod.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+            pod.at("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
         };
         let mut candidates = self.pods.list_controlled_by(rs_uid);
         candidates.retain(in_namespace);
@@ -196,10 +197,10 @@ impl ReplicaSetController {
         active: &[Arc<Value>],
     ) -> Result<(), Error> {
         let min_ready = rs
-            .pointer("/spec/minReadySeconds")
+            .at("/spec/minReadySeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let template_labels = string_map(rs.pointer("/spec/template/metadata/labels"));
+        let template_labels = string_map(rs.at("/spec/template/metadata/labels"));
         let now = jiff::Timestamp::now();
         let fully_labeled = active
             .iter()
@@ -231,7 +232,7 @@ impl ReplicaSetController {
                 fields.insert(field.into(), json!(count));
             }
         }
-        if let Some(generation) = rs.pointer("/metadata/generation") {
+        if let Some(generation) = rs.at("/metadata/generation") {
             fields.insert("observedGeneration".into(), generation.clone());
         }
         if rs.get("status") == Some(&status) {
@@ -275,10 +276,7 @@ impl Reconcile for ReplicaSetController {
                 self.pods.get_by_uid(uid).is_some_and(|p| !is_deleting(&p))
             });
         let active = self.claim_pods(&rs, namespace).await?;
-        let want = rs
-            .pointer("/spec/replicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(1) as usize;
+        let want = rs.at("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
         if satisfied && !is_deleting(&rs) {
             self.manage(key, &rs, namespace, &active, want).await?;
         }
@@ -288,7 +286,7 @@ impl Reconcile for ReplicaSetController {
         }
         // Pods become available minReadySeconds after turning ready: look again then.
         let min_ready = rs
-            .pointer("/spec/minReadySeconds")
+            .at("/spec/minReadySeconds")
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let now = jiff::Timestamp::now();
@@ -312,7 +310,7 @@ pub fn concerns_replicaset(old: Option<&Value>, new: Option<&Value>) -> bool {
     let (Some(old), Some(new)) = (old, new) else {
         return true;
     };
-    let unchanged = |p: &str| old.pointer(p) == new.pointer(p);
+    let unchanged = |p: &str| old.at(p) == new.at(p);
     if unchanged("/metadata/resourceVersion") {
         return true;
     }
@@ -330,14 +328,14 @@ pub fn concerns_replicaset(old: Option<&Value>, new: Option<&Value>) -> bool {
 
 /// A new pod for `rs`: the template's metadata and spec, named `<rs>-<random>`, controlled by it.
 fn pod_from_template(rs: &Value, rs_info: &crate::registry::KindInfo) -> Result<Value, Error> {
-    let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    let template = rs.at("/spec/template").cloned().unwrap_or(Value::Null);
     let mut pod = templates::pod_from_template(rs, rs_info, &template)?;
     pod["metadata"]["generateName"] = json!(format!("{}-", name_of(rs)));
     Ok(pod)
 }
 
 fn phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase")
+    pod.at("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("Pending")
 }
@@ -348,7 +346,7 @@ pub fn is_active(pod: &Value) -> bool {
 }
 
 fn ready_condition(pod: &Value) -> Option<&Value> {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
@@ -383,7 +381,7 @@ pub fn pods_to_delete(pods: &[Arc<Value>], count: usize) -> Vec<Arc<Value>> {
     let mut ranked: Vec<&Arc<Value>> = pods.iter().collect();
     ranked.sort_by_key(|p| {
         let scheduled = p
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty());
         let phase_rank = match phase(p) {
@@ -393,7 +391,7 @@ pub fn pods_to_delete(pods: &[Arc<Value>], count: usize) -> Vec<Arc<Value>> {
             _ => 3,
         };
         let created = p
-            .pointer("/metadata/creationTimestamp")
+            .at("/metadata/creationTimestamp")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();

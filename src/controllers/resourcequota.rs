@@ -20,6 +20,7 @@ use super::{Action, Error, Reconcile};
 use crate::apiserver::admission::quota::{recount, with_status};
 use crate::apiserver::objects::{Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 /// Kinds without an informer here (Secrets, `count/<anything>`) are recounted this often.
@@ -42,7 +43,7 @@ fn enqueue_namespace_quotas(queue: Arc<WorkQueue>, quotas: Arc<Informer>) -> Han
     Arc::new(move |old, new| {
         let namespace = new
             .or(old)
-            .and_then(|o| o.pointer("/metadata/namespace"))
+            .and_then(|o| o.at("/metadata/namespace"))
             .and_then(Value::as_str);
         if let Some(namespace) = namespace {
             for quota in quotas.list_namespace(namespace) {
@@ -97,7 +98,7 @@ impl Reconcile for ResourceQuotaController {
         }
         // Guarded by the revision the count started from (see the module comment).
         let read_at = quota
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .cloned()
             .unwrap_or(Value::Null);
         let status = counted.get("status").cloned().unwrap_or(Value::Null);

@@ -2,6 +2,7 @@
 //! Kubernetes' deployment/util): the pod-template-hash, maxSurge/maxUnavailable resolution,
 //! how far the new ReplicaSet may grow and how far the old ones may shrink.
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 /// The label that ties a ReplicaSet and its pods to one template of a Deployment.
@@ -252,14 +253,12 @@ fn proportion(
 // Reading a Deployment or ReplicaSet given as JSON, with the API defaults for absent fields.
 
 pub fn replicas_of(rs: &Value) -> i64 {
-    rs.pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
+    rs.at("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
 }
 
 pub fn status_count(object: &Value, field: &str) -> i64 {
     object
-        .pointer(&format!("/status/{field}"))
+        .at(&format!("/status/{field}"))
         .and_then(Value::as_i64)
         .unwrap_or(0)
 }
@@ -272,15 +271,13 @@ pub fn counts_of(rs: &Value) -> Counts {
 }
 
 pub fn desired_replicas(d: &Value) -> i64 {
-    d.pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
+    d.at("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
 }
 
 pub fn rolling_fenceposts(d: &Value) -> (i64, i64) {
     fenceposts(
-        d.pointer("/spec/strategy/rollingUpdate/maxSurge"),
-        d.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+        d.at("/spec/strategy/rollingUpdate/maxSurge"),
+        d.at("/spec/strategy/rollingUpdate/maxUnavailable"),
         desired_replicas(d),
     )
 }
@@ -288,8 +285,7 @@ pub fn rolling_fenceposts(d: &Value) -> (i64, i64) {
 /// maxUnavailable as a count: 0 for Recreate or no replicas, never more than desired.
 pub fn max_unavailable(d: &Value) -> i64 {
     let desired = desired_replicas(d);
-    if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") || desired == 0
-    {
+    if d.at("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") || desired == 0 {
         return 0;
     }
     rolling_fenceposts(d).1.min(desired)

@@ -54,6 +54,7 @@ use super::volume_fit::VolumeInformers;
 use super::{Action, Error, Reconcile, modify, run_workers};
 use crate::apiserver::objects::{Objects, Part, Scope, WriteOptions, name_of};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -63,11 +64,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub fn is_ours_and_pending(pod: &Value) -> bool {
     let node = pod
-        .pointer("/spec/nodeName")
+        .at("/spec/nodeName")
         .and_then(Value::as_str)
         .unwrap_or("");
     let scheduler = pod
-        .pointer("/spec/schedulerName")
+        .at("/spec/schedulerName")
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_SCHEDULER);
     node.is_empty() && scheduler == DEFAULT_SCHEDULER && !is_deleting(pod) && is_active(pod)
@@ -140,7 +141,7 @@ impl Placement {
     /// Counts a pod the cache shows: on its node while bound and not finished.
     fn observe(&mut self, key: &str, pod: Option<&Value>) {
         let node = pod
-            .and_then(|p| p.pointer("/spec/nodeName"))
+            .and_then(|p| p.at("/spec/nodeName"))
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
         match (pod, node) {
@@ -199,7 +200,7 @@ impl Placement {
 /// Whether a bound pod still takes room on its node (finished pods do not).
 fn occupies(pod: &Value) -> bool {
     !matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.at("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
 }
@@ -250,7 +251,7 @@ impl Binder {
     /// was behind: `WriteOptions::cached`); whether it was written.
     async fn bind(&self, pod: &Arc<Value>, node: &str) -> bool {
         let key = object_key(pod);
-        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+        let namespace = pod.at("/metadata/namespace").and_then(Value::as_str);
         let info = self.pod_kind.info();
         let transform = move |current: &Value| {
             if !is_ours_and_pending(current) {
@@ -308,7 +309,7 @@ async fn record_scheduled(recorder: &Recorder, events: &Arc<Semaphore>, pod: &Va
     };
     let message = format!(
         "Successfully assigned {}/{} to {node}",
-        pod.pointer("/metadata/namespace")
+        pod.at("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or(""),
         name_of(pod)
@@ -388,7 +389,7 @@ impl Scheduler {
                 .collect();
             let mut nodes = self.nodes.list();
             nodes.sort_by(|a, b| name_of(a).cmp(name_of(b)));
-            let version = |n: &Value| n.pointer("/metadata/resourceVersion").cloned();
+            let version = |n: &Value| n.at("/metadata/resourceVersion").cloned();
             *cache = nodes
                 .into_iter()
                 .map(|node| {
@@ -449,7 +450,7 @@ impl Scheduler {
         waits_for_pods: bool,
     ) -> Result<Action, Error> {
         let current = pod
-            .pointer("/status/conditions")
+            .at("/status/conditions")
             .and_then(Value::as_array)
             .and_then(|c| {
                 c.iter()
@@ -471,7 +472,7 @@ impl Scheduler {
                 "lastTransitionTime": crate::apiserver::objects::now_rfc3339(),
             });
             let change = |p: &mut Value| set_condition(p, condition.clone());
-            let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+            let namespace = pod.at("/metadata/namespace").and_then(Value::as_str);
             modify(
                 &self.objects,
                 self.pod_kind,
@@ -562,14 +563,14 @@ fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handl
             _ => false,
         };
         let bound = |p: &Value| {
-            p.pointer("/spec/nodeName")
+            p.at("/spec/nodeName")
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty())
         };
         let arrived = new.is_some_and(|n| {
             bound(n)
                 && old.is_none_or(|o| {
-                    !bound(o) || o.pointer("/metadata/labels") != n.pointer("/metadata/labels")
+                    !bound(o) || o.at("/metadata/labels") != n.at("/metadata/labels")
                 })
         });
         placement
@@ -582,9 +583,8 @@ fn pod_handler(queue: Arc<WorkQueue>, placement: Arc<Mutex<Placement>>) -> Handl
             // Our own condition writes change only status: no need to look again for those.
             let spec_changed = old.is_none_or(|o| {
                 o.get("spec") != n.get("spec")
-                    || o.pointer("/metadata/labels") != n.pointer("/metadata/labels")
-                    || o.pointer("/metadata/resourceVersion")
-                        == n.pointer("/metadata/resourceVersion")
+                    || o.at("/metadata/labels") != n.at("/metadata/labels")
+                    || o.at("/metadata/resourceVersion") == n.at("/metadata/resourceVersion")
             });
             if spec_changed {
                 queue.add(key.clone());

@@ -23,6 +23,7 @@ use super::ownership::{enqueue_self, is_deleting};
 use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{Objects, Part};
+use crate::json_path::JsonPath;
 use crate::registry::{Kind, node};
 
 /// How long an exhausted pool waits before trying again.
@@ -102,13 +103,13 @@ pub struct ServiceLbController {
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The IPs in `status.loadBalancer.ingress` (a Service's or an Ingress's).
 pub(crate) fn ingress_ips(service: &Value) -> Vec<Ipv4Addr> {
     service
-        .pointer("/status/loadBalancer/ingress")
+        .at("/status/loadBalancer/ingress")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -127,7 +128,7 @@ fn key_of(service: &Value) -> String {
 /// Whether this controller gives `service` addresses.
 fn wants_addresses(service: &Value) -> bool {
     text(service, "/spec/type") == "LoadBalancer"
-        && service.pointer("/spec/loadBalancerClass").is_none()
+        && service.at("/spec/loadBalancerClass").is_none()
         && !is_deleting(service)
 }
 

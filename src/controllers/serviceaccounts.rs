@@ -18,6 +18,7 @@ use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{Objects, Part, Scope};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -43,10 +44,8 @@ pub struct ServiceAccountController {
 fn enqueue_namespace_of(queue: Arc<WorkQueue>, name: &'static str) -> super::informer::Handler {
     Arc::new(move |old, new| {
         for object in [old, new].into_iter().flatten() {
-            if object.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
-                && let Some(ns) = object
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
+            if object.at("/metadata/name").and_then(Value::as_str) == Some(name)
+                && let Some(ns) = object.at("/metadata/namespace").and_then(Value::as_str)
             {
                 queue.add(ns.to_string());
             }
@@ -56,10 +55,10 @@ fn enqueue_namespace_of(queue: Arc<WorkQueue>, name: &'static str) -> super::inf
 
 /// The CA certificate (PEM) inside cluster-info's kubeconfig.
 pub fn ca_from_cluster_info(cluster_info: &Value) -> Option<String> {
-    let kubeconfig = cluster_info.pointer("/data/kubeconfig")?.as_str()?;
+    let kubeconfig = cluster_info.at("/data/kubeconfig")?.as_str()?;
     let parsed: Value = serde_yaml_ng::from_str(kubeconfig).ok()?;
     let data = parsed
-        .pointer("/clusters/0/cluster/certificate-authority-data")?
+        .at("/clusters/0/cluster/certificate-authority-data")?
         .as_str()?;
     let pem = base64::engine::general_purpose::STANDARD
         .decode(data)

@@ -38,6 +38,7 @@ use super::workloads::{controlled_by, live, write_status};
 use super::{Action, Error, Reconcile};
 use crate::apiserver::objects::{Objects, Scope, name_of};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -66,7 +67,7 @@ pub fn claim_name(claim: &str, set: &str, ordinal: usize) -> String {
 }
 
 fn phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase")
+    pod.at("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("Pending")
 }
@@ -92,7 +93,7 @@ pub fn stateful_pod(
     set_label(&mut pod, POD_INDEX_LABEL, &ordinal.to_string());
     pod["spec"]["hostname"] = json!(name);
     if let Some(service) = set
-        .pointer("/spec/serviceName")
+        .at("/spec/serviceName")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
     {
@@ -114,7 +115,7 @@ pub fn stateful_pod(
 }
 
 fn claim_templates(set: &Value) -> &[Value] {
-    set.pointer("/spec/volumeClaimTemplates")
+    set.at("/spec/volumeClaimTemplates")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[])
@@ -167,14 +168,14 @@ impl StatefulSetController {
         ordinal: usize,
     ) -> Result<(), Error> {
         let selector_labels = set
-            .pointer("/spec/selector/matchLabels")
+            .at("/spec/selector/matchLabels")
             .cloned()
             .unwrap_or(json!({}));
         let scope = Scope::new(self.kinds.claims, Some(namespace));
         for template in claim_templates(set) {
             let name = claim_name(name_of(template), name_of(set), ordinal);
             let mut claim_labels = template
-                .pointer("/metadata/labels")
+                .at("/metadata/labels")
                 .cloned()
                 .unwrap_or(json!({}));
             if let (Some(l), Some(s)) = (claim_labels.as_object_mut(), selector_labels.as_object())
@@ -244,10 +245,10 @@ impl StatefulSetController {
     ) -> Result<Progress, Error> {
         let info = self.kinds.statefulsets.info();
         let replicas = set
-            .pointer("/spec/replicas")
+            .at("/spec/replicas")
             .and_then(Value::as_u64)
             .unwrap_or(1) as usize;
-        let parallel = set.pointer("/spec/podManagementPolicy") == Some(&json!("Parallel"));
+        let parallel = set.at("/spec/podManagementPolicy") == Some(&json!("Parallel"));
         let [(current, current_hash), (update, update_hash)] = templates;
         let mut waiting = false;
         for i in 0..replicas {
@@ -302,7 +303,7 @@ impl StatefulSetController {
         hashes: [&str; 2],
     ) -> Result<(), Error> {
         let replicas = set
-            .pointer("/spec/replicas")
+            .at("/spec/replicas")
             .and_then(Value::as_i64)
             .unwrap_or(1);
         let live: Vec<&Arc<Value>> = pods.values().filter(|p| !is_deleting(p)).collect();
@@ -330,7 +331,7 @@ impl StatefulSetController {
             "updateRevision": revisions[1],
             "collisionCount": 0,
         });
-        if let Some(generation) = set.pointer("/metadata/generation") {
+        if let Some(generation) = set.at("/metadata/generation") {
             status["observedGeneration"] = generation.clone();
         }
         write_status(&self.objects, self.kinds.statefulsets, set, status).await?;
@@ -355,7 +356,7 @@ impl Reconcile for StatefulSetController {
             cache: &self.revisions,
         };
         let current_name = set
-            .pointer("/status/currentRevision")
+            .at("/status/currentRevision")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
@@ -371,7 +372,7 @@ impl Reconcile for StatefulSetController {
             .unwrap_or_else(|| update.clone());
         let template_of = |r: &Value| {
             revision_template(r)
-                .or_else(|| set.pointer("/spec/template").cloned())
+                .or_else(|| set.at("/spec/template").cloned())
                 .unwrap_or(json!({}))
         };
         let (current_template, update_template) = (template_of(&current), template_of(&update));
@@ -385,12 +386,12 @@ impl Reconcile for StatefulSetController {
             .filter_map(|p| Some((ordinal(name, name_of(&p))?, p)))
             .collect();
         let rolling = set
-            .pointer("/spec/updateStrategy/type")
+            .at("/spec/updateStrategy/type")
             .and_then(Value::as_str)
             .unwrap_or("RollingUpdate")
             == "RollingUpdate";
         let partition = if rolling {
-            set.pointer("/spec/updateStrategy/rollingUpdate/partition")
+            set.at("/spec/updateStrategy/rollingUpdate/partition")
                 .and_then(Value::as_u64)
                 .unwrap_or(0) as usize
         } else {

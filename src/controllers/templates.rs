@@ -19,6 +19,7 @@ use super::rollout::template_hash;
 use super::{Error, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, name_of};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::{Kind, KindInfo};
 
 /// The label a StatefulSet's or DaemonSet's pod carries naming its revision.
@@ -32,7 +33,7 @@ const DEFAULT_HISTORY_LIMIT: usize = 10;
 pub fn pod_from_template(owner: &Value, info: &KindInfo, template: &Value) -> Result<Value, Error> {
     let mut meta = json!({"ownerReferences": [controller_reference(owner, info)]});
     for field in ["labels", "annotations", "finalizers"] {
-        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+        if let Some(v) = template.at(&format!("/metadata/{field}")) {
             meta[field] = v.clone();
         }
     }
@@ -49,7 +50,7 @@ pub fn pod_from_template(owner: &Value, info: &KindInfo, template: &Value) -> Re
 /// The store revision a write returned (its resourceVersion), for `Expectations::created`.
 pub fn written_revision(object: &Value) -> i64 {
     object
-        .pointer("/metadata/resourceVersion")
+        .at("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|rv| rv.parse().ok())
         .unwrap_or(0)
@@ -57,10 +58,7 @@ pub fn written_revision(object: &Value) -> i64 {
 
 /// Sets one label on an object.
 pub fn set_label(object: &mut Value, key: &str, value: &str) {
-    if !object
-        .pointer("/metadata/labels")
-        .is_some_and(Value::is_object)
-    {
+    if !object.at("/metadata/labels").is_some_and(Value::is_object) {
         object["metadata"]["labels"] = json!({});
     }
     object["metadata"]["labels"][key] = json!(value);
@@ -75,7 +73,7 @@ pub fn revision_number(revision: &Value) -> i64 {
 
 /// The pod template a revision records.
 pub fn revision_template(revision: &Value) -> Option<Value> {
-    let mut template = revision.pointer("/data/spec/template")?.clone();
+    let mut template = revision.at("/data/spec/template")?.clone();
     if let Some(t) = template.as_object_mut() {
         t.remove("$patch");
     }
@@ -84,14 +82,11 @@ pub fn revision_template(revision: &Value) -> Option<Value> {
 
 /// The revision object for `owner`'s current template.
 fn new_revision(owner: &Value, info: &KindInfo, hash: &str, number: i64) -> Value {
-    let template = owner
-        .pointer("/spec/template")
-        .cloned()
-        .unwrap_or(json!({}));
+    let template = owner.at("/spec/template").cloned().unwrap_or(json!({}));
     let mut patch_template = template.clone();
     patch_template["$patch"] = json!("replace");
     let mut labels = template
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .cloned()
         .unwrap_or_else(|| json!({}));
     labels[CR_HASH_LABEL] = json!(hash);
@@ -100,7 +95,7 @@ fn new_revision(owner: &Value, info: &KindInfo, hash: &str, number: i64) -> Valu
         "labels": labels,
         "ownerReferences": [controller_reference(owner, info)],
     });
-    if let Some(cause) = owner.pointer("/metadata/annotations/kubernetes.io~1change-cause") {
+    if let Some(cause) = owner.at("/metadata/annotations/kubernetes.io~1change-cause") {
         meta["annotations"] = json!({"kubernetes.io/change-cause": cause});
     }
     json!({
@@ -144,13 +139,10 @@ impl Revisions<'_> {
         namespace: &str,
         keep: &[&str],
     ) -> Result<Value, Error> {
-        let template = owner
-            .pointer("/spec/template")
-            .cloned()
-            .unwrap_or(json!({}));
+        let template = owner.at("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template, None);
         let history_limit = owner
-            .pointer("/spec/revisionHistoryLimit")
+            .at("/spec/revisionHistoryLimit")
             .and_then(Value::as_u64)
             .map_or(DEFAULT_HISTORY_LIMIT, |l| l as usize);
         let owned = self.owned(owner, namespace);
@@ -220,7 +212,7 @@ pub fn revision_pod(
 /// The hash part of a revision's name (`<owner>-<hash>`).
 pub fn revision_hash(revision: &Value) -> &str {
     revision
-        .pointer(&format!(
+        .at(&format!(
             "/metadata/labels/{}",
             CR_HASH_LABEL.replace('/', "~1")
         ))
@@ -250,7 +242,7 @@ mod tests {
             r["metadata"]["annotations"]["kubernetes.io/change-cause"],
             "v2"
         );
-        assert_eq!(revision_template(&r), ds.pointer("/spec/template").cloned());
+        assert_eq!(revision_template(&r), ds.at("/spec/template").cloned());
         let pod = revision_pod(&ds, info, &ds["spec"]["template"], "abc").expect("pod");
         assert_eq!(pod["metadata"]["labels"][REVISION_HASH_LABEL], "abc");
         assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "DaemonSet");

@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::fit::{matches_node_selection, node_taints, untolerated_taint};
 use super::pod_affinity::{PlacedGroup, PlacedPod, parse_selector, selects};
 use crate::apiserver::objects::strings_at;
+use crate::json_path::JsonPath;
 
 pub const SPREAD_NOT_MATCHED: &str = "node(s) didn't match pod topology spread constraints";
 pub const SPREAD_LABEL_MISSING: &str =
@@ -84,7 +85,7 @@ impl TopologySpread {
         placed: &[PlacedGroup],
     ) -> Option<Self> {
         let constraints: Vec<Constraint> = pod
-            .pointer("/spec/topologySpreadConstraints")
+            .at("/spec/topologySpreadConstraints")
             .and_then(Value::as_array)
             .filter(|c| !c.is_empty())?
             .iter()

@@ -23,6 +23,7 @@ use super::queue::WorkQueue;
 use super::{Action, Error, Reconcile, modify};
 use crate::apiserver::objects::{DeleteOptions, Objects, Part, Scope, str_at};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 use crate::registry::quantity;
 
@@ -68,14 +69,14 @@ fn claim_key(claim: &Value) -> String {
 
 /// Bytes a claim asks for, or a volume holds.
 fn storage(v: &Value, pointer: &str) -> f64 {
-    v.pointer(pointer)
+    v.at(pointer)
         .and_then(Value::as_str)
         .and_then(quantity::parse)
         .unwrap_or(0.0)
 }
 
 fn strings(v: &Value, pointer: &str) -> BTreeSet<String> {
-    v.pointer(pointer)
+    v.at(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -93,17 +94,17 @@ fn fits(volume: &Value, claim: &Value, class: &str) -> bool {
             || str_at(volume, "/spec/volumeMode") == str_at(claim, "/spec/volumeMode")
             || str_at(claim, "/spec/volumeMode").is_empty())
         && claim
-            .pointer("/spec/selector")
+            .at("/spec/selector")
             .is_none_or(|s| selector_matches(Some(s), &super::ownership::labels(volume)))
 }
 
 fn is_free(volume: &Value) -> bool {
-    volume.pointer("/spec/claimRef").is_none_or(Value::is_null) && !is_deleting(volume)
+    volume.at("/spec/claimRef").is_none_or(Value::is_null) && !is_deleting(volume)
 }
 
 /// Whether `volume`'s claimRef names `claim` (by uid when the ref has one).
 fn claimed_by(volume: &Value, claim: &Value) -> bool {
-    let reference = volume.pointer("/spec/claimRef");
+    let reference = volume.at("/spec/claimRef");
     reference.is_some_and(|r| {
         str_at(r, "/namespace") == str_at(claim, "/metadata/namespace")
             && str_at(r, "/name") == str_at(claim, "/metadata/name")
@@ -123,10 +124,7 @@ fn claim_ref(claim: &Value) -> Value {
 
 /// The class a claim uses: its own, or the default StorageClass when it names none.
 pub fn class_of(claim: &Value, classes: &Informer) -> String {
-    if let Some(class) = claim
-        .pointer("/spec/storageClassName")
-        .and_then(Value::as_str)
-    {
+    if let Some(class) = claim.at("/spec/storageClassName").and_then(Value::as_str) {
         return class.to_string();
     }
     let marker = format!(
@@ -188,7 +186,7 @@ impl VolumeBinder {
                     return;
                 }
                 for volume in pod
-                    .pointer("/spec/volumes")
+                    .at("/spec/volumes")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -225,7 +223,7 @@ impl VolumeBinder {
             .into_iter()
             .find_map(|pod| {
                 let uses = pod
-                    .pointer("/spec/volumes")
+                    .at("/spec/volumes")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -243,7 +241,7 @@ impl VolumeBinder {
             return Ok(Action::Done);
         }
         let class = class_of(&claim, &self.classes);
-        if claim.pointer("/spec/storageClassName").is_none() && !class.is_empty() {
+        if claim.at("/spec/storageClassName").is_none() && !class.is_empty() {
             // Retroactive default class; the next event binds it.
             self.update_claim(Part::Main, namespace, name, move |c| {
                 c["spec"]["storageClassName"] = json!(class.clone());
@@ -345,8 +343,8 @@ impl VolumeBinder {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "annotations": {PROVISIONED_BY: PROVISIONER}},
             "spec": {
-                "capacity": {"storage": claim.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
-                "accessModes": claim.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
+                "capacity": {"storage": claim.at("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
+                "accessModes": claim.at("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
                 "persistentVolumeReclaimPolicy": match str_at(class, "/reclaimPolicy") { "" => "Delete", p => p },
                 "storageClassName": str_at(class, "/metadata/name"),
                 "volumeMode": "Filesystem",
@@ -416,14 +414,8 @@ impl VolumeBinder {
             .await?;
         }
         if str_at(claim, "/status/phase") != "Bound" {
-            let capacity = volume
-                .pointer("/spec/capacity")
-                .cloned()
-                .unwrap_or(json!({}));
-            let modes = volume
-                .pointer("/spec/accessModes")
-                .cloned()
-                .unwrap_or(json!([]));
+            let capacity = volume.at("/spec/capacity").cloned().unwrap_or(json!({}));
+            let modes = volume.at("/spec/accessModes").cloned().unwrap_or(json!([]));
             self.update_claim(Part::Status, &namespace, &name, move |c| {
                 c["status"]["phase"] = json!("Bound");
                 c["status"]["capacity"] = capacity.clone();
@@ -480,7 +472,7 @@ impl VolumeBinder {
             return Ok(Action::Done);
         }
         let phase = str_at(&volume, "/status/phase");
-        let Some(reference) = volume.pointer("/spec/claimRef").filter(|r| !r.is_null()) else {
+        let Some(reference) = volume.at("/spec/claimRef").filter(|r| !r.is_null()) else {
             if phase != "Available" {
                 self.set_volume_phase(name, "Available").await?;
             }

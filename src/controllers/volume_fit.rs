@@ -20,6 +20,7 @@ use super::fit::term_matches;
 use super::informer::Informer;
 use super::volume_binding::class_of;
 use crate::apiserver::objects::str_at;
+use crate::json_path::JsonPath;
 
 /// The caches the filter reads.
 pub struct VolumeInformers {
@@ -38,7 +39,7 @@ impl VolumeInformers {
         let namespace = str_at(pod, "/metadata/namespace");
         let mut terms = VolumeTerms::new();
         let claim_names = pod
-            .pointer("/spec/volumes")
+            .at("/spec/volumes")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -49,7 +50,7 @@ impl VolumeInformers {
                 .claims
                 .get(&format!("{namespace}/{name}"))
                 .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" not found"))?;
-            if claim.pointer("/metadata/deletionTimestamp").is_some() {
+            if claim.at("/metadata/deletionTimestamp").is_some() {
                 return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
             }
             let volume_name = str_at(&claim, "/spec/volumeName");
@@ -63,7 +64,7 @@ impl VolumeInformers {
                 return Err(format!("persistentvolume \"{volume_name}\" not found"));
             };
             if let Some(required) = volume
-                .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+                .at("/spec/nodeAffinity/required/nodeSelectorTerms")
                 .and_then(Value::as_array)
             {
                 terms.push(required.clone());

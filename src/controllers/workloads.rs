@@ -14,6 +14,7 @@ use super::ownership::{controller_uid, is_deleting};
 use super::{Error, modify, start_when_synced};
 use super::{cronjob, daemonset, job, scheduler, statefulset};
 use crate::apiserver::objects::{Objects, Part, name_of};
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind};
 
 fn kind(group: &str, resource: &str) -> Option<&'static dyn Kind> {
@@ -105,9 +106,7 @@ pub async fn write_status(
     if object.get("status") == Some(&status) {
         return Ok(());
     }
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str);
+    let namespace = object.at("/metadata/namespace").and_then(Value::as_str);
     let change = |o: &mut Value| o["status"] = status.clone();
     modify(
         objects,
@@ -125,7 +124,7 @@ pub async fn write_status(
 /// recreated owner of the same name does not claim its predecessor's dependents).
 pub fn controlled_by(cache: &Informer, owner: &Value) -> Vec<Arc<Value>> {
     let namespace = owner
-        .pointer("/metadata/namespace")
+        .at("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("");
     let uid = uid_of(owner);

@@ -3,6 +3,7 @@
 //! `backend-protocol`) — read under `nginx.ingress.kubernetes.io/` or `skiff.dev/` (the latter
 //! wins when both are set), so manifests written for ingress-nginx work unchanged.
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 const PREFIXES: [&str; 2] = ["skiff.dev/", "nginx.ingress.kubernetes.io/"];
@@ -49,7 +50,7 @@ impl Annotations {
     /// The annotations of `ingress`; values skiff cannot use are reported in `warnings` and
     /// left at their defaults.
     pub fn of(ingress: &Value, warnings: &mut Vec<String>) -> Annotations {
-        let map = ingress.pointer("/metadata/annotations");
+        let map = ingress.at("/metadata/annotations");
         let get = |name: &str| {
             PREFIXES
                 .iter()

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 /// `spec.controller` of the IngressClasses skiff implements.
@@ -28,7 +29,7 @@ pub const ROLE_NODE_LABEL: &str = "node.skiff.dev/ingress";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The IngressClasses as they are now, reduced to what ownership needs.
@@ -52,7 +53,7 @@ impl Classes {
                 ours.insert(name.to_string());
             }
             let marked = class
-                .pointer("/metadata/annotations")
+                .at("/metadata/annotations")
                 .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
                 .and_then(Value::as_str)
                 == Some("true");
@@ -77,7 +78,7 @@ impl Classes {
             return self.ours.contains(named);
         }
         let legacy = ingress
-            .pointer("/metadata/annotations")
+            .at("/metadata/annotations")
             .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
             .and_then(Value::as_str)
             .unwrap_or("");
@@ -91,7 +92,7 @@ impl Classes {
 /// The Secrets (names, in the Ingress's namespace) that `ingress` takes certificates from.
 pub fn tls_secret_names(ingress: &Value) -> impl Iterator<Item = &str> {
     ingress
-        .pointer("/spec/tls")
+        .at("/spec/tls")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -14,6 +14,7 @@ use tracing::{debug, info};
 use super::IngressRole;
 use crate::agent::control_plane::ControlPlane;
 use crate::agent::watch::{Sink, follow, follow_request};
+use crate::json_path::JsonPath;
 use crate::proxy::model::{Model, key_of};
 
 /// Everything the table and the certificates are built from.
@@ -57,7 +58,7 @@ const FEEDS: [(&str, Feed); 4] = [
 
 fn name_of(object: &Value) -> String {
     object
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string()

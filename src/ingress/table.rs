@@ -20,10 +20,11 @@ use serde_json::Value;
 use super::annotations::{Annotations, UpstreamProtocol};
 use super::class::Classes;
 use super::paths::PathMatch;
+use crate::json_path::JsonPath;
 use crate::proxy::model::{Model, key_of, ready_backends};
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// Service port `appProtocol`s that mean HTTP/2 without TLS.
@@ -151,7 +152,7 @@ impl Table {
         let tls_hosts: HashSet<String> = ours
             .iter()
             .flat_map(|i| {
-                i.pointer("/spec/tls")
+                i.at("/spec/tls")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -189,7 +190,7 @@ impl Table {
                 })
             };
             if table.default_backend.is_none()
-                && let Some(default) = ingress.pointer("/spec/defaultBackend")
+                && let Some(default) = ingress.at("/spec/defaultBackend")
             {
                 table.default_backend = Some(Arc::new(Route {
                     ingress: name.clone(),
@@ -198,10 +199,10 @@ impl Table {
                     https_redirect: annotations.force_ssl_redirect,
                 }));
             }
-            let rules = ingress.pointer("/spec/rules").and_then(Value::as_array);
+            let rules = ingress.at("/spec/rules").and_then(Value::as_array);
             for rule in rules.into_iter().flatten() {
                 let host = Some(text(rule, "/host").to_ascii_lowercase()).filter(|h| !h.is_empty());
-                let paths = rule.pointer("/http/paths").and_then(Value::as_array);
+                let paths = rule.at("/http/paths").and_then(Value::as_array);
                 for path in paths.into_iter().flatten() {
                     let matcher = match PathMatch::new(
                         text(path, "/path"),
@@ -296,7 +297,7 @@ struct Backends<'a> {
 impl Backends<'_> {
     fn resolve(&mut self, namespace: &str, backend: &Value, annotations: &Annotations) -> Backend {
         let service = text(backend, "/service/name");
-        let port = backend.pointer("/service/port");
+        let port = backend.at("/service/port");
         let number = port.and_then(|p| p.get("number")).and_then(Value::as_u64);
         let port_name = port.map(|p| text(p, "/name")).unwrap_or("");
         let port_label = match number {
@@ -324,7 +325,7 @@ impl Backends<'_> {
                 reason: format!("service {key} is an ExternalName; those are not supported"),
             };
         }
-        let ports = svc.pointer("/spec/ports").and_then(Value::as_array);
+        let ports = svc.at("/spec/ports").and_then(Value::as_array);
         let found = ports.into_iter().flatten().find(|p| match number {
             Some(n) => p.get("port").and_then(Value::as_u64) == Some(n),
             None => text(p, "/name") == port_name,

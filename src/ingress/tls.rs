@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
 use super::class::tls_secret_names;
+use crate::json_path::JsonPath;
 use crate::proxy::model::key_of;
 
 /// The name the built-in fallback certificate is issued for.
@@ -93,10 +94,10 @@ impl CertSet {
         let mut loaded: HashMap<String, Option<Arc<CertifiedKey>>> = HashMap::new();
         for ingress in ingresses {
             let namespace = ingress
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let entries = ingress.pointer("/spec/tls").and_then(Value::as_array);
+            let entries = ingress.at("/spec/tls").and_then(Value::as_array);
             for entry in entries.into_iter().flatten() {
                 let Some(name) = entry.get("secretName").and_then(Value::as_str) else {
                     continue;
@@ -223,7 +224,7 @@ pub fn wanted_secrets(ingresses: &[&Value]) -> std::collections::BTreeSet<String
         .iter()
         .flat_map(|ingress| {
             let namespace = ingress
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             tls_secret_names(ingress).map(move |name| format!("{namespace}/{name}"))

@@ -5,6 +5,7 @@
 //! serves names in `spec.tls`, read one Secret at a time (watch by `metadata.name` in its
 //! namespace), so a node never lists Secrets and never sees any other kind of Secret.
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 /// Resources an agent may watch, and whether the watch must be narrowed to its own pods.
@@ -98,18 +99,18 @@ fn visit_refs(spec: &Value, resource: &str, f: &mut dyn FnMut(&str)) {
     {
         match resource {
             "secrets" => {
-                if let Some(n) = volume.pointer("/secret/secretName").and_then(Value::as_str) {
+                if let Some(n) = volume.at("/secret/secretName").and_then(Value::as_str) {
                     f(n);
                 }
             }
             "configmaps" => {
-                if let Some(n) = volume.pointer("/configMap/name").and_then(Value::as_str) {
+                if let Some(n) = volume.at("/configMap/name").and_then(Value::as_str) {
                     f(n);
                 }
             }
             "persistentvolumeclaims" => {
                 if let Some(n) = volume
-                    .pointer("/persistentVolumeClaim/claimName")
+                    .at("/persistentVolumeClaim/claimName")
                     .and_then(Value::as_str)
                 {
                     f(n);
@@ -117,16 +118,14 @@ fn visit_refs(spec: &Value, resource: &str, f: &mut dyn FnMut(&str)) {
             }
             _ => {}
         }
-        let sources = volume
-            .pointer("/projected/sources")
-            .and_then(Value::as_array);
+        let sources = volume.at("/projected/sources").and_then(Value::as_array);
         for source in sources.into_iter().flatten() {
             let pointer = match resource {
                 "secrets" => "/secret/name",
                 "configmaps" => "/configMap/name",
                 _ => continue,
             };
-            if let Some(n) = source.pointer(pointer).and_then(Value::as_str) {
+            if let Some(n) = source.at(pointer).and_then(Value::as_str) {
                 f(n);
             }
         }
@@ -160,14 +159,14 @@ fn visit_refs(spec: &Value, resource: &str, f: &mut dyn FnMut(&str)) {
                 .flatten()
             {
                 let pointer = format!("/valueFrom/{key_ref}/name");
-                if let Some(n) = env.pointer(&pointer).and_then(Value::as_str) {
+                if let Some(n) = env.at(&pointer).and_then(Value::as_str) {
                     f(n);
                 }
             }
             let from = container.get("envFrom").and_then(Value::as_array);
             for source in from.into_iter().flatten() {
                 let pointer = format!("/{env_from_ref}/name");
-                if let Some(n) = source.pointer(&pointer).and_then(Value::as_str) {
+                if let Some(n) = source.at(&pointer).and_then(Value::as_str) {
                     f(n);
                 }
             }

@@ -9,12 +9,13 @@ use serde_json::{Value, json};
 
 use crate::apiserver::objects::{DeleteOptions, Objects, Scope, WriteOptions, str_at};
 use crate::apiserver::status::ApiError;
+use crate::json_path::JsonPath;
 use crate::registry::Kind;
 
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 fn mirror_hash(pod: &Value) -> &str {
-    pod.pointer("/metadata/annotations")
+    pod.at("/metadata/annotations")
         .and_then(|a| a.get(MIRROR_ANNOTATION))
         .and_then(Value::as_str)
         .unwrap_or("")
@@ -71,9 +72,7 @@ pub async fn create(
         if !ours {
             return Err(ApiError::already_exists(pods.info(), &name));
         }
-        if mirror_hash(&existing) == hash
-            && existing.pointer("/metadata/deletionTimestamp").is_none()
-        {
+        if mirror_hash(&existing) == hash && existing.at("/metadata/deletionTimestamp").is_none() {
             return Ok(existing);
         }
         let delete = DeleteOptions {

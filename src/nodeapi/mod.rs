@@ -29,6 +29,7 @@ use crate::apiserver::selector::{FieldSelector, LabelSelector};
 use crate::apiserver::status::ApiError;
 use crate::apiserver::tokens::{TokenIssuer, TokenSubject};
 use crate::apiserver::watch::{Change, WatchSpec};
+use crate::json_path::JsonPath;
 use crate::pki::{ClusterCa, JoinToken};
 use crate::registry::{self, Kind};
 use crate::server::api_listener::ClientCertificate;
@@ -121,7 +122,7 @@ fn encode(value: &Value) -> Object {
 }
 
 fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    value.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn agent_write() -> WriteOptions {
@@ -188,7 +189,7 @@ impl NodeAgent for NodeApi {
                 let update = |current: &Value| -> Result<Value, ApiError> {
                     let mut next = current.clone();
                     for field in ["labels", "annotations"] {
-                        if let Some(map) = wanted.pointer(&format!("/metadata/{field}")) {
+                        if let Some(map) = wanted.at(&format!("/metadata/{field}")) {
                             for (k, v) in map.as_object().into_iter().flatten() {
                                 next["metadata"][field][k] = v.clone();
                             }

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn ipv4s<'a>(values: impl Iterator<Item = &'a Value>) -> impl Iterator<Item = Ipv4Addr> {
@@ -152,7 +153,7 @@ impl Model {
             .values()
             .filter(|s| text(s, "/spec/type") == "LoadBalancer")
             .filter_map(|s| {
-                s.pointer("/status/loadBalancer/ingress")
+                s.at("/status/loadBalancer/ingress")
                     .and_then(Value::as_array)
             })
             .flat_map(|ingress| ipv4s(ingress.iter().filter_map(|i| i.get("ip"))))
@@ -188,14 +189,14 @@ fn service_ports<'a>(
     let empty = Vec::new();
     let mut external_ips: Vec<Ipv4Addr> = ipv4s(
         service
-            .pointer("/spec/externalIPs")
+            .at("/spec/externalIPs")
             .and_then(Value::as_array)
             .unwrap_or(&empty)
             .iter(),
     )
     .collect();
     let ingress = service
-        .pointer("/status/loadBalancer/ingress")
+        .at("/status/loadBalancer/ingress")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
     external_ips.extend(ipv4s(ingress.iter().filter_map(|i| i.get("ip"))));
@@ -203,7 +204,7 @@ fn service_ports<'a>(
     external_ips.dedup();
     let affinity_seconds = (text(service, "/spec/sessionAffinity") == "ClientIP").then(|| {
         service
-            .pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
+            .at("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
             .and_then(Value::as_u64)
             .and_then(|s| u32::try_from(s).ok())
             .filter(|s| *s > 0)
@@ -211,7 +212,7 @@ fn service_ports<'a>(
     });
     let external_local = text(service, "/spec/externalTrafficPolicy") == "Local";
     for port in service
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .unwrap_or(&empty)
     {
@@ -274,11 +275,11 @@ pub fn ready_backends<'a>(
             // Kubernetes: a missing `ready` means ready; terminating endpoints get no new
             // connections.
             let ready = endpoint
-                .pointer("/conditions/ready")
+                .at("/conditions/ready")
                 .and_then(Value::as_bool)
                 .unwrap_or(true);
             let terminating = endpoint
-                .pointer("/conditions/terminating")
+                .at("/conditions/terminating")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             if !ready || terminating {

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::fields::{FieldError, FieldErrors, age, is_dns1123_subdomain};
 use super::{AGE_COLUMN, AdmitError, Column, Kind, KindInfo, NAME_COLUMN};
+use crate::json_path::JsonPath;
 
 /// A printer column of a CRD version (`additionalPrinterColumns`).
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +66,7 @@ fn leak_list(values: Option<&Value>) -> &'static [&'static str] {
 
 /// The kinds an established CRD serves, one per served version.
 fn kinds_of(crd: &Value, table: &mut Table) -> Vec<&'static CustomResourceKind> {
-    let text = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or("");
+    let text = |p: &str| crd.at(p).and_then(Value::as_str).unwrap_or("");
     let group = text("/spec/group");
     let plural = text("/spec/names/plural");
     let kind = text("/spec/names/kind");
@@ -74,7 +75,7 @@ fn kinds_of(crd: &Value, table: &mut Table) -> Vec<&'static CustomResourceKind> 
     }
     let mut out = Vec::new();
     for version in crd
-        .pointer("/spec/versions")
+        .at("/spec/versions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -91,7 +92,7 @@ fn kinds_of(crd: &Value, table: &mut Table) -> Vec<&'static CustomResourceKind> 
             out.push(*existing);
             continue;
         }
-        let names = crd.pointer("/spec/names");
+        let names = crd.at("/spec/names");
         let info: &'static KindInfo = Box::leak(Box::new(KindInfo {
             group: leak(group),
             version: leak(version.get("name").and_then(Value::as_str).unwrap_or("")),
@@ -130,7 +131,7 @@ fn kinds_of(crd: &Value, table: &mut Table) -> Vec<&'static CustomResourceKind> 
             .collect();
         let custom: &'static CustomResourceKind = Box::leak(Box::new(CustomResourceKind {
             info,
-            schema: version.pointer("/schema/openAPIV3Schema").cloned(),
+            schema: version.at("/schema/openAPIV3Schema").cloned(),
             columns,
         }));
         table.by_signature.insert(signature, custom);
@@ -335,7 +336,7 @@ impl CustomResourceKind {
         }
         let mut errors = FieldErrors::default();
         let name = obj
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("");
         if name.is_empty() {
@@ -373,7 +374,7 @@ impl CustomResourceKind {
         // Declared per version; with a schema that has a status property we treat it as one.
         self.schema
             .as_ref()
-            .and_then(|s| s.pointer("/properties/status"))
+            .and_then(|s| s.at("/properties/status"))
             .is_some()
     }
 }
@@ -434,11 +435,7 @@ impl Kind for CustomResourceKind {
 
     fn table_cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
         let cell = |c: &PrinterColumn| json_path(obj, &c.json_path).cloned().unwrap_or(Value::Null);
-        let mut cells = vec![
-            obj.pointer("/metadata/name")
-                .cloned()
-                .unwrap_or(Value::Null),
-        ];
+        let mut cells = vec![obj.at("/metadata/name").cloned().unwrap_or(Value::Null)];
         cells.extend(self.columns.iter().filter(|c| c.priority == 0).map(cell));
         cells.push(Value::String(age(obj, now)));
         cells.extend(self.columns.iter().filter(|c| c.priority > 0).map(cell));

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use super::Column;
+use crate::json_path::JsonPath;
 
 /// One invalid field, as metav1.StatusCause: `metadata.name: Invalid value: "X": detail`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +211,7 @@ pub fn nonnegative(value: Option<impl Into<i64>>, field: &str) -> FieldErrors {
 
 /// kubectl's AGE: `metadata.creationTimestamp` relative to now.
 pub fn age(obj: &Value, now: jiff::Timestamp) -> String {
-    obj.pointer("/metadata/creationTimestamp")
+    obj.at("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .map(|ts| since(ts, now))
         .unwrap_or_else(|| "<unknown>".into())

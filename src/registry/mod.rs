@@ -51,6 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
 use serde_json::Value;
 
+use crate::json_path::JsonPath;
 pub use fields::FieldErrors;
 
 /// Identity and scope of one kind, as discovery serves it.
@@ -299,7 +300,7 @@ impl<S: Strategy> Kind for S {
             .as_ref()
             .and_then(|t| self.name_cell(t))
             .map(Value::String)
-            .or_else(|| obj.pointer("/metadata/name").cloned())
+            .or_else(|| obj.at("/metadata/name").cloned())
             .unwrap_or(Value::String(String::new()));
         let mut cells = vec![name];
         let columns = self.columns();

@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use super::fields::{NameRule, meta_age, or_none, validate_meta};
 use super::{Column, FieldErrors, KindInfo, Strategy};
+use crate::json_path::JsonPath;
 
 /// Whether the node's Ready condition is True (what schedulers and load balancers go by).
 pub fn is_ready(node: &Value) -> bool {
-    node.pointer("/status/conditions")
+    node.at("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -21,7 +22,7 @@ pub fn is_ready(node: &Value) -> bool {
 
 /// The node's InternalIP addresses (IPv4).
 pub fn internal_ips(node: &Value) -> Vec<std::net::Ipv4Addr> {
-    node.pointer("/status/addresses")
+    node.at("/status/addresses")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

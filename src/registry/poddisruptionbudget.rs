@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::fields::{FieldError, NameRule, validate_meta};
 use super::pod_template::{selector_matches, validate_label_selector};
 use super::{Column, FieldErrors, KindInfo, Strategy};
+use crate::json_path::JsonPath;
 
 pub struct PodDisruptionBudgetStrategy;
 
@@ -33,7 +34,7 @@ const EVICTION_POLICIES: &[&str] = &["AlwaysAllow", "IfHealthyBudget"];
 /// Whether a budget (JSON) covers a pod with these labels: in policy/v1 an empty selector
 /// covers every pod of the namespace, and a missing one none.
 pub fn selects(pdb: &Value, labels: &BTreeMap<String, String>) -> bool {
-    pdb.pointer("/spec/selector")
+    pdb.at("/spec/selector")
         .and_then(|s| LabelSelector::deserialize(s).ok())
         .is_some_and(|s| selector_matches(&s, labels))
 }

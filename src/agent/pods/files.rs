@@ -1,10 +1,11 @@
 //! The files the kubelet writes for every pod: /etc/hosts (hostname, subdomain FQDN,
 //! hostAliases) and /etc/resolv.conf (cluster DNS with the search path and ndots:5).
 
+use crate::json_path::JsonPath;
 use serde_json::Value;
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The pod's hostname: spec.hostname, else its name (truncated to 63 characters).
@@ -34,7 +35,7 @@ pub fn etc_hosts(pod: &Value, ip: &str, cluster_domain: &str) -> String {
             "{ip}\t{host}.{subdomain}.{ns}.svc.{cluster_domain}\t{host}\n"
         ));
     }
-    let aliases = pod.pointer("/spec/hostAliases").and_then(Value::as_array);
+    let aliases = pod.at("/spec/hostAliases").and_then(Value::as_array);
     if aliases.is_some_and(|a| !a.is_empty()) {
         out.push_str("\n# Entries added by HostAliases.\n");
     }
@@ -59,7 +60,7 @@ pub fn resolv_conf(
     host: &str,
 ) -> String {
     let host_network = pod
-        .pointer("/spec/hostNetwork")
+        .at("/spec/hostNetwork")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let policy = match text(pod, "/spec/dnsPolicy") {
@@ -72,7 +73,7 @@ pub fn resolv_conf(
         ("ClusterFirstWithHostNet", Some(dns)) => cluster(pod, dns, cluster_domain),
         _ => host.to_string(),
     };
-    if let Some(config) = pod.pointer("/spec/dnsConfig") {
+    if let Some(config) = pod.at("/spec/dnsConfig") {
         for ns in config
             .get("nameservers")
             .and_then(Value::as_array)

@@ -18,6 +18,7 @@ use tracing::info;
 use super::control_plane::ControlPlane;
 use super::env::NodeResources;
 use super::runtime::Runtime;
+use crate::json_path::JsonPath;
 
 /// What every pod worker shares.
 pub struct NodeContext {
@@ -75,7 +76,7 @@ impl ServiceCache {
 fn key_of(object: &Value) -> (String, String) {
     let text = |p: &str| {
         object
-            .pointer(p)
+            .at(p)
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string()
@@ -167,7 +168,7 @@ impl PodManager {
     }
 
     fn uid(pod: &Value) -> String {
-        pod.pointer("/metadata/uid")
+        pod.at("/metadata/uid")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string()
@@ -183,7 +184,7 @@ impl PodManager {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let name = pod
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();

@@ -22,6 +22,7 @@ use crate::agent::runtime::{
     SandboxSpec,
 };
 use crate::agent::volumes::{self, TokenSource, VolumeContext};
+use crate::json_path::JsonPath;
 use crate::registry::quantity;
 
 /// How often a pod is re-checked without news (container exits, probes, volume refresh).
@@ -34,7 +35,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    v.at(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 /// One container slot of the pod (init or regular), across restarts.
@@ -201,7 +202,7 @@ impl Worker {
         for (list, init) in [("initContainers", true), ("containers", false)] {
             for c in self
                 .pod
-                .pointer(&format!("/spec/{list}"))
+                .at(&format!("/spec/{list}"))
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -219,7 +220,7 @@ impl Worker {
             "containers"
         };
         self.pod
-            .pointer(&format!("/spec/{list}"))
+            .at(&format!("/spec/{list}"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -229,7 +230,7 @@ impl Worker {
     }
 
     fn deleting(&self) -> bool {
-        self.pod.pointer("/metadata/deletionTimestamp").is_some()
+        self.pod.at("/metadata/deletionTimestamp").is_some()
     }
 
     fn restart_policy(&self) -> &str {
@@ -360,7 +361,7 @@ impl Worker {
         }
         let host_network = self
             .pod
-            .pointer("/spec/hostNetwork")
+            .at("/spec/hostNetwork")
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let hosts = self.pod_dir.join("etc-hosts");
@@ -381,7 +382,7 @@ impl Worker {
         let mut port_mappings = Vec::new();
         for c in self
             .pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -410,7 +411,7 @@ impl Worker {
         }
         let labels = self
             .pod
-            .pointer("/metadata/labels")
+            .at("/metadata/labels")
             .and_then(Value::as_object)
             .map(|m| {
                 m.iter()
@@ -800,7 +801,7 @@ impl Worker {
                 )
                 .await;
                 self.publish();
-                if let Some(hook) = spec_json.pointer("/lifecycle/postStart")
+                if let Some(hook) = spec_json.at("/lifecycle/postStart")
                     && let Err(message) = super::probe::probe_once(hook, &target).await
                 {
                     self.event(
@@ -889,11 +890,11 @@ impl Worker {
     fn grace(&self) -> Duration {
         let seconds = self
             .pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
+            .at("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .or_else(|| {
                 self.pod
-                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .at("/spec/terminationGracePeriodSeconds")
                     .and_then(Value::as_i64)
             })
             .unwrap_or(30);
@@ -903,7 +904,7 @@ impl Worker {
     /// preStop hook, then SIGTERM and SIGKILL after what is left of the grace period.
     async fn kill(&self, id: &str, spec: &Value, grace: Duration) {
         let started = Instant::now();
-        if let Some(hook) = spec.pointer("/lifecycle/preStop") {
+        if let Some(hook) = spec.at("/lifecycle/preStop") {
             let target = Target {
                 container: text(spec, "/name").into(),
                 container_id: id.into(),
@@ -1136,11 +1137,7 @@ impl Worker {
 
 /// Container resources as runtime limits.
 fn limits(spec: &Value) -> Limits {
-    let quantity_at = |p: &str| {
-        spec.pointer(p)
-            .and_then(Value::as_str)
-            .and_then(quantity::parse)
-    };
+    let quantity_at = |p: &str| spec.at(p).and_then(Value::as_str).and_then(quantity::parse);
     Limits {
         memory_bytes: quantity_at("/resources/limits/memory").map(|b| b as u64),
         cpu_millis: quantity_at("/resources/limits/cpu").map(|c| (c * 1000.0).ceil() as u64),

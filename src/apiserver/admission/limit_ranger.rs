@@ -9,13 +9,14 @@
 use serde_json::{Value, json};
 
 use super::usage::{self, Usage};
+use crate::json_path::JsonPath;
 use crate::registry::quantity;
 
 /// One limit item of type `kind` from every LimitRange given.
 fn items<'a>(ranges: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
     ranges
         .iter()
-        .filter_map(|r| r.pointer("/spec/limits").and_then(Value::as_array))
+        .filter_map(|r| r.at("/spec/limits").and_then(Value::as_array))
         .flatten()
         .filter(move |item| item.get("type").and_then(Value::as_str) == Some(kind))
 }
@@ -91,12 +92,12 @@ fn set_missing(resources: &mut Value, which: &str, values: &[(String, String)]) 
 pub fn check_pod(pod: &Value, ranges: &[Value]) -> Vec<String> {
     let containers: Vec<(Usage, Usage)> = ["containers", "initContainers"]
         .iter()
-        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .filter_map(|f| pod.at(&format!("/spec/{f}")).and_then(Value::as_array))
         .flatten()
         .map(|c| {
             (
-                usage::parse_list(c.pointer("/resources/requests")),
-                usage::parse_list(c.pointer("/resources/limits")),
+                usage::parse_list(c.at("/resources/requests")),
+                usage::parse_list(c.at("/resources/limits")),
             )
         })
         .collect();
@@ -120,7 +121,7 @@ pub fn check_pod(pod: &Value, ranges: &[Value]) -> Vec<String> {
 
 /// The violations of `ranges` by a claim's storage request.
 pub fn check_claim(claim: &Value, ranges: &[Value]) -> Vec<String> {
-    let requests = usage::parse_list(claim.pointer("/spec/resources/requests"));
+    let requests = usage::parse_list(claim.at("/spec/resources/requests"));
     let mut errors = Vec::new();
     for item in items(ranges, "PersistentVolumeClaim") {
         for (name, min) in strings(item.get("min")) {

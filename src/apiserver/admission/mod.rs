@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::objects::Objects;
 use super::status::ApiError;
 use super::store::{Stored, list_prefix};
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind, KindInfo};
 
 /// Every object of `kind` in `namespace` (a namespace's LimitRanges or ResourceQuotas), with
@@ -53,7 +54,7 @@ pub async fn service_account(
         return Ok(());
     }
     let account = pod
-        .pointer("/spec/serviceAccountName")
+        .at("/spec/serviceAccountName")
         .and_then(Value::as_str)
         .unwrap_or("default");
     let Some(kind) = registry::lookup("", "v1", "serviceaccounts").filter(|_| account != "default")

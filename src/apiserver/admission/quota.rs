@@ -18,6 +18,7 @@ use super::usage::{self, Usage};
 use crate::apiserver::objects::{ListOptions, Objects, Scope, name_of};
 use crate::apiserver::status::ApiError;
 use crate::apiserver::store::{GuardedPut, object_key};
+use crate::json_path::JsonPath;
 use crate::registry::{self, Kind, KindInfo};
 
 /// The quotas of a namespace, with the revisions they were read at.
@@ -74,7 +75,7 @@ pub async fn charge(
             continue;
         }
         let quota_name = name_of(&quota).to_string();
-        let hard = usage::parse_list(quota.pointer("/spec/hard"));
+        let hard = usage::parse_list(quota.at("/spec/hard"));
         let names: BTreeSet<String> = hard.keys().cloned().collect();
         let requested = usage::mask(&grown, &names);
         if requested.is_empty() {
@@ -117,9 +118,9 @@ pub async fn charge(
 /// status.used when it was computed for the current spec.hard; None when the quota is new or
 /// its hard limits changed since (then admission recounts rather than trusting it).
 fn current_usage(quota: &Value) -> Option<Usage> {
-    let spec = quota.pointer("/spec/hard")?;
-    let status_hard = quota.pointer("/status/hard")?;
-    let used = quota.pointer("/status/used")?;
+    let spec = quota.at("/spec/hard")?;
+    let status_hard = quota.at("/status/hard")?;
+    let used = quota.at("/status/used")?;
     let same = usage::parse_list(Some(spec)) == usage::parse_list(Some(status_hard));
     same.then(|| usage::parse_list(Some(used)))
 }
@@ -127,7 +128,7 @@ fn current_usage(quota: &Value) -> Option<Usage> {
 /// `quota` with status.hard = spec.hard and status.used = `used` (every hard resource listed,
 /// zero included, as kube's controller writes it).
 pub fn with_status(mut quota: Value, used: &Usage) -> Value {
-    let hard = quota.pointer("/spec/hard").cloned().unwrap_or_default();
+    let hard = quota.at("/spec/hard").cloned().unwrap_or_default();
     let names: BTreeSet<String> = hard
         .as_object()
         .map(|m| m.keys().cloned().collect())
@@ -179,7 +180,7 @@ fn kinds_counted(names: &BTreeSet<String>) -> Vec<&'static dyn Kind> {
 
 /// What the objects of `namespace` use of `quota`'s hard resources, counted from the store.
 pub async fn recount(objects: &Objects, namespace: &str, quota: &Value) -> Result<Usage, ApiError> {
-    let hard = usage::parse_list(quota.pointer("/spec/hard"));
+    let hard = usage::parse_list(quota.at("/spec/hard"));
     let names: BTreeSet<String> = hard.keys().cloned().collect();
     let mut used: Usage = names.iter().map(|n| (n.clone(), 0)).collect();
     for kind in kinds_counted(&names) {

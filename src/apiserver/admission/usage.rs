@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use crate::json_path::JsonPath;
 use crate::registry::KindInfo;
 use crate::registry::quantity;
 
@@ -117,18 +118,18 @@ pub fn of_object(info: &KindInfo, object: &Value) -> Usage {
 
 /// Whether a pod still holds compute resources: not finished, and not deleted past its grace.
 fn pod_is_live(pod: &Value) -> bool {
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    let phase = pod.at("/status/phase").and_then(Value::as_str);
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return false;
     }
     let deadline = pod
-        .pointer("/metadata/deletionTimestamp")
+        .at("/metadata/deletionTimestamp")
         .and_then(Value::as_str)
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     match deadline {
         Some(at) => {
             let grace = pod
-                .pointer("/metadata/deletionGracePeriodSeconds")
+                .at("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             jiff::Timestamp::now().as_second() <= at.as_second() + grace
@@ -166,11 +167,11 @@ fn compute_usage(requests: &Usage, limits: &Usage) -> Usage {
 }
 
 fn resources_of(container: &Value, which: &str) -> Usage {
-    parse_list(container.pointer(&format!("/resources/{which}")))
+    parse_list(container.at(&format!("/resources/{which}")))
 }
 
 fn containers<'a>(pod: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
-    pod.pointer(&format!("/spec/{field}"))
+    pod.at(&format!("/spec/{field}"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -189,7 +190,7 @@ fn pod_resources(pod: &Value, which: &str) -> Usage {
             *entry = (*entry).max(v);
         }
     }
-    add(&mut total, &parse_list(pod.pointer("/spec/overhead")));
+    add(&mut total, &parse_list(pod.at("/spec/overhead")));
     total
 }
 
@@ -209,17 +210,17 @@ fn pod_usage(pod: &Value, usage: &mut Usage) {
 fn service_usage(service: &Value, usage: &mut Usage) {
     usage.insert("services".into(), 1000);
     let ports = service
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as i128;
-    match service.pointer("/spec/type").and_then(Value::as_str) {
+    match service.at("/spec/type").and_then(Value::as_str) {
         Some("NodePort") => {
             usage.insert("services.nodeports".into(), ports * 1000);
         }
         Some("LoadBalancer") => {
             usage.insert("services.loadbalancers".into(), 1000);
             let allocates = service
-                .pointer("/spec/allocateLoadBalancerNodePorts")
+                .at("/spec/allocateLoadBalancerNodePorts")
                 .and_then(Value::as_bool)
                 .unwrap_or(true);
             if allocates {
@@ -233,14 +234,14 @@ fn service_usage(service: &Value, usage: &mut Usage) {
 fn claim_usage(claim: &Value, usage: &mut Usage) {
     usage.insert("persistentvolumeclaims".into(), 1000);
     let storage = claim
-        .pointer("/spec/resources/requests/storage")
+        .at("/spec/resources/requests/storage")
         .and_then(Value::as_str)
         .and_then(quantity::millis);
     if let Some(storage) = storage {
         usage.insert("requests.storage".into(), storage);
     }
     let class = claim
-        .pointer("/spec/storageClassName")
+        .at("/spec/storageClassName")
         .and_then(Value::as_str)
         .filter(|c| !c.is_empty());
     if let Some(class) = class {
@@ -256,14 +257,14 @@ fn claim_usage(claim: &Value, usage: &mut Usage) {
 /// (spec.scopes and spec.scopeSelector) select pods only, as kube's evaluators do.
 pub fn quota_matches(quota: &Value, info: &KindInfo, object: &Value) -> bool {
     let scopes: Vec<&str> = quota
-        .pointer("/spec/scopes")
+        .at("/spec/scopes")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
         .collect();
     let expressions: Vec<&Value> = quota
-        .pointer("/spec/scopeSelector/matchExpressions")
+        .at("/spec/scopeSelector/matchExpressions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -294,13 +295,13 @@ pub fn quota_matches(quota: &Value, info: &KindInfo, object: &Value) -> bool {
 /// means "in the scope", `DoesNotExist` the opposite.
 fn pod_in_scope(pod: &Value, scope: &str, operator: &str, values: &[&str]) -> bool {
     let member = match scope {
-        "Terminating" => pod.pointer("/spec/activeDeadlineSeconds").is_some(),
-        "NotTerminating" => pod.pointer("/spec/activeDeadlineSeconds").is_none(),
+        "Terminating" => pod.at("/spec/activeDeadlineSeconds").is_some(),
+        "NotTerminating" => pod.at("/spec/activeDeadlineSeconds").is_none(),
         "BestEffort" => is_best_effort(pod),
         "NotBestEffort" => !is_best_effort(pod),
         "PriorityClass" => {
             let class = pod
-                .pointer("/spec/priorityClassName")
+                .at("/spec/priorityClassName")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             return match operator {

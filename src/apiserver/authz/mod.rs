@@ -18,6 +18,7 @@ use super::auth::UserInfo;
 use super::mirror::Mirror;
 use super::request::{Query, ResourceTarget};
 use super::status::ApiError;
+use crate::json_path::JsonPath;
 
 /// Where RBAC objects live in the store.
 const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
@@ -192,7 +193,7 @@ impl Grant<'_> {
 
 /// Every binding in `objects` that names `user`, with its role's rules.
 fn grants<'a>(objects: &'a BTreeMap<String, Value>, user: &UserInfo) -> Vec<Grant<'a>> {
-    let text = |v: &'a Value, p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("");
+    let text = |v: &'a Value, p: &str| v.at(p).and_then(Value::as_str).unwrap_or("");
     let mut out = Vec::new();
     for (key, binding) in objects {
         let cluster_wide = key.starts_with(&format!("{RBAC_PREFIX}clusterrolebindings/"));

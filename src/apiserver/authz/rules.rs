@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::Attributes;
 use crate::apiserver::auth::UserInfo;
+use crate::json_path::JsonPath;
 
 fn strings<'a>(rule: &'a Value, field: &str) -> impl Iterator<Item = &'a str> {
     rule.get(field)
@@ -64,7 +65,7 @@ pub fn rule_allows(rule: &Value, attrs: &Attributes) -> bool {
 /// ServiceAccount `system:serviceaccount:<namespace>:<name>`).
 pub fn binding_applies(binding: &Value, user: &UserInfo) -> bool {
     let binding_ns = binding
-        .pointer("/metadata/namespace")
+        .at("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("");
     binding

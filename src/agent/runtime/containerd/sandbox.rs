@@ -17,6 +17,7 @@ use skiff_proto::cri::{
 };
 
 use crate::agent::runtime::{PortMapping, SandboxSpec};
+use crate::json_path::JsonPath;
 
 /// Label carrying the pod uid on every sandbox, read back by `list_sandboxes` (the kubelet's
 /// own label name, so crictl filters work the same).
@@ -177,7 +178,7 @@ pub fn config_from_verbose_info(info: &str) -> Option<PodSandboxConfig> {
         })
         .unwrap_or_default();
     let linux = c.get("linux").map(|l| {
-        let options = l.pointer("/security_context/namespace_options");
+        let options = l.at("/security_context/namespace_options");
         LinuxPodSandboxConfig {
             cgroup_parent: string(l, "cgroup_parent"),
             security_context: Some(LinuxSandboxSecurityContext {
