@@ -1,5 +1,5 @@
 //! The Kubelet API of this node (gRPC, mutual TLS, port 10250): the API server relays
-//! `kubectl logs`, `exec` and `port-forward` here, and reads usage for `kubectl top`. Only
+//! `kubectl logs`, `exec`, `attach` and `port-forward` here, and reads usage for `kubectl top`. Only
 //! callers in `system:masters` (the members' kubelet-client identity, or an admin) are served:
 //! other nodes' certificates are signed by the same CA and must not read this node's pods.
 
@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use skiff_proto::agent::kubelet_server::{Kubelet, KubeletServer};
 use skiff_proto::agent::{
-    ContainerUsage, ExecInput, ExecOutput, LogChunk, LogsRequest, PortForwardInput,
+    ContainerUsage, ExecInput, ExecOutput, ExecStart, LogChunk, LogsRequest, PortForwardInput,
     PortForwardOutput, UsageRequest, UsageResponse, exec_input, exec_output, port_forward_input,
     port_forward_output,
 };
@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info_span};
 use super::control_plane::Credentials;
 use super::logs::{self, LogOptions};
 use super::pods::{PodRegistry, RegisteredPod};
-use super::runtime::Runtime;
+use super::runtime::{AttachInput, AttachOptions, AttachOutput, Attachment, Runtime};
 
 /// The group whose members may use a node's Kubelet API.
 const ALLOWED_GROUP: &str = "system:masters";
@@ -89,6 +89,27 @@ impl KubeletService {
                 "pod {namespace}/{name} is not running on this node"
             ))
         })
+    }
+
+    /// The runtime id of the running container `start` names.
+    fn running_container(&self, start: &ExecStart) -> Result<String, Status> {
+        let pod = self.pod(&start.namespace, &start.pod)?;
+        let entry = container(&pod, &start.container, &start.pod)?;
+        entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
+            Status::failed_precondition(format!("container {} is not running", start.container))
+        })
+    }
+}
+
+/// The first message of an exec or attach stream, which must name the container.
+async fn first_start(input: &mut Streaming<ExecInput>) -> Result<ExecStart, Status> {
+    match input.message().await? {
+        Some(ExecInput {
+            input: Some(exec_input::Input::Start(start)),
+        }) => Ok(start),
+        _ => Err(Status::invalid_argument(
+            "the first message must name the container",
+        )),
     }
 }
 
@@ -190,21 +211,8 @@ impl Kubelet for KubeletService {
     ) -> Result<Response<Self::ExecStream>, Status> {
         authorize(&request)?;
         let mut input = request.into_inner();
-        let start = match input.message().await? {
-            Some(ExecInput {
-                input: Some(exec_input::Input::Start(start)),
-            }) => start,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must name the command",
-                ));
-            }
-        };
-        let pod = self.pod(&start.namespace, &start.pod)?;
-        let entry = container(&pod, &start.container, &start.pod)?;
-        let id = entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
-            Status::failed_precondition(format!("container {} is not running", start.container))
-        })?;
+        let start = first_start(&mut input).await?;
+        let id = self.running_container(&start)?;
         let mut command = self
             .runtime
             .exec_command(&id, &start.command)
@@ -289,6 +297,71 @@ impl Kubelet for KubeletService {
                 .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type AttachStream = ByteStream<ExecOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        authorize(&request)?;
+        let mut input = request.into_inner();
+        let start = first_start(&mut input).await?;
+        let id = self.running_container(&start)?;
+        let options = AttachOptions {
+            stdin: start.stdin,
+            stdout: start.stdout,
+            stderr: start.stderr,
+            tty: start.tty,
+        };
+        let Attachment {
+            output,
+            input: to_process,
+        } = self
+            .runtime
+            .attach(&id, options)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let span = info_span!("attach", pod = %start.pod, container = %start.container);
+        // Dropping `to_process` when the client goes detaches it.
+        tokio::spawn(
+            async move {
+                while let Ok(Some(message)) = input.message().await {
+                    let event = match message.input {
+                        Some(exec_input::Input::Stdin(data)) => AttachInput::Stdin(data),
+                        Some(exec_input::Input::CloseStdin(_)) => AttachInput::CloseStdin,
+                        Some(exec_input::Input::Resize(size)) => AttachInput::Resize {
+                            width: u16::try_from(size.width).unwrap_or(u16::MAX),
+                            height: u16::try_from(size.height).unwrap_or(u16::MAX),
+                        },
+                        _ => continue,
+                    };
+                    if to_process.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                debug!("attached client left");
+            }
+            .instrument(span),
+        );
+        // The output until the process's ends, then a clean end (exit code 0): attach reports
+        // how the stream went, not how the process did.
+        let chunks = tokio_stream::StreamExt::map(ReceiverStream::new(output), |chunk| {
+            let output = match chunk {
+                AttachOutput::Stdout(data) => exec_output::Output::Stdout(data),
+                AttachOutput::Stderr(data) => exec_output::Output::Stderr(data),
+            };
+            Ok(ExecOutput {
+                output: Some(output),
+            })
+        });
+        let end = tokio_stream::once(Ok(ExecOutput {
+            output: Some(exec_output::Output::ExitCode(0)),
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            chunks, end,
+        ))))
     }
 
     type PortForwardStream = ByteStream<PortForwardOutput>;
