@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::attach::{Streaming, run_with_input};
+use common::attach::{Streaming, run_once_with_input};
 use common::kubectl::{Kubectl, kubectl};
 use common::{Cluster, agents, wait_for};
 
@@ -136,30 +136,7 @@ spec:
     drop(terminal);
 
     // kubectl run -i --rm: attach with stdinOnce, piped input, the pod deleted after.
-    let (status, out, err) = run_with_input(
-        k,
-        &[
-            "run",
-            "-i",
-            "--rm",
-            "--restart=Never",
-            "oneshot",
-            "--image=busybox",
-            "--",
-            "sh",
-            "-c",
-            "read x; echo got $x",
-        ],
-        "hello\n",
-    );
-    assert!(
-        status.success() && out.contains("got hello"),
-        "kubectl run -i: {status:?} {out:?} {err:?}"
-    );
-    wait_for(Duration::from_secs(30), "oneshot deleted", || {
-        let out = k.run(&["get", "pod", "oneshot"]);
-        String::from_utf8_lossy(&out.stderr).contains("NotFound")
-    });
+    run_once_with_input(k);
 
     // Bad requests are Status errors with their codes.
     let missing = raw_attach(k, "talker", "container=nope&stdout=true");

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::attach::{Streaming, run_with_input};
+use common::attach::{Streaming, run_once_with_input};
 use common::hosts::{AgentSpec, ContainerdCluster, missing_prerequisite};
 use common::kubectl::Kubectl;
 use common::wait_for;
@@ -141,30 +141,7 @@ spec:
     wait_for(Duration::from_secs(20), "the shell's log", || {
         String::from_utf8_lossy(&k.run(&["logs", "shell"]).stdout).contains("second-2")
     });
-    let (status, out, err) = run_with_input(
-        k,
-        &[
-            "run",
-            "-i",
-            "--rm",
-            "--restart=Never",
-            "oneshot",
-            "--image=busybox",
-            "--",
-            "sh",
-            "-c",
-            "read x; echo got $x",
-        ],
-        "hello\n",
-    );
-    assert!(
-        status.success() && out.contains("got hello"),
-        "kubectl run -i: {status:?} {out:?} {err:?}"
-    );
-    wait_for(Duration::from_secs(30), "oneshot deleted", || {
-        let out = k.run(&["get", "pod", "oneshot"]);
-        String::from_utf8_lossy(&out.stderr).contains("NotFound")
-    });
+    run_once_with_input(k);
     k.ok(&["delete", "pod", "shell", "--wait=false"]);
 }
 

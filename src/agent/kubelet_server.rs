@@ -1,7 +1,8 @@
 //! The Kubelet API of this node (gRPC, mutual TLS, port 10250): the API server relays
-//! `kubectl logs`, `exec`, `attach` and `port-forward` here, and reads usage for `kubectl top`. Only
-//! callers in `system:masters` (the members' kubelet-client identity, or an admin) are served:
-//! other nodes' certificates are signed by the same CA and must not read this node's pods.
+//! `kubectl logs`, `exec`, `attach` and `port-forward` here, and reads usage for `kubectl top`.
+//! Only callers in `system:masters` (the members' kubelet-client identity, or an admin) are
+//! served: other nodes' certificates are signed by the same CA and must not read this node's
+//! pods.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -91,25 +92,30 @@ impl KubeletService {
         })
     }
 
-    /// The runtime id of the running container `start` names.
-    fn running_container(&self, start: &ExecStart) -> Result<String, Status> {
+    /// An exec or attach stream: its first message names the container, which must run.
+    /// Returns the rest of the stream, that message and the container's runtime id.
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<(Streaming<ExecInput>, ExecStart, String), Status> {
+        authorize(&request)?;
+        let mut input = request.into_inner();
+        let start = match input.message().await? {
+            Some(ExecInput {
+                input: Some(exec_input::Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must name the container",
+                ));
+            }
+        };
         let pod = self.pod(&start.namespace, &start.pod)?;
         let entry = container(&pod, &start.container, &start.pod)?;
-        entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
+        let id = entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
             Status::failed_precondition(format!("container {} is not running", start.container))
-        })
-    }
-}
-
-/// The first message of an exec or attach stream, which must name the container.
-async fn first_start(input: &mut Streaming<ExecInput>) -> Result<ExecStart, Status> {
-    match input.message().await? {
-        Some(ExecInput {
-            input: Some(exec_input::Input::Start(start)),
-        }) => Ok(start),
-        _ => Err(Status::invalid_argument(
-            "the first message must name the container",
-        )),
+        })?;
+        Ok((input, start, id))
     }
 }
 
@@ -209,10 +215,7 @@ impl Kubelet for KubeletService {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        authorize(&request)?;
-        let mut input = request.into_inner();
-        let start = first_start(&mut input).await?;
-        let id = self.running_container(&start)?;
+        let (mut input, start, id) = self.open_stream(request).await?;
         let mut command = self
             .runtime
             .exec_command(&id, &start.command)
@@ -305,10 +308,7 @@ impl Kubelet for KubeletService {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        authorize(&request)?;
-        let mut input = request.into_inner();
-        let start = first_start(&mut input).await?;
-        let id = self.running_container(&start)?;
+        let (mut input, start, id) = self.open_stream(request).await?;
         let options = AttachOptions {
             stdin: start.stdin,
             stdout: start.stdout,
@@ -352,11 +352,11 @@ impl Kubelet for KubeletService {
                 AttachOutput::Stdout(data) => exec_output::Output::Stdout(data),
                 AttachOutput::Stderr(data) => exec_output::Output::Stderr(data),
             };
-            Ok(ExecOutput {
+            Ok::<_, Status>(ExecOutput {
                 output: Some(output),
             })
         });
-        let end = tokio_stream::once(Ok(ExecOutput {
+        let end = tokio_stream::once(Ok::<_, Status>(ExecOutput {
             output: Some(exec_output::Output::ExitCode(0)),
         }));
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(

@@ -94,6 +94,16 @@ fn kubelet_error(status: tonic::Status) -> ApiError {
     }
 }
 
+/// The specs of a pod's init and app containers.
+fn containers_of(pod: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"].into_iter().flat_map(|l| {
+        pod.pointer(&format!("/spec/{l}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    })
+}
+
 /// The pod, its container (named or the only one) and its node's Kubelet address.
 async fn locate(
     objects: &Objects,
@@ -108,14 +118,7 @@ async fn locate(
             false,
         )
         .await?;
-    let names: Vec<String> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|l| {
-            pod.pointer(&format!("/spec/{l}"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
+    let names: Vec<String> = containers_of(&pod)
         .map(|c| text(c, "/name").to_string())
         .collect();
     let apps: Vec<String> = pod
@@ -271,15 +274,7 @@ pub async fn attach(
             "cannot attach to a container in a completed pod; current phase is {phase}"
         )));
     }
-    let spec = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|l| {
-            pod.pointer(&format!("/spec/{l}"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .find(|c| text(c, "/name") == container);
+    let spec = containers_of(&pod).find(|c| text(c, "/name") == container);
     let declared = |field: &str| {
         spec.and_then(|c| c.get(field))
             .and_then(Value::as_bool)

@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, warn};
 use super::objects::{Objects, Scope};
 use super::pod_streams::{Kubelets, node_address};
 use super::request::ResourceTarget;
-use super::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
+use crate::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
 use super::status::ApiError;
 
 /// The WebSocket subprotocols of the tunnelled SPDY session (names used by kubectl versions).

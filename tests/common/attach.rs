@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::kubectl::Kubectl;
+use super::wait_for;
 
 /// A kubectl child whose stdout lines arrive on a channel; killed on drop.
 pub struct Streaming {
@@ -91,4 +92,33 @@ pub fn run_with_input(k: &Kubectl, args: &[&str], input: &str) -> (ExitStatus, S
     done_rx
         .recv_timeout(Duration::from_secs(90))
         .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 90 s"))
+}
+
+/// `kubectl run -i --rm --restart=Never` (attach with stdinOnce) with input piped in: the
+/// command reads it and answers, kubectl exits 0, and the pod is deleted after.
+pub fn run_once_with_input(k: &Kubectl) {
+    let (status, out, err) = run_with_input(
+        k,
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "oneshot",
+            "--image=busybox",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got $x",
+        ],
+        "hello\n",
+    );
+    assert!(
+        status.success() && out.contains("got hello"),
+        "kubectl run -i: {status:?} {out:?} {err:?}"
+    );
+    wait_for(Duration::from_secs(30), "oneshot deleted", || {
+        let out = k.run(&["get", "pod", "oneshot"]);
+        String::from_utf8_lossy(&out.stderr).contains("NotFound")
+    });
 }

@@ -491,6 +491,11 @@ impl Runtime for ContainerdRuntime {
         container_id: &str,
         options: AttachOptions,
     ) -> Result<Attachment, RuntimeError> {
+        // A terminal has one output stream; CRI refuses tty with stderr.
+        let options = AttachOptions {
+            stderr: options.stderr && !options.tty,
+            ..options
+        };
         let url = self
             .runtime
             .clone()
@@ -499,14 +504,13 @@ impl Runtime for ContainerdRuntime {
                 stdin: options.stdin,
                 tty: options.tty,
                 stdout: options.stdout,
-                // A terminal has one output stream; CRI refuses tty with stderr.
-                stderr: options.stderr && !options.tty,
+                stderr: options.stderr,
             })
             .await
             .map_err(|e| rpc_error("attach", e))?
             .into_inner()
             .url;
-        attach::connect(&url).await
+        attach::connect(&url, options).await
     }
 
     #[instrument(skip(self))]

@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime};
 
 mod host_ports;
 mod stdio;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -282,7 +284,7 @@ impl Runtime for ProcessRuntime {
         };
         self.host_ports.open(&record.id, &spec.port_mappings).await?;
         if let Err(e) = self.save("sandboxes", &record.id, &record) {
-            self.host_ports.close(&record.id);
+            self.host_ports.close(&record.id).await;
             return Err(e);
         }
         let sandbox = Sandbox {
@@ -309,7 +311,7 @@ impl Runtime for ProcessRuntime {
         for id in ids {
             self.stop_container(&id, Duration::ZERO).await?;
         }
-        self.host_ports.close(sandbox_id);
+        self.host_ports.close(sandbox_id).await;
         Ok(())
     }
 

@@ -46,7 +46,7 @@ impl HostPorts {
     pub async fn open(&self, sandbox: &str, mappings: &[PortMapping]) -> Result<(), RuntimeError> {
         let result = self.open_all(sandbox, mappings).await;
         if result.is_err() {
-            self.close(sandbox);
+            self.close(sandbox).await;
         }
         result
     }
@@ -54,10 +54,13 @@ impl HostPorts {
     async fn open_all(&self, sandbox: &str, mappings: &[PortMapping]) -> Result<(), RuntimeError> {
         for mapping in mappings {
             let protocol = mapping.protocol.to_ascii_uppercase();
-            let ip = match mapping.host_ip.as_deref().map(str::parse::<IpAddr>) {
-                None | Some(Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))) => self.node_ip,
-                Some(Ok(ip)) => ip,
-                Some(Err(_)) => return Err(start_error(format!("bad hostIP {:?}", mapping.host_ip))),
+            let ip = match mapping.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
+                None => self.node_ip,
+                Some(text) => match text.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() => self.node_ip,
+                    Ok(ip) => ip,
+                    Err(_) => return Err(start_error(format!("bad hostIP {text:?}"))),
+                },
             };
             let key = (protocol.clone(), ip, mapping.host_port);
             {
@@ -106,17 +109,19 @@ impl HostPorts {
         Ok(())
     }
 
-    /// Stops the sandbox's relays and frees its hostPorts; idempotent.
-    pub fn close(&self, sandbox: &str) {
-        if let Some(relays) = self
+    /// Stops the sandbox's relays and frees its hostPorts; idempotent. Returns once their
+    /// sockets are closed, so the ports can be bound again at once.
+    pub async fn close(&self, sandbox: &str) {
+        let relays = self
             .relays
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(sandbox)
-        {
-            for relay in relays {
-                relay.abort();
-            }
+            .unwrap_or_default();
+        for relay in relays {
+            relay.abort();
+            // A cancelled task drops its socket when it is next polled: wait for that.
+            let _ = relay.await;
         }
         self.reserved
             .lock()

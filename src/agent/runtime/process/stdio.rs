@@ -22,6 +22,7 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 const LIVE_BACKLOG: usize = 256;
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
 /// How a container's stdio is wired before it is spawned.
 pub struct Wiring {
@@ -124,7 +125,7 @@ impl ContainerIo {
     ) -> Result<(Arc<ContainerIo>, Vec<JoinHandle<()>>), RuntimeError> {
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let log = Arc::new(tokio::sync::Mutex::new(log));
-        let mut copies = Vec::new();
+        let mut outputs: Vec<(Reader, Stream)> = Vec::new();
         let stdin: Option<Writer> = match &wiring.terminal {
             Some(master) => {
                 let file = |fd: &OwnedFd| -> Result<tokio::fs::File, RuntimeError> {
@@ -135,13 +136,7 @@ impl ContainerIo {
                 };
                 // Separate descriptors: a tokio File runs one operation at a time, and a
                 // read waits for output while stdin must still be written.
-                let reader = file(master)?;
-                copies.push(tokio::spawn(copy_output(
-                    reader,
-                    Stream::Stdout,
-                    log.clone(),
-                    live.clone(),
-                )));
+                outputs.push((Box::new(file(master)?), Stream::Stdout));
                 wiring
                     .stdin
                     .then(|| file(master).map(|f| Box::new(f) as Writer))
@@ -149,24 +144,20 @@ impl ContainerIo {
             }
             None => {
                 if let Some(out) = child.stdout.take() {
-                    copies.push(tokio::spawn(copy_output(
-                        out,
-                        Stream::Stdout,
-                        log.clone(),
-                        live.clone(),
-                    )));
+                    outputs.push((Box::new(out), Stream::Stdout));
                 }
                 if let Some(err) = child.stderr.take() {
-                    copies.push(tokio::spawn(copy_output(
-                        err,
-                        Stream::Stderr,
-                        log.clone(),
-                        live.clone(),
-                    )));
+                    outputs.push((Box::new(err), Stream::Stderr));
                 }
                 child.stdin.take().map(|s| Box::new(s) as Writer)
             }
         };
+        let copies = outputs
+            .into_iter()
+            .map(|(reader, which)| {
+                tokio::spawn(copy_output(reader, which, log.clone(), live.clone()))
+            })
+            .collect();
         let io = ContainerIo {
             live: Mutex::new(Some(live)),
             stdin: Arc::new(tokio::sync::Mutex::new(stdin)),
