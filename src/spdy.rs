@@ -333,13 +333,10 @@ impl Codec {
         flags: u8,
         headers: &Headers,
     ) -> Result<Vec<u8>, SpdyError> {
-        let block = self.deflate_headers(headers)?;
-        let mut body = stream.to_be_bytes().to_vec();
         // No associated stream, priority 0, no credential slot.
-        body.extend_from_slice(&0u32.to_be_bytes());
-        body.extend_from_slice(&[0, 0]);
-        body.extend_from_slice(&block);
-        Ok(control(1, flags, &body))
+        let mut prefix = stream.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&[0; 6]);
+        self.with_headers(1, flags, &prefix, headers)
     }
 
     /// A SYN_REPLY for `stream` with `headers`.
@@ -349,10 +346,21 @@ impl Codec {
         flags: u8,
         headers: &Headers,
     ) -> Result<Vec<u8>, SpdyError> {
+        self.with_headers(2, flags, &stream.to_be_bytes(), headers)
+    }
+
+    /// A control frame whose body is `prefix` then the compressed `headers`.
+    fn with_headers(
+        &mut self,
+        kind: u16,
+        flags: u8,
+        prefix: &[u8],
+        headers: &Headers,
+    ) -> Result<Vec<u8>, SpdyError> {
         let block = self.deflate_headers(headers)?;
-        let mut body = stream.to_be_bytes().to_vec();
+        let mut body = prefix.to_vec();
         body.extend_from_slice(&block);
-        Ok(control(2, flags, &body))
+        Ok(control(kind, flags, &body))
     }
 }
 

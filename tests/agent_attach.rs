@@ -106,7 +106,9 @@ spec:
     let first = attached.line(Duration::from_secs(20), "tick through attach", |l| {
         tick(l).is_some()
     });
-    let second = attached.line(Duration::from_secs(5), "a later tick", |l| tick(l).is_some());
+    let second = attached.line(Duration::from_secs(5), "a later tick", |l| {
+        tick(l).is_some()
+    });
     let (first, second) = (tick(&first).unwrap_or(0), tick(&second).unwrap_or(0));
     assert!(
         first >= logged && second > first,
@@ -188,7 +190,14 @@ spec:
         "{pending}"
     );
     k.ok(&[
-        "delete", "pod", "talker", "shell", "terminal", "finished", "unplaced", "--wait=false",
+        "delete",
+        "pod",
+        "talker",
+        "shell",
+        "terminal",
+        "finished",
+        "unplaced",
+        "--wait=false",
     ]);
 }
 
@@ -247,11 +256,16 @@ fn host_ports(k: &Kubectl) {
         events.contains("hostPort 39181/TCP")
     });
     assert_ne!(phase(k, "web2"), "Running");
-    assert!(curl(&url).contains("served-by-web"), "web keeps its hostPort");
+    assert!(
+        curl(&url).contains("served-by-web"),
+        "web keeps its hostPort"
+    );
     k.ok(&["delete", "pod", "web"]);
-    wait_for(Duration::from_secs(60), "web2 Running once web is gone", || {
-        phase(k, "web2") == "Running"
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "web2 Running once web is gone",
+        || phase(k, "web2") == "Running",
+    );
     wait_for(Duration::from_secs(20), "the hostPort reaches web2", || {
         curl(&url).contains("served-by-web2")
     });

@@ -136,7 +136,9 @@ spec:
         l == "answer-42"
     });
     shell.send("echo second-$((1+1))\n");
-    shell.line(Duration::from_secs(20), "the second answer", |l| l == "second-2");
+    shell.line(Duration::from_secs(20), "the second answer", |l| {
+        l == "second-2"
+    });
     drop(shell);
     wait_for(Duration::from_secs(20), "the shell's log", || {
         String::from_utf8_lossy(&k.run(&["logs", "shell"]).stdout).contains("second-2")

@@ -33,10 +33,11 @@ use std::time::Duration;
 use skiff_proto::cri::image_service_client::ImageServiceClient;
 use skiff_proto::cri::runtime_service_client::RuntimeServiceClient;
 use skiff_proto::cri::{
-    AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
-    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
+    ImageSpec, ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tokio::sync::Mutex;
 use tonic::transport::Channel;

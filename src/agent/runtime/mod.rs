@@ -211,7 +211,10 @@ pub enum AttachInput {
     Stdin(Vec<u8>),
     /// The client's stdin ended (the process's stdin closes only with `stdinOnce`).
     CloseStdin,
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// One client attached to a container's main process.

@@ -282,7 +282,9 @@ impl Runtime for ProcessRuntime {
             resolv_conf: spec.resolv_conf.clone(),
             hosts_file: spec.hosts_file.clone(),
         };
-        self.host_ports.open(&record.id, &spec.port_mappings).await?;
+        self.host_ports
+            .open(&record.id, &spec.port_mappings)
+            .await?;
         if let Err(e) = self.save("sandboxes", &record.id, &record) {
             self.host_ports.close(&record.id).await;
             return Err(e);

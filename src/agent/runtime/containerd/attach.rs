@@ -13,9 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span};
 
-use crate::agent::runtime::{
-    AttachInput, AttachOptions, AttachOutput, Attachment, RuntimeError,
-};
+use crate::agent::runtime::{AttachInput, AttachOptions, AttachOutput, Attachment, RuntimeError};
 use crate::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
 
 const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -219,7 +217,12 @@ async fn read_output(
                 return;
             }
         }
-        match reader.read(&mut buffer).await {
+        // A client that left ends the session even while the container prints nothing.
+        let read = tokio::select! {
+            read = reader.read(&mut buffer) => read,
+            () = output.closed() => return,
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(n) => codec.feed(&buffer[..n]),
         }

@@ -154,7 +154,9 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
                 Ok(mut outbound) => {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
-                Err(e) => debug!(%peer, error = %e, "the container's port refused a relayed connection"),
+                Err(e) => {
+                    debug!(%peer, error = %e, "the container's port refused a relayed connection")
+                }
             }
         });
     }

@@ -192,7 +192,12 @@ impl ContainerIo {
         if let Some(mut live) = live {
             tokio::spawn(async move {
                 loop {
-                    let chunk = match live.recv().await {
+                    // A client that left is let go even while the process prints nothing.
+                    let received = tokio::select! {
+                        received = live.recv() => received,
+                        () = out_tx.closed() => break,
+                    };
+                    let chunk = match received {
                         Ok(chunk) => chunk,
                         Err(broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(broadcast::error::RecvError::Closed) => break,
@@ -328,7 +333,12 @@ async fn copy_output(
 fn log_records(line: &[u8], complete: bool, which: Stream, out: &mut Vec<u8>) {
     let mut rest = line;
     while rest.len() > MAX_LOG_LINE {
-        out.extend(cri_line(SystemTime::now(), which.name(), false, &rest[..MAX_LOG_LINE]));
+        out.extend(cri_line(
+            SystemTime::now(),
+            which.name(),
+            false,
+            &rest[..MAX_LOG_LINE],
+        ));
         rest = &rest[MAX_LOG_LINE..];
     }
     out.extend(cri_line(SystemTime::now(), which.name(), complete, rest));

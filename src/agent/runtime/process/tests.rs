@@ -12,6 +12,27 @@ use crate::agent::runtime::{AttachInput, AttachOutput, Limits, PortMapping};
 
 const NODE_IP: &str = "127.0.91.1";
 
+/// A runtime with state under `dir` running `script` in one container of one sandbox.
+async fn run(
+    dir: &Path,
+    script: &str,
+    stdin: bool,
+    stdin_once: bool,
+) -> (ProcessRuntime, Sandbox, String, ContainerSpec) {
+    let node_ip: IpAddr = NODE_IP.parse().expect("ip");
+    let runtime = ProcessRuntime::open(&dir.join("state"), node_ip).expect("runtime");
+    let sandbox = runtime
+        .run_sandbox(&sandbox_spec(dir))
+        .await
+        .expect("sandbox");
+    let spec = container_spec(dir, script, stdin, stdin_once);
+    let id = runtime
+        .start_container(&sandbox, &spec)
+        .await
+        .expect("start");
+    (runtime, sandbox, id, spec)
+}
+
 fn sandbox_spec(dir: &Path) -> SandboxSpec {
     SandboxSpec {
         uid: "uid-1".into(),
@@ -57,14 +78,7 @@ async fn next_stdout(attachment: &mut Attachment) -> Option<String> {
 #[tokio::test]
 async fn attached_stdin_reaches_the_process_and_stdin_once_closes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node_ip: IpAddr = NODE_IP.parse().expect("ip");
-    let runtime = ProcessRuntime::open(&dir.path().join("state"), node_ip).expect("runtime");
-    let sandbox = runtime
-        .run_sandbox(&sandbox_spec(dir.path()))
-        .await
-        .expect("sandbox");
-    let spec = container_spec(dir.path(), "cat; echo stdin-closed", true, true);
-    let id = runtime.start_container(&sandbox, &spec).await.expect("start");
+    let (runtime, sandbox, id, spec) = run(dir.path(), "cat; echo stdin-closed", true, true).await;
     let options = AttachOptions {
         stdin: true,
         stdout: true,
@@ -77,7 +91,10 @@ async fn attached_stdin_reaches_the_process_and_stdin_once_closes_it() {
         .send(AttachInput::Stdin(b"ping\n".to_vec()))
         .await
         .expect("send");
-    assert_eq!(next_stdout(&mut attachment).await.as_deref(), Some("ping\n"));
+    assert_eq!(
+        next_stdout(&mut attachment).await.as_deref(),
+        Some("ping\n")
+    );
     // The first client's stdin ends: with stdinOnce, cat sees its end.
     attachment
         .input
@@ -100,14 +117,7 @@ async fn attached_stdin_reaches_the_process_and_stdin_once_closes_it() {
 #[tokio::test]
 async fn stdin_needs_a_container_started_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node_ip: IpAddr = NODE_IP.parse().expect("ip");
-    let runtime = ProcessRuntime::open(&dir.path().join("state"), node_ip).expect("runtime");
-    let sandbox = runtime
-        .run_sandbox(&sandbox_spec(dir.path()))
-        .await
-        .expect("sandbox");
-    let spec = container_spec(dir.path(), "sleep 30", false, false);
-    let id = runtime.start_container(&sandbox, &spec).await.expect("start");
+    let (runtime, sandbox, id, _) = run(dir.path(), "sleep 30", false, false).await;
     let options = AttachOptions {
         stdin: true,
         stdout: true,
@@ -146,14 +156,20 @@ async fn host_ports_relay_and_conflict() {
         host_ip: None,
     };
     let ports = HostPorts::new(node_ip);
-    ports.open("a", &[mapping.clone()]).await.expect("open");
+    ports
+        .open("a", std::slice::from_ref(&mapping))
+        .await
+        .expect("open");
     let mut conn = tokio::net::TcpStream::connect((NODE_IP, host_port))
         .await
         .expect("connect to the hostPort");
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.expect("read");
     assert_eq!(answer, "from the container");
-    let taken = ports.open("b", &[mapping.clone()]).await.err().expect("taken");
+    let taken = ports
+        .open("b", std::slice::from_ref(&mapping))
+        .await
+        .expect_err("taken");
     assert!(taken.to_string().contains("already taken"), "{taken}");
     ports.close("a").await;
     ports.open("b", &[mapping]).await.expect("free again");
