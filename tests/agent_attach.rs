@@ -140,6 +140,52 @@ spec:
     // kubectl run -i --rm: attach with stdinOnce, piped input, the pod deleted after.
     run_once_with_input(k);
 
+    // RBAC: a WebSocket attach (GET) needs `create` on pods/attach, as on kube-apiserver.
+    k.ok(&[
+        "create",
+        "role",
+        "attach-get",
+        "--verb=get",
+        "--resource=pods,pods/attach",
+    ]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "carol-get",
+        "--role=attach-get",
+        "--user=carol",
+    ]);
+    wait_for(Duration::from_secs(10), "carol's get binding", || {
+        k.run(&["get", "pod", "talker", "--as", "carol"])
+            .status
+            .success()
+    });
+    let denied = k.run(&["attach", "talker", "--as", "carol"]);
+    let denied = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        denied.contains(r#"cannot create resource "pods/attach""#),
+        "{denied}"
+    );
+    k.ok(&[
+        "create",
+        "role",
+        "attach-create",
+        "--verb=create",
+        "--resource=pods/attach",
+    ]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "carol-create",
+        "--role=attach-create",
+        "--user=carol",
+    ]);
+    let allowed = Streaming::start(k, &["attach", "talker", "--as", "carol"]);
+    allowed.line(Duration::from_secs(20), "a tick attached as carol", |l| {
+        tick(l).is_some()
+    });
+    drop(allowed);
+
     // Bad requests are Status errors with their codes.
     let missing = raw_attach(k, "talker", "container=nope&stdout=true");
     assert!(
