@@ -12,25 +12,19 @@ use crate::agent::runtime::{AttachInput, AttachOutput, Limits, PortMapping};
 
 const NODE_IP: &str = "127.0.91.1";
 
-/// A runtime with state under `dir` running `script` in one container of one sandbox.
-async fn run(
-    dir: &Path,
-    script: &str,
-    stdin: bool,
-    stdin_once: bool,
-) -> (ProcessRuntime, Sandbox, String, ContainerSpec) {
+/// A runtime with state under `dir` running `spec` in one sandbox; the container's id.
+async fn run(dir: &Path, spec: &ContainerSpec) -> (ProcessRuntime, Sandbox, String) {
     let node_ip: IpAddr = NODE_IP.parse().expect("ip");
     let runtime = ProcessRuntime::open(&dir.join("state"), node_ip).expect("runtime");
     let sandbox = runtime
         .run_sandbox(&sandbox_spec(dir))
         .await
         .expect("sandbox");
-    let spec = container_spec(dir, script, stdin, stdin_once);
     let id = runtime
-        .start_container(&sandbox, &spec)
+        .start_container(&sandbox, spec)
         .await
         .expect("start");
-    (runtime, sandbox, id, spec)
+    (runtime, sandbox, id)
 }
 
 fn sandbox_spec(dir: &Path) -> SandboxSpec {
@@ -78,7 +72,8 @@ async fn next_stdout(attachment: &mut Attachment) -> Option<String> {
 #[tokio::test]
 async fn attached_stdin_reaches_the_process_and_stdin_once_closes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (runtime, sandbox, id, spec) = run(dir.path(), "cat; echo stdin-closed", true, true).await;
+    let spec = container_spec(dir.path(), "cat; echo stdin-closed", true, true);
+    let (runtime, sandbox, id) = run(dir.path(), &spec).await;
     let options = AttachOptions {
         stdin: true,
         stdout: true,
@@ -117,7 +112,8 @@ async fn attached_stdin_reaches_the_process_and_stdin_once_closes_it() {
 #[tokio::test]
 async fn stdin_needs_a_container_started_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (runtime, sandbox, id, _) = run(dir.path(), "sleep 30", false, false).await;
+    let spec = container_spec(dir.path(), "sleep 30", false, false);
+    let (runtime, sandbox, id) = run(dir.path(), &spec).await;
     let options = AttachOptions {
         stdin: true,
         stdout: true,
@@ -125,6 +121,43 @@ async fn stdin_needs_a_container_started_with_it() {
     };
     let refused = runtime.attach(&id, options).await.err().expect("refused");
     assert!(refused.to_string().contains("no stdin"), "{refused}");
+    runtime.remove_sandbox(&sandbox.id).await.expect("remove");
+}
+
+#[tokio::test]
+async fn a_tty_container_gets_a_terminal_that_attach_resizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ContainerSpec {
+        tty: true,
+        ..container_spec(dir.path(), "read x; stty size", true, false)
+    };
+    let (runtime, sandbox, id) = run(dir.path(), &spec).await;
+    let options = AttachOptions {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let mut attachment = runtime.attach(&id, options).await.expect("attach");
+    let input = |event| attachment.input.send(event);
+    input(AttachInput::Resize {
+        width: 100,
+        height: 40,
+    })
+    .await
+    .expect("resize");
+    input(AttachInput::Stdin(b"go\n".to_vec()))
+        .await
+        .expect("send");
+    // The terminal echoes the input, then the process prints the size it sees.
+    let mut seen = String::new();
+    while let Some(text) = next_stdout(&mut attachment).await {
+        seen.push_str(&text);
+    }
+    assert!(
+        seen.contains("go\r\n") && seen.contains("40 100"),
+        "{seen:?}"
+    );
     runtime.remove_sandbox(&sandbox.id).await.expect("remove");
 }
 
