@@ -20,6 +20,7 @@ mod progress;
 mod proxy;
 mod registry;
 mod server;
+mod spdy;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

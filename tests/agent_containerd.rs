@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::attach::{Streaming, run_once_with_input};
 use common::hosts::{AgentSpec, ContainerdCluster, missing_prerequisite};
 use common::kubectl::Kubectl;
 use common::wait_for;
@@ -112,6 +113,40 @@ spec:
     k.ok(&["delete", "deployment", "burner"]);
 }
 
+/// `kubectl attach` through containerd's streaming server: live output of a running
+/// container, stdin to a shell, and `kubectl run -i --rm` end to end (stdinOnce).
+fn attach(k: &Kubectl) {
+    k.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  containers:
+  - {name: sh, image: busybox, command: ["sh"], stdin: true}
+"#,
+    );
+    wait_for(Duration::from_secs(90), "shell Running", || {
+        field(k, "pod", "shell", "{.status.phase}") == "Running"
+    });
+    let mut shell = Streaming::start(k, &["attach", "-i", "shell"]);
+    // kubectl reads its stdin only once connected: nothing written before is lost.
+    shell.send("echo answer-$((40+2))\n");
+    shell.line(Duration::from_secs(20), "the shell's answer", |l| {
+        l == "answer-42"
+    });
+    shell.send("echo second-$((1+1))\n");
+    shell.line(Duration::from_secs(20), "the second answer", |l| {
+        l == "second-2"
+    });
+    drop(shell);
+    wait_for(Duration::from_secs(20), "the shell's log", || {
+        String::from_utf8_lossy(&k.run(&["logs", "shell"]).stdout).contains("second-2")
+    });
+    run_once_with_input(k);
+    k.ok(&["delete", "pod", "shell", "--wait=false"]);
+}
+
 fn flows(fixture: &mut ContainerdCluster) {
     let ContainerdCluster {
         agents,
@@ -193,6 +228,7 @@ spec:
         k.ok(&["exec", "hello", "--", "cat", "/etc/settings/mode"]),
         "fast"
     );
+    attach(k);
 
     // A Deployment's pods spread over both nodes and reach READY 1/1 (HTTP readiness probes
     // against the pods' own IPs).

@@ -1,7 +1,8 @@
 //! The Kubelet API of this node (gRPC, mutual TLS, port 10250): the API server relays
-//! `kubectl logs`, `exec` and `port-forward` here, and reads usage for `kubectl top`. Only
-//! callers in `system:masters` (the members' kubelet-client identity, or an admin) are served:
-//! other nodes' certificates are signed by the same CA and must not read this node's pods.
+//! `kubectl logs`, `exec`, `attach` and `port-forward` here, and reads usage for `kubectl top`.
+//! Only callers in `system:masters` (the members' kubelet-client identity, or an admin) are
+//! served: other nodes' certificates are signed by the same CA and must not read this node's
+//! pods.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use skiff_proto::agent::kubelet_server::{Kubelet, KubeletServer};
 use skiff_proto::agent::{
-    ContainerUsage, ExecInput, ExecOutput, LogChunk, LogsRequest, PortForwardInput,
+    ContainerUsage, ExecInput, ExecOutput, ExecStart, LogChunk, LogsRequest, PortForwardInput,
     PortForwardOutput, UsageRequest, UsageResponse, exec_input, exec_output, port_forward_input,
     port_forward_output,
 };
@@ -25,7 +26,7 @@ use tracing::{Instrument, debug, info_span};
 use super::control_plane::Credentials;
 use super::logs::{self, LogOptions};
 use super::pods::{PodRegistry, RegisteredPod};
-use super::runtime::Runtime;
+use super::runtime::{AttachInput, AttachOptions, AttachOutput, Attachment, Runtime};
 
 /// The group whose members may use a node's Kubelet API.
 const ALLOWED_GROUP: &str = "system:masters";
@@ -89,6 +90,32 @@ impl KubeletService {
                 "pod {namespace}/{name} is not running on this node"
             ))
         })
+    }
+
+    /// An exec or attach stream: its first message names the container, which must run.
+    /// Returns the rest of the stream, that message and the container's runtime id.
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<(Streaming<ExecInput>, ExecStart, String), Status> {
+        authorize(&request)?;
+        let mut input = request.into_inner();
+        let start = match input.message().await? {
+            Some(ExecInput {
+                input: Some(exec_input::Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must name the container",
+                ));
+            }
+        };
+        let pod = self.pod(&start.namespace, &start.pod)?;
+        let entry = container(&pod, &start.container, &start.pod)?;
+        let id = entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
+            Status::failed_precondition(format!("container {} is not running", start.container))
+        })?;
+        Ok((input, start, id))
     }
 }
 
@@ -188,23 +215,7 @@ impl Kubelet for KubeletService {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        authorize(&request)?;
-        let mut input = request.into_inner();
-        let start = match input.message().await? {
-            Some(ExecInput {
-                input: Some(exec_input::Input::Start(start)),
-            }) => start,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must name the command",
-                ));
-            }
-        };
-        let pod = self.pod(&start.namespace, &start.pod)?;
-        let entry = container(&pod, &start.container, &start.pod)?;
-        let id = entry.id.clone().filter(|_| entry.running).ok_or_else(|| {
-            Status::failed_precondition(format!("container {} is not running", start.container))
-        })?;
+        let (mut input, start, id) = self.open_stream(request).await?;
         let mut command = self
             .runtime
             .exec_command(&id, &start.command)
@@ -289,6 +300,68 @@ impl Kubelet for KubeletService {
                 .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type AttachStream = ByteStream<ExecOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let (mut input, start, id) = self.open_stream(request).await?;
+        let options = AttachOptions {
+            stdin: start.stdin,
+            stdout: start.stdout,
+            stderr: start.stderr,
+            tty: start.tty,
+        };
+        let Attachment {
+            output,
+            input: to_process,
+        } = self
+            .runtime
+            .attach(&id, options)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let span = info_span!("attach", pod = %start.pod, container = %start.container);
+        // Dropping `to_process` when the client goes detaches it.
+        tokio::spawn(
+            async move {
+                while let Ok(Some(message)) = input.message().await {
+                    let event = match message.input {
+                        Some(exec_input::Input::Stdin(data)) => AttachInput::Stdin(data),
+                        Some(exec_input::Input::CloseStdin(_)) => AttachInput::CloseStdin,
+                        Some(exec_input::Input::Resize(size)) => AttachInput::Resize {
+                            width: u16::try_from(size.width).unwrap_or(u16::MAX),
+                            height: u16::try_from(size.height).unwrap_or(u16::MAX),
+                        },
+                        _ => continue,
+                    };
+                    if to_process.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                debug!("attached client left");
+            }
+            .instrument(span),
+        );
+        // The output until the process's ends, then a clean end (exit code 0): attach reports
+        // how the stream went, not how the process did.
+        let chunks = tokio_stream::StreamExt::map(ReceiverStream::new(output), |chunk| {
+            let output = match chunk {
+                AttachOutput::Stdout(data) => exec_output::Output::Stdout(data),
+                AttachOutput::Stderr(data) => exec_output::Output::Stderr(data),
+            };
+            Ok::<_, Status>(ExecOutput {
+                output: Some(output),
+            })
+        });
+        let end = tokio_stream::once(Ok::<_, Status>(ExecOutput {
+            output: Some(exec_output::Output::ExitCode(0)),
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            chunks, end,
+        ))))
     }
 
     type PortForwardStream = ByteStream<PortForwardOutput>;

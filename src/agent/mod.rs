@@ -202,6 +202,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let runtime: Arc<dyn Runtime> = match args.runtime {
         RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::open(
             &args.data.join("runtime"),
+            node_ip,
         )?),
         RuntimeKind::Containerd => containerd_runtime(&args, &name, pod_cidr.clone()).await?,
     };

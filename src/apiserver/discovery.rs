@@ -119,6 +119,9 @@ fn subresource_json(info: &KindInfo, sub: &str) -> Value {
         "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
         "binding" => ("Binding", "", "", &["create"]),
         "eviction" => ("Eviction", "policy", "v1", &["create"]),
+        "exec" => ("PodExecOptions", "", "", &["create", "get"]),
+        "attach" => ("PodAttachOptions", "", "", &["create", "get"]),
+        "log" => ("Pod", "", "", &["get"]),
         _ => (info.kind, "", "", &["get", "patch", "update"]),
     };
     let mut r = json!({

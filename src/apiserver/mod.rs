@@ -28,7 +28,6 @@ pub mod resource_metrics;
 pub mod router;
 pub mod selector;
 pub mod service_network;
-pub mod spdy;
 pub mod static_tokens;
 pub mod status;
 pub mod store;

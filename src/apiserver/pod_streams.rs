@@ -1,8 +1,10 @@
 //! `pods/log`, `pods/exec` and `pods/attach`: the API server relays them to the Kubelet API of
 //! the pod's node (gRPC, mutual TLS, as `kube-apiserver-kubelet-client` in `system:masters`).
-//! Logs stream as chunked text; exec speaks the WebSocket channel protocol kubectl 1.32 uses
-//! (`v5.channel.k8s.io`, also v4): a first byte naming the stream (0 stdin, 1 stdout,
-//! 2 stderr, 3 error/status, 4 resize, 255 close) then the data.
+//! Logs stream as chunked text; exec and attach speak the WebSocket channel protocol kubectl
+//! 1.32 uses (`v5.channel.k8s.io`, also v4): a first byte naming the stream (0 stdin,
+//! 1 stdout, 2 stderr, 3 error/status, 4 resize, 255 close) then the data. The node's stream
+//! is opened before the upgrade, so what the node refuses (container not running, no stdin)
+//! is this request's Status with its HTTP code.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use skiff_proto::agent::kubelet_client::KubeletClient;
 use skiff_proto::agent::{
-    ExecInput, ExecStart, LogsRequest, TerminalSize, exec_input, exec_output,
+    ExecInput, ExecOutput, ExecStart, LogsRequest, TerminalSize, exec_input, exec_output,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -93,6 +95,16 @@ fn kubelet_error(status: tonic::Status) -> ApiError {
     }
 }
 
+/// The specs of a pod's init and app containers.
+fn containers_of(pod: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"].into_iter().flat_map(|l| {
+        pod.at(&format!("/spec/{l}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    })
+}
+
 /// The pod, its container (named or the only one) and its node's Kubelet address.
 async fn locate(
     objects: &Objects,
@@ -107,14 +119,7 @@ async fn locate(
             false,
         )
         .await?;
-    let names: Vec<String> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|l| {
-            pod.at(&format!("/spec/{l}"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
+    let names: Vec<String> = containers_of(&pod)
         .map(|c| text(c, "/name").to_string())
         .collect();
     let apps: Vec<String> = pod
@@ -223,7 +228,7 @@ pub async fn logs(
         .into_response())
 }
 
-/// `pods/<name>/exec` (and `attach`, which runs nothing new here and is refused).
+/// `pods/<name>/exec`.
 pub async fn exec(
     kubelets: &Kubelets,
     objects: &Objects,
@@ -247,20 +252,104 @@ pub async fn exec(
         command,
         stdin: query.flag("stdin"),
         tty: query.flag("tty"),
+        stdout: true,
+        stderr: true,
     };
-    let client = kubelets.client(&address)?;
+    relay(kubelets, &address, Relayed::Exec, start, request).await
+}
+
+/// `pods/<name>/attach`: the running container's main process. The pod must still run, and
+/// stdin needs a container started with `stdin: true`.
+pub async fn attach(
+    kubelets: &Kubelets,
+    objects: &Objects,
+    target: &ResourceTarget,
+    name: &str,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(request.uri().query())?;
+    let (pod, container, address) = locate(objects, target, name, query.get("container")).await?;
+    let phase = text(&pod, "/status/phase");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::BadRequest(format!(
+            "cannot attach to a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let spec = containers_of(&pod).find(|c| text(c, "/name") == container);
+    let declared = |field: &str| {
+        spec.and_then(|c| c.get(field))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let start = ExecStart {
+        namespace: target.namespace.clone().unwrap_or_default(),
+        pod: name.to_string(),
+        command: Vec::new(),
+        stdin: query.flag("stdin"),
+        stdout: query.flag("stdout"),
+        stderr: query.flag("stderr"),
+        tty: query.flag("tty") && declared("tty"),
+        container,
+    };
+    if !(start.stdin || start.stdout || start.stderr) {
+        return Err(ApiError::BadRequest(
+            "you must specify at least one of stdin, stdout, stderr".into(),
+        ));
+    }
+    if start.stdin && !declared("stdin") {
+        return Err(ApiError::BadRequest(format!(
+            "container {} in pod {name} was not started with stdin: true, so stdin cannot be attached",
+            start.container
+        )));
+    }
+    relay(kubelets, &address, Relayed::Attach, start, request).await
+}
+
+/// Which Kubelet stream a WebSocket is relayed to.
+#[derive(Clone, Copy)]
+enum Relayed {
+    Exec,
+    Attach,
+}
+
+/// Opens the node's stream for `start`, then upgrades the request to a WebSocket bridged to
+/// it.
+async fn relay(
+    kubelets: &Kubelets,
+    address: &str,
+    relayed: Relayed,
+    start: ExecStart,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (verb, span) = match relayed {
+        Relayed::Exec => ("exec", tracing::info_span!("exec", pod = %start.pod)),
+        Relayed::Attach => ("attach", tracing::info_span!("attach", pod = %start.pod)),
+    };
     let (mut parts, _) = request.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|e| {
             ApiError::BadRequest(format!(
-                "exec needs a WebSocket upgrade (v5.channel.k8s.io): {e}"
+                "{verb} needs a WebSocket upgrade (v5.channel.k8s.io): {e}"
             ))
         })?;
-    let span = tracing::info_span!("exec", pod = %name);
+    let mut client = kubelets.client(address)?;
+    let (input_tx, input_rx) = mpsc::channel::<ExecInput>(64);
+    let _ = input_tx
+        .send(ExecInput {
+            input: Some(exec_input::Input::Start(start)),
+        })
+        .await;
+    let inputs = ReceiverStream::new(input_rx);
+    let outputs = match relayed {
+        Relayed::Exec => client.exec(inputs).await,
+        Relayed::Attach => client.attach(inputs).await,
+    }
+    .map_err(kubelet_error)?
+    .into_inner();
     Ok(upgrade
         .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
-        .on_upgrade(move |socket| bridge(socket, client, start).instrument(span))
+        .on_upgrade(move |socket| bridge(socket, input_tx, outputs).instrument(span))
         .into_response())
 }
 
@@ -303,25 +392,12 @@ async fn close_normally(sink: &mut futures::stream::SplitSink<WebSocket, Message
     let _ = sink.close().await;
 }
 
-async fn bridge(socket: WebSocket, mut client: KubeletClient<Channel>, start: ExecStart) {
+async fn bridge(
+    socket: WebSocket,
+    input_tx: mpsc::Sender<ExecInput>,
+    mut outputs: tonic::Streaming<ExecOutput>,
+) {
     let (mut sink, mut stream) = socket.split();
-    let (input_tx, input_rx) = mpsc::channel::<ExecInput>(64);
-    let _ = input_tx
-        .send(ExecInput {
-            input: Some(exec_input::Input::Start(start)),
-        })
-        .await;
-    let outputs = match client.exec(ReceiverStream::new(input_rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            let message = json!({"metadata": {}, "status": "Failure", "message": status.message(), "reason": "InternalError"});
-            let _ = sink
-                .send(frame(ERROR, message.to_string().as_bytes()))
-                .await;
-            close_normally(&mut sink).await;
-            return;
-        }
-    };
     // Client -> node: stdin, resize, close.
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
@@ -356,7 +432,6 @@ async fn bridge(socket: WebSocket, mut client: KubeletClient<Channel>, start: Ex
         }
     });
     // Node -> client: output, then the exit status.
-    let mut outputs = outputs;
     let mut code = None;
     loop {
         match outputs.message().await {

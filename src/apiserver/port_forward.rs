@@ -27,8 +27,8 @@ use tracing::{Instrument, debug, warn};
 use super::objects::{Objects, Scope};
 use super::pod_streams::{Kubelets, node_address};
 use super::request::ResourceTarget;
-use super::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
 use super::status::ApiError;
+use crate::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
 
 /// The WebSocket subprotocols of the tunnelled SPDY session (names used by kubectl versions).
 const PROTOCOLS: [&str; 2] = ["SPDY/3.1+portforward.k8s.io", "v2.portforward.k8s.io"];

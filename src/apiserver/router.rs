@@ -478,7 +478,7 @@ async fn serve(
         return Err(ApiError::NoRoute);
     }
     // Streams relayed to the pod's node keep the request (exec upgrades the connection).
-    if let (Some(sub @ ("log" | "exec" | "portforward")), Some(name)) =
+    if let (Some(sub @ ("log" | "exec" | "attach" | "portforward")), Some(name)) =
         (target.subresource.as_deref(), target.name.as_deref())
         && info.group.is_empty()
         && info.resource == "pods"
@@ -490,6 +490,9 @@ async fn serve(
             }
             ("exec", &Method::GET | &Method::POST) => {
                 super::pod_streams::exec(kubelets, &state.objects, &target, name, request).await
+            }
+            ("attach", &Method::GET | &Method::POST) => {
+                super::pod_streams::attach(kubelets, &state.objects, &target, name, request).await
             }
             ("portforward", &Method::GET | &Method::POST) => {
                 super::port_forward::port_forward(kubelets, &state.objects, &target, name, request)

@@ -47,7 +47,7 @@ pub fn subresources_of(info: &KindInfo) -> Vec<&'static str> {
         out.push("scale");
     }
     if info.group.is_empty() && info.resource == "pods" {
-        out.extend(["binding", "eviction", "log", "exec"]);
+        out.extend(["binding", "eviction", "log", "exec", "attach"]);
     }
     if info.group.is_empty() && info.resource == "serviceaccounts" {
         out.push("token");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod attach;
 pub mod fake_nodes;
 pub mod hosts;
 pub mod kubectl;

@@ -748,6 +748,10 @@ impl Worker {
                 .get("stdin")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            stdin_once: spec_json
+                .get("stdinOnce")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             attempt,
         };
         // The previous attempt's container goes (its log stays for --previous).

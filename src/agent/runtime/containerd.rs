@@ -5,12 +5,14 @@
 //! Pod networking is CNI's `bridge` + `host-local` over the node's podCIDR (Debian's
 //! containernetworking-plugins). Images are never pulled from a registry here: they are built
 //! and imported locally (images/build.sh); a missing image fails like kubelet's ErrImagePull.
-//! `exec` enters the container's namespaces with nsenter, with the container's environment.
+//! `exec` enters the container's namespaces with nsenter, with the container's environment;
+//! `attach` goes through CRI's streaming server (`attach`).
 //!
 //! What lives where: `config` renders containerd's and CNI's files, `launcher` runs containerd,
 //! `client` is the gRPC channel, `sandbox` and `container` translate specs to CRI and back,
 //! `images` names and imports images, `usage` reads stats. This file only sequences RPCs.
 
+mod attach;
 mod client;
 mod config;
 mod container;
@@ -31,17 +33,19 @@ use std::time::Duration;
 use skiff_proto::cri::image_service_client::ImageServiceClient;
 use skiff_proto::cri::runtime_service_client::RuntimeServiceClient;
 use skiff_proto::cri::{
-    ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
-    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    AttachRequest, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
+    ImageSpec, ImageStatusRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tracing::{info, instrument, warn};
 
 use super::{
-    ContainerSpec, ContainerState, PullPolicy, Runtime, RuntimeError, Sandbox, SandboxSpec, Usage,
+    AttachOptions, Attachment, ContainerSpec, ContainerState, PullPolicy, Runtime, RuntimeError,
+    Sandbox, SandboxSpec, Usage,
 };
 use client::rpc_error;
 pub use images::normalize_image;
@@ -480,6 +484,34 @@ impl Runtime for ContainerdRuntime {
             }
         }
         Ok(command)
+    }
+
+    #[instrument(skip(self))]
+    async fn attach(
+        &self,
+        container_id: &str,
+        options: AttachOptions,
+    ) -> Result<Attachment, RuntimeError> {
+        // A terminal has one output stream; CRI refuses tty with stderr.
+        let options = AttachOptions {
+            stderr: options.stderr && !options.tty,
+            ..options
+        };
+        let url = self
+            .runtime
+            .clone()
+            .attach(AttachRequest {
+                container_id: container_id.into(),
+                stdin: options.stdin,
+                tty: options.tty,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            })
+            .await
+            .map_err(|e| rpc_error("attach", e))?
+            .into_inner()
+            .url;
+        attach::connect(&url, options).await
     }
 
     #[instrument(skip(self))]

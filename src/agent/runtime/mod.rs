@@ -7,6 +7,9 @@
 //!   (`<RFC3339Nano> <stdout|stderr> <F|P> <line>`), so `kubectl logs` reads every runtime the
 //!   same way (see `crate::agent::logs`).
 //! - `start_container` returns once the container's process is running (or failed to start).
+//! - A running container's main process can be attached to (`kubectl attach`): its output
+//!   from that moment, its stdin when the spec asked for one (`stdin: true`, kept open until
+//!   the first client detaches when `stdinOnce`), its terminal size when it has a `tty`.
 //! - State survives an agent restart: `list_sandboxes` and `container_state` read it back from
 //!   the runtime, never from agent memory.
 
@@ -153,6 +156,8 @@ pub struct ContainerSpec {
     pub limits: Limits,
     pub tty: bool,
     pub stdin: bool,
+    /// Close the process's stdin once the first attached client detaches.
+    pub stdin_once: bool,
     /// Restart count so far (runtimes label containers with it).
     pub attempt: u32,
 }
@@ -182,6 +187,42 @@ pub struct Usage {
     pub cpu_nanos: u64,
     /// Working set.
     pub memory_bytes: u64,
+}
+
+/// Which streams an attaching client (`kubectl attach`) wants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// Output of an attached container's main process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// What an attached client sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachInput {
+    Stdin(Vec<u8>),
+    /// The client's stdin ended (the process's stdin closes only with `stdinOnce`).
+    CloseStdin,
+    Resize {
+        width: u16,
+        height: u16,
+    },
+}
+
+/// One client attached to a container's main process.
+pub struct Attachment {
+    /// The process's output from the moment of attaching; closed when that output ends.
+    pub output: tokio::sync::mpsc::Receiver<AttachOutput>,
+    /// Stdin and resizes. Dropping it detaches the client (as `CloseStdin` does for stdin).
+    pub input: tokio::sync::mpsc::Sender<AttachInput>,
 }
 
 /// A container runtime: containerd over CRI (`containerd`) or host processes (`process`).
@@ -220,6 +261,14 @@ pub trait Runtime: Send + Sync + 'static {
         container_id: &str,
         argv: &[String],
     ) -> Result<tokio::process::Command, RuntimeError>;
+
+    /// Attaches a client to the running container's main process (`kubectl attach`).
+    /// Asking for stdin fails unless the container was started with `stdin`.
+    async fn attach(
+        &self,
+        container_id: &str,
+        options: AttachOptions,
+    ) -> Result<Attachment, RuntimeError>;
 
     async fn usage(&self, container_id: &str) -> Result<Usage, RuntimeError>;
 }

@@ -6,31 +6,35 @@
 //! volumes bind-mounted at their container paths, /etc/hosts and /etc/resolv.conf from the pod)
 //! and its own UTS namespace (hostname = pod hostname). Without root it runs the command as
 //! is, with volumes only under the pod directory. The pod shares the node's network (its IP is
-//! the node's, as for hostNetwork pods).
+//! the node's, as for hostNetwork pods); hostPorts are relayed (`host_ports`). Stdio stays
+//! attachable for `kubectl attach` (`stdio`).
 //!
 //! State lives in memory and in `<state>/containers/<id>.json`; a container whose process the
 //! agent no longer supervises (agent restarted) is killed and reported as exited, and the pod
 //! worker starts it again.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+mod host_ports;
+mod stdio;
+#[cfg(test)]
+mod tests;
+
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{
-    ContainerSpec, ContainerState, PullPolicy, Runtime, RuntimeError, Sandbox, SandboxSpec, Usage,
+    AttachOptions, Attachment, ContainerSpec, ContainerState, PullPolicy, Runtime, RuntimeError,
+    Sandbox, SandboxSpec, Usage,
 };
-use crate::agent::logs::cri_line;
-
-/// Longest log line written as one record; longer output is split into partial (P) records.
-const MAX_LOG_LINE: usize = 16 * 1024;
+use host_ports::HostPorts;
+use stdio::{ContainerIo, Wiring};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SandboxRecord {
@@ -65,6 +69,7 @@ struct Supervised {
     record: ContainerRecord,
     /// Becomes Some(exit code) when the process ends.
     exited: watch::Receiver<Option<i32>>,
+    io: Arc<ContainerIo>,
 }
 
 pub struct ProcessRuntime {
@@ -72,6 +77,7 @@ pub struct ProcessRuntime {
     isolate: bool,
     sandboxes: Mutex<HashMap<String, SandboxRecord>>,
     containers: Mutex<HashMap<String, Arc<Supervised>>>,
+    host_ports: HostPorts,
 }
 
 fn runtime_error(context: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -85,8 +91,8 @@ fn new_id() -> String {
 
 impl ProcessRuntime {
     /// Opens the runtime's state under `state_dir`, killing processes a previous agent left
-    /// behind (nobody supervises their output any more).
-    pub fn open(state_dir: &Path) -> Result<Self, RuntimeError> {
+    /// behind (nobody supervises their output any more). Pods are reached at `node_ip`.
+    pub fn open(state_dir: &Path, node_ip: IpAddr) -> Result<Self, RuntimeError> {
         let isolate = unsafe { libc::geteuid() } == 0;
         for sub in ["sandboxes", "containers"] {
             std::fs::create_dir_all(state_dir.join(sub))
@@ -115,6 +121,7 @@ impl ProcessRuntime {
             isolate,
             sandboxes: Mutex::new(sandboxes),
             containers: Mutex::new(HashMap::new()),
+            host_ports: HostPorts::new(node_ip),
         })
     }
 
@@ -149,7 +156,7 @@ impl ProcessRuntime {
         &self,
         sandbox: &SandboxRecord,
         spec: &ContainerSpec,
-    ) -> Result<tokio::process::Command, RuntimeError> {
+    ) -> Result<(tokio::process::Command, Wiring), RuntimeError> {
         let argv: Vec<String> = spec.command.iter().chain(&spec.args).cloned().collect();
         let Some((program, rest)) = argv.split_first() else {
             return Err(RuntimeError::Start {
@@ -181,11 +188,7 @@ impl ProcessRuntime {
                 command.current_dir(&pod_dir);
             }
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command.process_group(0);
+        let wiring = stdio::wire(&mut command, spec)?;
         // No shim outlives the agent here: a container dies with it (the next agent start
         // would find nobody reading its output anyway).
         // SAFETY: prctl in the forked child before exec; no allocation.
@@ -219,7 +222,7 @@ impl ProcessRuntime {
                 command.pre_exec(move || isolation::enter(&prepared));
             }
         }
-        Ok(command)
+        Ok((command, wiring))
     }
 }
 
@@ -258,44 +261,6 @@ fn kill_group(pid: u32, signal: i32) {
     }
 }
 
-/// Copies one output stream into the CRI log file.
-async fn copy_log(
-    stream: impl AsyncRead + Unpin,
-    name: &'static str,
-    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
-) {
-    let mut reader = BufReader::with_capacity(MAX_LOG_LINE, stream);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        let read = {
-            let mut limited = (&mut reader).take_bytes(MAX_LOG_LINE);
-            limited.read_until(b'\n', &mut line).await
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let complete = line.last() == Some(&b'\n');
-                if complete {
-                    line.pop();
-                }
-                let record = cri_line(SystemTime::now(), name, complete, &line);
-                if log.lock().await.write_all(&record).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// `AsyncBufReadExt::take` under a name that does not clash with `Read::take`.
-trait TakeBytes: tokio::io::AsyncBufRead + Sized {
-    fn take_bytes(self, limit: usize) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, limit as u64)
-    }
-}
-impl<T: tokio::io::AsyncBufRead> TakeBytes for T {}
-
 #[async_trait::async_trait]
 impl Runtime for ProcessRuntime {
     fn name(&self) -> &'static str {
@@ -317,7 +282,13 @@ impl Runtime for ProcessRuntime {
             resolv_conf: spec.resolv_conf.clone(),
             hosts_file: spec.hosts_file.clone(),
         };
-        self.save("sandboxes", &record.id, &record)?;
+        self.host_ports
+            .open(&record.id, &spec.port_mappings)
+            .await?;
+        if let Err(e) = self.save("sandboxes", &record.id, &record) {
+            self.host_ports.close(&record.id).await;
+            return Err(e);
+        }
         let sandbox = Sandbox {
             id: record.id.clone(),
             ip: None,
@@ -342,6 +313,7 @@ impl Runtime for ProcessRuntime {
         for id in ids {
             self.stop_container(&id, Duration::ZERO).await?;
         }
+        self.host_ports.close(sandbox_id).await;
         Ok(())
     }
 
@@ -391,7 +363,7 @@ impl Runtime for ProcessRuntime {
         spec: &ContainerSpec,
     ) -> Result<String, RuntimeError> {
         let sandbox_record = self.sandbox_record(&sandbox.id)?;
-        let mut command = self.command(&sandbox_record, spec)?;
+        let (mut command, wiring) = self.command(&sandbox_record, spec)?;
         if let Some(parent) = spec.log_path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| runtime_error("creating the log dir", e))?;
@@ -424,17 +396,11 @@ impl Runtime for ProcessRuntime {
             finished_at: None,
         };
         self.save("containers", &id, &record)?;
-        let log = Arc::new(tokio::sync::Mutex::new(log));
-        let mut copies = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            copies.push(tokio::spawn(copy_log(out, "stdout", log.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            copies.push(tokio::spawn(copy_log(err, "stderr", log.clone())));
-        }
+        let (io, copies) = ContainerIo::supervise(wiring, &mut child, log)?;
         let (exit_tx, exit_rx) = watch::channel(None);
         let state_file = self.state_dir.join("containers").join(format!("{id}.json"));
         let mut finished = record.clone();
+        let output = io.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status
@@ -448,6 +414,7 @@ impl Runtime for ProcessRuntime {
             for copy in copies {
                 let _ = copy.await;
             }
+            output.output_ended();
             finished.exit_code = Some(code);
             finished.finished_at = Some(SystemTime::now());
             if let Ok(bytes) = serde_json::to_vec(&finished) {
@@ -465,6 +432,7 @@ impl Runtime for ProcessRuntime {
                 Arc::new(Supervised {
                     record,
                     exited: exit_rx,
+                    io,
                 }),
             );
         Ok(id)
@@ -581,6 +549,21 @@ impl Runtime for ProcessRuntime {
             command.current_dir(dir);
         }
         Ok(command)
+    }
+
+    async fn attach(
+        &self,
+        container_id: &str,
+        options: AttachOptions,
+    ) -> Result<Attachment, RuntimeError> {
+        let container = self.supervised(container_id)?;
+        if container.exited.borrow().is_some() {
+            return Err(RuntimeError::Start {
+                reason: "ContainerNotRunning",
+                message: format!("container {} is not running", container.record.name),
+            });
+        }
+        container.io.attach(&container.record.name, options)
     }
 
     async fn usage(&self, container_id: &str) -> Result<Usage, RuntimeError> {

@@ -42,7 +42,16 @@ impl Attributes {
     pub fn of_resource(target: &ResourceTarget, method: &Method, query: &Query) -> Self {
         let info = target.kind.info();
         let named = target.name.is_some();
+        // Exec, attach and port-forward run something on a node whichever method opens
+        // them: a WebSocket upgrade (GET) needs `create`, as kube-apiserver asks since 1.30.
+        let connect = info.group.is_empty()
+            && info.resource == "pods"
+            && matches!(
+                target.subresource.as_deref(),
+                Some("exec" | "attach" | "portforward")
+            );
         let verb = match *method {
+            Method::GET if connect => "create",
             Method::GET | Method::HEAD if query.flag("watch") => "watch",
             Method::GET | Method::HEAD if named => "get",
             Method::GET | Method::HEAD => "list",

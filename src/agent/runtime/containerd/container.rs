@@ -144,7 +144,7 @@ pub fn container_config(
         annotations: HashMap::new(),
         log_path,
         stdin: spec.stdin,
-        stdin_once: false,
+        stdin_once: spec.stdin_once,
         tty: spec.tty,
         linux: Some(LinuxContainerConfig {
             resources: Some(resources(&spec.limits)),
@@ -248,6 +248,7 @@ mod tests {
             limits: Limits::default(),
             tty: false,
             stdin: false,
+            stdin_once: false,
             attempt: 2,
         }
     }

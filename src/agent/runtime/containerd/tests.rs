@@ -240,6 +240,7 @@ fn container(sandbox: &SandboxSpec, name: &str, image: &str, script: &str) -> Co
         limits: Limits::default(),
         tty: false,
         stdin: false,
+        stdin_once: false,
         attempt: 0,
     }
 }

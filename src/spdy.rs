@@ -1,5 +1,7 @@
-//! SPDY/3.1 framing, as much as `kubectl port-forward` speaks (Kubernetes multiplexes its
-//! streams with SPDY, over a plain HTTP upgrade or tunnelled inside a WebSocket): data frames,
+//! SPDY/3.1 framing, as much as Kubernetes' streams need (it multiplexes them with SPDY, over a
+//! plain HTTP upgrade or tunnelled inside a WebSocket): the API server's side of
+//! `kubectl port-forward`, and the agent's client side of containerd's CRI streaming server
+//! (`kubectl attach`). Data frames,
 //! and the control frames SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS
 //! and WINDOW_UPDATE. Header blocks are zlib streams primed with the protocol's dictionary,
 //! one compression context per direction for the whole connection (draft 3, section 2.6.10).
@@ -324,6 +326,19 @@ impl Codec {
         Ok(out)
     }
 
+    /// A SYN_STREAM opening `stream` (odd ids from a client) with `headers`.
+    pub fn syn_stream(
+        &mut self,
+        stream: u32,
+        flags: u8,
+        headers: &Headers,
+    ) -> Result<Vec<u8>, SpdyError> {
+        // No associated stream, priority 0, no credential slot.
+        let mut prefix = stream.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&[0; 6]);
+        self.with_headers(1, flags, &prefix, headers)
+    }
+
     /// A SYN_REPLY for `stream` with `headers`.
     pub fn syn_reply(
         &mut self,
@@ -331,10 +346,21 @@ impl Codec {
         flags: u8,
         headers: &Headers,
     ) -> Result<Vec<u8>, SpdyError> {
+        self.with_headers(2, flags, &stream.to_be_bytes(), headers)
+    }
+
+    /// A control frame whose body is `prefix` then the compressed `headers`.
+    fn with_headers(
+        &mut self,
+        kind: u16,
+        flags: u8,
+        prefix: &[u8],
+        headers: &Headers,
+    ) -> Result<Vec<u8>, SpdyError> {
         let block = self.deflate_headers(headers)?;
-        let mut body = stream.to_be_bytes().to_vec();
+        let mut body = prefix.to_vec();
         body.extend_from_slice(&block);
-        Ok(control(2, flags, &body))
+        Ok(control(kind, flags, &body))
     }
 }
 
@@ -400,14 +426,8 @@ mod tests {
         assert!(dictionary.ends_with(b"utf-,*,enq=0."));
     }
 
-    /// A client's side of the codec, to speak to the server's in tests.
     fn client_syn_stream(client: &mut Codec, stream: u32, headers: &Headers) -> Vec<u8> {
-        let block = client.deflate_headers(headers).expect("deflate");
-        let mut body = stream.to_be_bytes().to_vec();
-        body.extend_from_slice(&0u32.to_be_bytes());
-        body.extend_from_slice(&[0, 0]);
-        body.extend_from_slice(&block);
-        control(1, 0, &body)
+        client.syn_stream(stream, 0, headers).expect("deflate")
     }
 
     #[test]
