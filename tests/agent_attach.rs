@@ -26,6 +26,9 @@ fn process_runtime_attach_and_host_ports() {
             String::from_utf8_lossy(&k.run(&["get", "nodes", "--no-headers"]).stdout)
                 .contains(" Ready ")
         });
+        wait_for(Duration::from_secs(30), "default namespace", || {
+            k.run(&["get", "namespace", "default"]).status.success()
+        });
         attach(&k);
         host_ports(&k);
     }));

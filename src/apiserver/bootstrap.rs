@@ -123,7 +123,8 @@ pub async fn ensure_stored(node: &RaftNode, what: &str, wanted: Vec<(String, ser
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "waiting to create {what}"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Short: until this returns, a first `kubectl apply` can find no `default` namespace.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -208,7 +209,8 @@ async fn ensure_object(
                 Err(e) => tracing::warn!(resource, name, error = %e, "cannot create yet"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Short: until this returns, a first `kubectl apply` can find no `default` namespace.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
