@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::json_path::JsonPath;
 use control_plane::{ControlPlane, Credentials};
-use pods::{NodeContext, PodManager, PodRegistry, ServiceCache};
+use pods::{EventRecorder, NodeContext, PodManager, PodRegistry, ServiceCache};
 use runtime::Runtime;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -229,6 +229,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         }),
         cluster_domain: args.cluster_domain.clone(),
         registry: registry.clone(),
+        events: EventRecorder::start(control.clone()),
     });
     let kubelet = kubelet_server::serve(
         kubelet_listen,

@@ -2,6 +2,7 @@
 //! pod's spec and reports its status. The manager routes watch events to workers and keeps the
 //! registry `kubectl logs/exec` use to find containers.
 
+mod events;
 mod files;
 pub mod probe;
 pub mod status;
@@ -19,6 +20,7 @@ use super::control_plane::ControlPlane;
 use super::env::NodeResources;
 use super::runtime::Runtime;
 use crate::json_path::JsonPath;
+pub use events::EventRecorder;
 
 /// What every pod worker shares.
 pub struct NodeContext {
@@ -33,6 +35,7 @@ pub struct NodeContext {
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
     pub registry: Arc<PodRegistry>,
+    pub events: EventRecorder,
 }
 
 /// The Services of the cluster (service links in pod environments), kept by the agent's

@@ -263,9 +263,7 @@ impl Worker {
             "type": kind, "reason": reason, "message": message,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
-        if let Err(e) = self.context.control.record_event(&event).await {
-            debug!(reason, error = %e.message(), "event not recorded");
-        }
+        self.context.events.record(event);
     }
 
     /// One pass towards the spec.
@@ -443,8 +441,8 @@ impl Worker {
         };
         // A sandbox an earlier agent made for this pod is replaced (its containers restart):
         // this agent did not see their history.
-        if let Ok(existing) = self.context.runtime.list_sandboxes().await {
-            for old in existing.iter().filter(|s| s.pod_uid == self.uid) {
+        if let Ok(existing) = self.context.runtime.sandboxes_of(&self.uid).await {
+            for old in &existing {
                 info!(sandbox = %old.id, "replacing the sandbox an earlier agent made");
                 let _ = self.context.runtime.remove_sandbox(&old.id).await;
             }

@@ -187,6 +187,42 @@ impl ContainerdRuntime {
             .and_then(|n| n.ip.parse::<IpAddr>().ok()))
     }
 
+    /// Sandboxes CRI lists for `filter`, with the IPs of the ready ones.
+    async fn sandboxes_matching(
+        &self,
+        filter: PodSandboxFilter,
+    ) -> Result<Vec<Sandbox>, RuntimeError> {
+        let items = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map_err(|e| rpc_error("listing sandboxes", e))?
+            .into_inner()
+            .items;
+        let mut sandboxes = Vec::with_capacity(items.len());
+        for item in items {
+            let ip = if item.state == PodSandboxState::SandboxReady as i32 {
+                // A sandbox removed between the list and this call has no IP to report.
+                self.sandbox_ip(&item.id).await.unwrap_or(None)
+            } else {
+                None
+            };
+            sandboxes.push(Sandbox {
+                pod_uid: item
+                    .labels
+                    .get(sandbox::POD_UID_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                id: item.id,
+                ip,
+            });
+        }
+        Ok(sandboxes)
+    }
+
     /// The container's init process id (from the verbose status).
     async fn pid(&self, container_id: &str) -> Result<u32, RuntimeError> {
         let response = self
@@ -323,35 +359,19 @@ impl Runtime for ContainerdRuntime {
 
     #[instrument(skip(self))]
     async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, RuntimeError> {
-        let items = self
-            .runtime
-            .clone()
-            .list_pod_sandbox(ListPodSandboxRequest {
-                filter: Some(PodSandboxFilter::default()),
-            })
-            .await
-            .map_err(|e| rpc_error("listing sandboxes", e))?
-            .into_inner()
-            .items;
-        let mut sandboxes = Vec::with_capacity(items.len());
-        for item in items {
-            let ip = if item.state == PodSandboxState::SandboxReady as i32 {
-                // A sandbox removed between the list and this call has no IP to report.
-                self.sandbox_ip(&item.id).await.unwrap_or(None)
-            } else {
-                None
-            };
-            sandboxes.push(Sandbox {
-                pod_uid: item
-                    .labels
-                    .get(sandbox::POD_UID_LABEL)
-                    .cloned()
-                    .unwrap_or_default(),
-                id: item.id,
-                ip,
-            });
-        }
-        Ok(sandboxes)
+        self.sandboxes_matching(PodSandboxFilter::default()).await
+    }
+
+    #[instrument(skip(self))]
+    async fn sandboxes_of(&self, pod_uid: &str) -> Result<Vec<Sandbox>, RuntimeError> {
+        self.sandboxes_matching(PodSandboxFilter {
+            label_selector: HashMap::from([(
+                sandbox::POD_UID_LABEL.to_string(),
+                pod_uid.to_string(),
+            )]),
+            ..PodSandboxFilter::default()
+        })
+        .await
     }
 
     #[instrument(skip_all, fields(sandbox = %sandbox.id, container = %spec.name, attempt = spec.attempt))]

@@ -241,6 +241,14 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError>;
     /// Sandboxes that exist now (after an agent restart too).
     async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, RuntimeError>;
+    /// The sandboxes of one pod (an earlier agent's, to replace). A runtime that can filter
+    /// on its side overrides this: a pod worker asks once per pod, so a whole listing each
+    /// time costs O(pods) per pod start.
+    async fn sandboxes_of(&self, pod_uid: &str) -> Result<Vec<Sandbox>, RuntimeError> {
+        let mut all = self.list_sandboxes().await?;
+        all.retain(|s| s.pod_uid == pod_uid);
+        Ok(all)
+    }
 
     /// Creates and starts a container; returns its id.
     async fn start_container(

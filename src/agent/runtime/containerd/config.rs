@@ -108,7 +108,9 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
 
 /// The node's CNI network: a bridge (the pods' gateway, hairpin so a pod reaches itself
 /// through a Service, no masquerade: pod IPs stay visible across nodes) with host-local
-/// addresses from the pod CIDR, hostPort through portmap, then loopback.
+/// addresses from the pod CIDR, then hostPort through portmap. No `loopback` plugin: the CRI
+/// plugin already brings `lo` up through a network of its own (go-cni's `cni-loopback`), and a
+/// second one costs another plugin exec on every sandbox's setup and teardown.
 pub fn cni_conflist(network: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
     json!({
         "cniVersion": "0.4.0",
@@ -128,7 +130,6 @@ pub fn cni_conflist(network: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
                 },
             },
             {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "loopback"},
         ],
     })
     .to_string()
@@ -178,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn conflist_is_bridge_host_local_then_loopback() {
+    fn conflist_is_bridge_host_local_then_portmap() {
         let text = cni_conflist(
             &network_name("skiff-n1"),
             "10.42.1.0/24",
@@ -194,8 +195,14 @@ mod tests {
         assert_eq!(bridge["ipam"]["type"], "host-local");
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.42.1.0/24");
         assert_eq!(bridge["ipam"]["dataDir"], "/x/ipam");
-        let last = cni["plugins"].as_array().and_then(|p| p.last()).cloned();
-        assert_eq!(last.map(|p| p["type"].clone()), Some(json!("loopback")));
+        // containerd's CRI plugin sets up `lo` itself; no loopback plugin here.
+        let types: Vec<&str> = cni["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["type"].as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap"]);
     }
 
     #[test]
