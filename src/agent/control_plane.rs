@@ -337,12 +337,13 @@ impl ControlPlane {
             .map(|_| ())
     }
 
+    /// A token for the pod's service account, and when it expires (unix seconds).
     pub async fn service_account_token(
         &self,
         pod: &Value,
         audiences: &[String],
         expiration_seconds: i64,
-    ) -> Result<String, Status> {
+    ) -> Result<(String, i64), Status> {
         let mut client = self.client().await?;
         let account = match text(pod, "/spec/serviceAccountName") {
             "" => "default",
@@ -356,9 +357,8 @@ impl ControlPlane {
             audiences: audiences.to_vec(),
             expiration_seconds,
         };
-        Ok(self
-            .checked(client.service_account_token(request).await)?
-            .token)
+        let reply = self.checked(client.service_account_token(request).await)?;
+        Ok((reply.token, reply.expiration_unix))
     }
 }
 

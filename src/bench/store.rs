@@ -1,6 +1,7 @@
 //! `skiff bench store`: the same etcd-v3 load against a 3-member skiff and a 3-member etcd 3.4,
 //! one after the other in the same run (never at once: they would fight for 2 cores), with the
-//! ratios printed at the end and saved as JSON.
+//! ratios printed at the end and saved as JSON; `--rounds` repeats the pair with fresh clusters
+//! and reports the median ratios.
 
 use std::path::PathBuf;
 
@@ -16,8 +17,13 @@ use crate::progress::Progress;
 #[derive(Args, Debug, Clone)]
 pub struct StoreBenchArgs {
     /// Requests per phase (puts, then linearizable gets).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub ops: u64,
+    /// Rounds, each with a fresh etcd and a fresh skiff (the first system alternates); the
+    /// report gives each round's ratios and their median. This VM's run-to-run spread (either
+    /// system's rate moves by up to 2x) is why one round says little.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -48,42 +54,109 @@ struct SystemResult {
 }
 
 pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        anyhow::bail!("--rounds must be at least 1");
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
-    let mut results = Vec::new();
-
-    let progress = Progress::spinner("etcd 3.4: starting 3 members on 127.0.8.1-3");
-    let ips: Vec<String> = (1..=3).map(|i| format!("127.0.8.{i}")).collect();
-    let pki = BenchPki::generate(&args.dir.join("etcd-pki"), &ips)?;
-    let mut etcd = EtcdCluster::start(&args.dir, "127.0.8.", &pki).await?;
-    let channels = peers::channels(&etcd.endpoints, &pki.ca_pem, &pki.client).await?;
-    let channels = only_member(channels, args.only_member);
-    progress.step("etcd 3.4: running the load");
-    let etcd_result = measure("etcd-3.4", &channels, &args).await;
-    etcd.stop().await;
-    results.push(etcd_result);
-
-    progress.step("skiff: starting 3 members on 127.0.9.1-3");
-    let mut skiff =
-        LocalCluster::start(&args.dir.join("skiff"), "127.0.9.", 3, &[], &progress).await?;
-    let member_pki = skiff.pki()?;
-    let endpoints: Vec<String> = (1..=3)
-        .map(|i| format!("https://{}:2379", skiff.member_ip(i)))
-        .collect();
-    let channels = peers::channels(&endpoints, &member_pki.ca.cert_pem, &member_pki.admin).await?;
-    let channels = only_member(channels, args.only_member);
-    progress.step("skiff: running the load");
-    let skiff_result = measure("skiff", &channels, &args).await;
-    skiff.stop().await;
-    results.push(skiff_result);
+    let mut rounds = Vec::new();
+    let progress = Progress::spinner("store benchmark");
+    for round in 1..=args.rounds {
+        let run = RoundRun {
+            dir: args.dir.join(format!("round-{round}")),
+            args: &args,
+            round,
+            progress: &progress,
+        };
+        // Alternate which system goes first, so a drift of the machine over the run (other
+        // tenants, page cache, thermal) does not always favour the same one.
+        let (etcd, skiff) = if round % 2 == 1 {
+            let etcd = run.etcd().await?;
+            (etcd, run.skiff().await?)
+        } else {
+            let skiff = run.skiff().await?;
+            (run.etcd().await?, skiff)
+        };
+        rounds.push(Round { round, etcd, skiff });
+    }
     progress.finish("done");
 
-    print_report(&results, &args);
+    print_report(&rounds, &args);
     let path = args.dir.join("results.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+    std::fs::write(&path, serde_json::to_vec_pretty(&rounds)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
     Ok(())
+}
+
+/// One round: a fresh 3-member etcd and a fresh 3-member skiff, each loaded on its own.
+#[derive(Serialize, Debug)]
+struct Round {
+    round: usize,
+    etcd: SystemResult,
+    skiff: SystemResult,
+}
+
+impl Round {
+    fn put_ratio(&self) -> f64 {
+        self.skiff.put.per_second / self.etcd.put.per_second.max(1e-9)
+    }
+    fn put_p99_ratio(&self) -> f64 {
+        self.skiff.put.p99_ms / self.etcd.put.p99_ms.max(1e-9)
+    }
+    fn get_ratio(&self) -> f64 {
+        self.skiff.get.per_second / self.etcd.get.per_second.max(1e-9)
+    }
+    fn get_p99_ratio(&self) -> f64 {
+        self.skiff.get.p99_ms / self.etcd.get.p99_ms.max(1e-9)
+    }
+}
+
+/// What one round's two runs share.
+struct RoundRun<'a> {
+    dir: PathBuf,
+    args: &'a StoreBenchArgs,
+    round: usize,
+    progress: &'a Progress,
+}
+
+impl RoundRun<'_> {
+    /// A progress line naming the round.
+    fn announce(&self, what: &str) {
+        let (round, rounds) = (self.round, self.args.rounds);
+        self.progress
+            .step(&format!("round {round}/{rounds}: {what}"));
+    }
+
+    async fn etcd(&self) -> anyhow::Result<SystemResult> {
+        self.announce("etcd 3.4: starting 3 members on 127.0.8.1-3");
+        let ips: Vec<String> = (1..=3).map(|i| format!("127.0.8.{i}")).collect();
+        let pki = BenchPki::generate(&self.dir.join("etcd-pki"), &ips)?;
+        let mut etcd = EtcdCluster::start(&self.dir, "127.0.8.", &pki).await?;
+        let channels = peers::channels(&etcd.endpoints, &pki.ca_pem, &pki.client).await?;
+        let channels = only_member(channels, self.args.only_member);
+        self.announce("etcd 3.4: running the load");
+        let result = measure("etcd-3.4", &channels, self.args).await;
+        etcd.stop().await;
+        Ok(result)
+    }
+
+    async fn skiff(&self) -> anyhow::Result<SystemResult> {
+        self.announce("skiff: starting 3 members on 127.0.9.1-3");
+        let dir = self.dir.join("skiff");
+        let mut skiff = LocalCluster::start(&dir, "127.0.9.", 3, &[], self.progress).await?;
+        let member_pki = skiff.pki()?;
+        let endpoints: Vec<String> = (1..=3)
+            .map(|i| format!("https://{}:2379", skiff.member_ip(i)))
+            .collect();
+        let channels =
+            peers::channels(&endpoints, &member_pki.ca.cert_pem, &member_pki.admin).await?;
+        let channels = only_member(channels, self.args.only_member);
+        self.announce("skiff: running the load");
+        let result = measure("skiff", &channels, self.args).await;
+        skiff.stop().await;
+        Ok(result)
+    }
 }
 
 fn only_member(
@@ -143,35 +216,69 @@ async fn measure(
     }
 }
 
-fn print_report(results: &[SystemResult], args: &StoreBenchArgs) {
+fn print_report(rounds: &[Round], args: &StoreBenchArgs) {
     println!(
-        "store benchmark: {} ops per phase, {} clients, {} B values, 3 members each, TLS on both",
-        args.ops, args.clients, args.value_size
+        "store benchmark: {} ops per phase, {} clients, {} B values, 3 members each, TLS on both, {} round(s)",
+        args.ops, args.clients, args.value_size, args.rounds
     );
     println!(
-        "{:<10} {:<6} {:>10} {:>9} {:>9} {:>7}",
-        "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS"
+        "{:<6} {:<10} {:<6} {:>10} {:>9} {:>9} {:>7}",
+        "ROUND", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS"
     );
-    for r in results {
-        let rows = [
-            ("put", Some(&r.put)),
-            ("get", Some(&r.get)),
-            ("get-s", r.serializable_get.as_ref()),
-        ];
-        for (op, l) in rows.into_iter().filter_map(|(op, l)| l.map(|l| (op, l))) {
-            println!(
-                "{:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
-                r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors
-            );
+    for round in rounds {
+        for r in [&round.etcd, &round.skiff] {
+            let rows = [
+                ("put", Some(&r.put)),
+                ("get", Some(&r.get)),
+                ("get-s", r.serializable_get.as_ref()),
+            ];
+            for (op, l) in rows.into_iter().filter_map(|(op, l)| l.map(|l| (op, l))) {
+                println!(
+                    "{:<6} {:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+                    round.round, r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors
+                );
+            }
         }
-    }
-    if let [etcd, skiff] = results {
         println!(
-            "ratio skiff/etcd: put throughput {:.2}x, put p99 {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
-            skiff.put.per_second / etcd.put.per_second.max(1e-9),
-            skiff.put.p99_ms / etcd.put.p99_ms.max(1e-9),
-            skiff.get.per_second / etcd.get.per_second.max(1e-9),
-            skiff.get.p99_ms / etcd.get.p99_ms.max(1e-9),
+            "{:<6} ratio skiff/etcd: put throughput {:.2}x, put p99 {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
+            round.round,
+            round.put_ratio(),
+            round.put_p99_ratio(),
+            round.get_ratio(),
+            round.get_p99_ratio(),
         );
+    }
+    if rounds.len() > 1 {
+        let median_of = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+        println!(
+            "median of {} rounds: put throughput {:.2}x, put p99 {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
+            rounds.len(),
+            median_of(Round::put_ratio),
+            median_of(Round::put_p99_ratio),
+            median_of(Round::get_ratio),
+            median_of(Round::get_p99_ratio),
+        );
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
     }
 }

@@ -6,6 +6,7 @@ mod events;
 mod files;
 pub mod probe;
 pub mod status;
+mod tokens;
 mod worker;
 
 use std::collections::HashMap;

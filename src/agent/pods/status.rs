@@ -128,7 +128,9 @@ pub fn build(current: &Value, view: &PodView) -> Value {
             Some((was, at)) if was == value && !at.is_empty() => at,
             _ => now.clone(),
         };
-        let mut c = json!({"type": kind, "status": value, "lastProbeTime": null, "lastTransitionTime": since});
+        // No `lastProbeTime: null`: the API stores statuses through the typed PodStatus, which
+        // drops it, and a built status unlike the stored one is re-sent on every sync.
+        let mut c = json!({"type": kind, "status": value, "lastTransitionTime": since});
         if let Some(reason) = reason.filter(|_| !ok) {
             c["reason"] = json!(reason);
         }
@@ -151,7 +153,7 @@ pub fn build(current: &Value, view: &PodView) -> Value {
         ),
         condition("Ready", all_ready, Some(not_ready_reason)),
         condition("ContainersReady", all_ready, Some(not_ready_reason)),
-        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": scheduled}),
+        json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}),
     ];
     status.insert("phase".into(), json!(view.phase));
     status.insert("conditions".into(), json!(conditions));
@@ -253,5 +255,21 @@ mod tests {
             now_ready["containerStatuses"][0]["state"]["running"]["startedAt"],
             "1970-01-01T00:00:00Z"
         );
+    }
+
+    /// The API keeps a status in the form the typed PodStatus gives it; building again from
+    /// that form with nothing changed must give it back, or the agent would send the same
+    /// status on every sync (it did: `lastProbeTime: null`, 100 no-op updates/s at 100 pods).
+    #[test]
+    fn an_unchanged_pod_builds_the_status_the_api_stored() {
+        let stored_form = |status: &Value| -> Value {
+            let typed: k8s_openapi::api::core::v1::PodStatus =
+                serde_json::from_value(status.clone()).expect("a PodStatus");
+            serde_json::to_value(typed).expect("serializable")
+        };
+        for ready in [false, true] {
+            let stored = stored_form(&build(&json!({"qosClass": "BestEffort"}), &view(ready)));
+            assert_eq!(build(&stored, &view(ready)), stored);
+        }
     }
 }

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::probe::{ProbeFailure, Probes, Target, Verdict};
 use super::status::{self, ContainerView, PodView, State, Terminated};
+use super::tokens::TokenCache;
 use super::{ContainerEntry, NodeContext, RegisteredPod, files};
 use crate::agent::env::{self, ConfigError, ObjectSource};
 use crate::agent::logs::log_path;
@@ -128,6 +129,8 @@ struct Worker {
     pod_ip: String,
     volumes: Option<BTreeMap<String, PathBuf>>,
     volumes_at: Option<Instant>,
+    /// Service account tokens of the pod's projected volumes, reused while fresh.
+    tokens: TokenCache,
     config_error: Option<String>,
     slots: Vec<Slot>,
     start_time: SystemTime,
@@ -161,6 +164,7 @@ pub async fn run(context: Arc<NodeContext>, mut updates: mpsc::UnboundedReceiver
         pod_ip: String::new(),
         volumes: None,
         volumes_at: None,
+        tokens: TokenCache::default(),
         config_error: None,
         slots: Vec::new(),
         start_time: SystemTime::now(),
@@ -485,7 +489,10 @@ impl Worker {
 
     async fn prepare_volumes(&mut self) {
         let objects = Source(self.context.clone());
-        let tokens = Source(self.context.clone());
+        let tokens = PodTokens {
+            context: &self.context,
+            cache: &self.tokens,
+        };
         let ca = self.context.control.credentials().ca_pem.clone();
         let context = VolumeContext {
             pod_dir: &self.pod_dir,
@@ -1165,18 +1172,44 @@ impl ObjectSource for Source {
     }
 }
 
+/// A pod's service account tokens: from its cache while fresh, else from the control plane.
+struct PodTokens<'a> {
+    context: &'a NodeContext,
+    cache: &'a TokenCache,
+}
+
 #[async_trait::async_trait]
-impl TokenSource for Source {
+impl TokenSource for PodTokens<'_> {
     async fn token(
         &self,
         pod: &Value,
         audiences: &[String],
         expiration_seconds: i64,
     ) -> Result<String, String> {
-        self.0
+        let account = match text(pod, "/spec/serviceAccountName") {
+            "" => "default",
+            sa => sa,
+        };
+        let now = SystemTime::now();
+        if let Some(token) = self.cache.get(account, audiences, expiration_seconds, now) {
+            return Ok(token);
+        }
+        let (token, expires_unix) = self
+            .context
             .control
             .service_account_token(pod, audiences, expiration_seconds)
             .await
-            .map_err(|s| s.message().to_string())
+            .map_err(|s| s.message().to_string())?;
+        let expires =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_unix).unwrap_or(0));
+        self.cache.put(
+            account,
+            audiences,
+            expiration_seconds,
+            token.clone(),
+            now,
+            expires,
+        );
+        Ok(token)
     }
 }
