@@ -209,10 +209,24 @@ spec:
         restarts("crash") > first
     });
     assert!(k.ok(&["logs", "crash", "--previous"]).contains("dying"));
+    // The first restart after a liveness kill is immediate, as the kubelet does: never
+    // CrashLoopBackOff while RESTARTS is still 0.
     wait_for(
         Duration::from_secs(60),
         "live restarted by its liveness probe",
-        || restarts("live") >= 1,
+        || {
+            let seen = pod_field(
+                k,
+                "live",
+                "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.waiting.reason}",
+            );
+            assert_ne!(
+                seen.trim(),
+                "0 CrashLoopBackOff",
+                "back-off before any restart"
+            );
+            restarts("live") >= 1
+        },
     );
     let described = k.ok(&["describe", "pod", "live"]);
     assert!(

@@ -595,7 +595,10 @@ impl Worker {
             if ran >= BACKOFF_RESET {
                 slot.backoff = BACKOFF_START;
             }
-            let delay = if slot.starts <= 1 && !slot.restart_requested {
+            // The first restart is immediate whatever ended the container, a failed liveness
+            // probe included (as the kubelet does): waiting would show CrashLoopBackOff with
+            // RESTARTS 0 for a container that never crashed.
+            let delay = if slot.starts <= 1 {
                 Duration::ZERO
             } else {
                 slot.backoff
