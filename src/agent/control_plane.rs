@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::json_path::JsonPath;
 use crate::pki::{JoinToken, PEER_DNS_NAME, write_file};
+use crate::registry::pod::service_account_of;
 
 /// The node's credentials, as stored under `DATA/pki/`.
 #[derive(Clone, Debug)]
@@ -345,10 +346,7 @@ impl ControlPlane {
         expiration_seconds: i64,
     ) -> Result<(String, i64), Status> {
         let mut client = self.client().await?;
-        let account = match text(pod, "/spec/serviceAccountName") {
-            "" => "default",
-            sa => sa,
-        };
+        let account = service_account_of(pod);
         let request = ServiceAccountTokenRequest {
             namespace: text(pod, "/metadata/namespace").into(),
             pod_name: text(pod, "/metadata/name").into(),

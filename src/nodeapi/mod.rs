@@ -31,6 +31,7 @@ use crate::apiserver::tokens::{TokenIssuer, TokenSubject};
 use crate::apiserver::watch::{Change, WatchSpec};
 use crate::json_path::JsonPath;
 use crate::pki::{ClusterCa, JoinToken};
+use crate::registry::pod::service_account_of;
 use crate::registry::{self, Kind};
 use crate::server::api_listener::ClientCertificate;
 use access::WatchScope;
@@ -544,10 +545,7 @@ impl NodeAgent for NodeApi {
             )
             .await
             .map_err(status)?;
-        let account = match text(&pod, "/spec/serviceAccountName") {
-            "" => "default",
-            sa => sa,
-        };
+        let account = service_account_of(&pod);
         if text(&pod, "/spec/nodeName") != node_name
             || text(&pod, "/metadata/uid") != request.pod_uid
             || account != request.service_account

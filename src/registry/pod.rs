@@ -49,6 +49,18 @@ fn default_container(c: &mut Container) {
     }
 }
 
+/// The service account a pod runs as: `default` when the spec names none (as admission sets it).
+pub fn service_account_of(pod: &serde_json::Value) -> &str {
+    match pod
+        .get("spec")
+        .and_then(|spec| spec.get("serviceAccountName"))
+        .and_then(serde_json::Value::as_str)
+    {
+        None | Some("") => "default",
+        Some(name) => name,
+    }
+}
+
 /// Pod spec defaults, shared with the pod templates of workload kinds.
 pub fn default_pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
@@ -383,5 +395,25 @@ impl Strategy for PodStrategy {
             or_none(status.nominated_node_name.unwrap_or_default()),
             or_none(""),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::service_account_of;
+
+    #[test]
+    fn a_pod_without_a_service_account_runs_as_default() {
+        assert_eq!(service_account_of(&json!({"spec": {}})), "default");
+        assert_eq!(
+            service_account_of(&json!({"spec": {"serviceAccountName": ""}})),
+            "default"
+        );
+        assert_eq!(
+            service_account_of(&json!({"spec": {"serviceAccountName": "robot"}})),
+            "robot"
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::agent::runtime::{
 };
 use crate::agent::volumes::{self, TokenSource, VolumeContext};
 use crate::json_path::JsonPath;
+use crate::registry::pod::service_account_of;
 use crate::registry::quantity;
 
 /// How often a pod is re-checked without news (container exits, probes, volume refresh).
@@ -1189,10 +1190,7 @@ impl TokenSource for PodTokens<'_> {
         audiences: &[String],
         expiration_seconds: i64,
     ) -> Result<String, String> {
-        let account = match text(pod, "/spec/serviceAccountName") {
-            "" => "default",
-            sa => sa,
-        };
+        let account = service_account_of(pod);
         let now = SystemTime::now();
         if let Some(token) = self.cache.get(account, audiences, expiration_seconds, now) {
             return Ok(token);
