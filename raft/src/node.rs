@@ -191,9 +191,10 @@ impl RaftNode {
     /// writes share raft entries (see write_batch.rs).
     pub async fn write(&self, command: Command) -> Result<CommandResult, NodeError> {
         let node = self.clone();
+        let in_flight = crate::write_batch::in_flight_limit(self.is_leader());
         self.inner
             .writes
-            .write(command, move |command| {
+            .write(command, in_flight, move |command| {
                 let node = node.clone();
                 async move { node.propose(command).await }
             })

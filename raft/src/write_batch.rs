@@ -4,7 +4,7 @@
 //! openraft's core loop, a log append, an AppendEntries to each follower, a forward RPC when this
 //! member follows, and an apply call with its own meta update. Under concurrent writes that
 //! per-entry cost, not the fsync (already grouped by the log writer), is what limits throughput.
-//! So writes queue here; at most `MAX_IN_FLIGHT` proposals are outstanding, and each takes
+//! So writes queue here; at most `in_flight_limit` proposals are outstanding, and each takes
 //! everything queued when it starts (bounded by count and bytes) as one `Command::Batch`. A
 //! write that finds a free slot goes out at once, alone, so an idle cluster adds no latency;
 //! under load the queue fills while proposals are in flight, and batches grow with the load.
@@ -20,9 +20,24 @@ use tokio::sync::oneshot;
 
 use crate::error::NodeError;
 
-/// Proposals outstanding at once. Two keep the pipeline busy (one is replicated while the next
-/// fills) without splitting the queue into small batches.
-const MAX_IN_FLIGHT: usize = 2;
+/// Proposals outstanding at once on the leader. Two keep the pipeline busy (one is replicated
+/// while the next fills) without splitting the queue into small batches.
+const LEADER_IN_FLIGHT: usize = 2;
+/// On a follower, whose proposals are forwarded to the leader: one. The forward's round trip
+/// is longer, so the queue behind it grows into a bigger batch, and fewer, fuller proposals
+/// reach the leader. Measured with `skiff bench store` (64 clients over 3 members, six
+/// interleaved runs each): median 7353 puts/s against 6266 with two; four and eight were
+/// worse than two.
+const FOLLOWER_IN_FLIGHT: usize = 1;
+
+/// How many proposals a member keeps outstanding, by whether it leads.
+pub(crate) fn in_flight_limit(leading: bool) -> usize {
+    if leading {
+        LEADER_IN_FLIGHT
+    } else {
+        FOLLOWER_IN_FLIGHT
+    }
+}
 /// Commands per batch entry: bounds one apply call and one entry's decode.
 const MAX_COMMANDS: usize = 256;
 /// Approximate payload bytes per batch entry; a single larger command goes alone.
@@ -69,9 +84,15 @@ pub(crate) struct WriteBatcher {
 
 impl WriteBatcher {
     /// Proposes `command` (alone or batched with others) through `propose`, which sends one
-    /// command — plain or `Command::Batch` — to the leader and returns its result. Proposals
-    /// run in spawned tasks, so a caller that gives up never strands the others.
-    pub(crate) async fn write<F, Fut>(&self, command: Command, propose: F) -> Reply
+    /// command — plain or `Command::Batch` — to the leader and returns its result; at most
+    /// `in_flight` proposals are outstanding. Proposals run in spawned tasks, so a caller that
+    /// gives up never strands the others.
+    pub(crate) async fn write<F, Fut>(
+        &self,
+        command: Command,
+        in_flight: usize,
+        propose: F,
+    ) -> Reply
     where
         F: Fn(Command) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send,
@@ -85,7 +106,7 @@ impl WriteBatcher {
                 bytes,
                 reply,
             });
-            let start = queue.in_flight < MAX_IN_FLIGHT;
+            let start = queue.in_flight < in_flight.max(1);
             if start {
                 queue.in_flight += 1;
             }
@@ -241,9 +262,9 @@ mod tests {
         for n in 0..200 {
             let batcher = batcher.clone();
             let propose = fake_leader(proposals.clone(), revisions.clone());
-            tasks.push(tokio::spawn(
-                async move { batcher.write(put(n), propose).await },
-            ));
+            tasks.push(tokio::spawn(async move {
+                batcher.write(put(n), LEADER_IN_FLIGHT, propose).await
+            }));
         }
         let mut seen = std::collections::BTreeSet::new();
         for task in tasks {
@@ -262,7 +283,7 @@ mod tests {
     async fn a_lone_write_is_proposed_at_once_as_itself() {
         let batcher = WriteBatcher::default();
         let got = batcher
-            .write(put(1), |command| async move {
+            .write(put(1), LEADER_IN_FLIGHT, |command| async move {
                 assert!(
                     matches!(command, Command::Txn(_)),
                     "not wrapped: {command:?}"
@@ -281,7 +302,7 @@ mod tests {
             let batcher = batcher.clone();
             tasks.push(tokio::spawn(async move {
                 batcher
-                    .write(put(n), |_| async {
+                    .write(put(n), LEADER_IN_FLIGHT, |_| async {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         Err(NodeError::NoLeader)
                     })
@@ -317,5 +338,44 @@ mod tests {
         assert_eq!(queue.take_batch().len(), 1, "an oversized write goes alone");
         assert_eq!(queue.take_batch().len(), 1);
         assert!(queue.take_batch().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_follower_keeps_one_proposal_outstanding() {
+        assert_eq!(in_flight_limit(false), 1);
+        assert_eq!(in_flight_limit(true), LEADER_IN_FLIGHT);
+        let batcher = WriteBatcher::default();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for n in 0..50 {
+            let batcher = batcher.clone();
+            let (outstanding, most) = (outstanding.clone(), most.clone());
+            tasks.push(tokio::spawn(async move {
+                batcher
+                    .write(put(n), in_flight_limit(false), move |command| {
+                        let (outstanding, most) = (outstanding.clone(), most.clone());
+                        async move {
+                            let now = outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                            Ok(match command {
+                                Command::Batch(c) => CommandResult::Batch(
+                                    c.iter()
+                                        .map(|_| CommandResult::Txn(TxnResponse::default()))
+                                        .collect(),
+                                ),
+                                _ => CommandResult::Txn(TxnResponse::default()),
+                            })
+                        }
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.expect("join").is_ok());
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1);
     }
 }
