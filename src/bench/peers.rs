@@ -64,6 +64,11 @@ pub async fn channels(
 }
 
 impl EtcdCluster {
+    /// The members' process ids while they run.
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     pub async fn start(dir: &Path, ip_prefix: &str, pki: &BenchPki) -> anyhow::Result<Self> {
         if which("etcd").is_none() {
             bail!("etcd not found: apt-get install etcd-server");

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench::api::cpu_seconds;
 use crate::bench::load::{self, LoadResult, Workload};
 use crate::bench::peers::{self, BenchPki, EtcdCluster};
 use crate::cli::local_cluster::LocalCluster;
@@ -51,6 +52,11 @@ struct SystemResult {
     put: LoadResult,
     get: LoadResult,
     serializable_get: Option<LoadResult>,
+    /// CPU time (user + system) the three members used per request in each phase, in
+    /// microseconds: what the work costs, a figure other load on the VM moves far less than
+    /// a rate (steal and neighbours slow the run, they do not add work to it).
+    put_cpu_us_per_op: f64,
+    get_cpu_us_per_op: f64,
 }
 
 pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
@@ -110,6 +116,9 @@ impl Round {
     fn get_p99_ratio(&self) -> f64 {
         self.skiff.get.p99_ms / self.etcd.get.p99_ms.max(1e-9)
     }
+    fn put_cpu_ratio(&self) -> f64 {
+        self.skiff.put_cpu_us_per_op / self.etcd.put_cpu_us_per_op.max(1e-9)
+    }
 }
 
 /// What one round's two runs share.
@@ -136,7 +145,7 @@ impl RoundRun<'_> {
         let channels = peers::channels(&etcd.endpoints, &pki.ca_pem, &pki.client).await?;
         let channels = only_member(channels, self.args.only_member);
         self.announce("etcd 3.4: running the load");
-        let result = measure("etcd-3.4", &channels, self.args).await;
+        let result = measure("etcd-3.4", &channels, self.args, &etcd.pids()).await;
         etcd.stop().await;
         Ok(result)
     }
@@ -153,7 +162,8 @@ impl RoundRun<'_> {
             peers::channels(&endpoints, &member_pki.ca.cert_pem, &member_pki.admin).await?;
         let channels = only_member(channels, self.args.only_member);
         self.announce("skiff: running the load");
-        let result = measure("skiff", &channels, self.args).await;
+        let pids: Vec<Option<u32>> = (1..=3).map(|i| skiff.member_pid(i)).collect();
+        let result = measure("skiff", &channels, self.args, &pids).await;
         skiff.stop().await;
         Ok(result)
     }
@@ -169,11 +179,23 @@ fn only_member(
     }
 }
 
+/// CPU seconds the members `pids` have used so far.
+fn members_cpu_seconds(pids: &[Option<u32>]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// Microseconds of member CPU per request of a phase that used `cpu_seconds`.
+fn cpu_us_per_op(cpu_seconds: f64, load: &LoadResult) -> f64 {
+    cpu_seconds * 1e6 / (load.ops.max(1) as f64)
+}
+
 async fn measure(
     system: &str,
     channels: &[tonic::transport::Channel],
     args: &StoreBenchArgs,
+    pids: &[Option<u32>],
 ) -> SystemResult {
+    let cpu_before_puts = members_cpu_seconds(pids);
     let put = load::run(
         channels,
         Workload::Put,
@@ -183,6 +205,7 @@ async fn measure(
         args.keys,
     )
     .await;
+    let cpu_before_gets = members_cpu_seconds(pids);
     let get = load::run(
         channels,
         Workload::LinearizableGet,
@@ -192,6 +215,9 @@ async fn measure(
         args.keys,
     )
     .await;
+    let cpu_after_gets = members_cpu_seconds(pids);
+    let put_cpu_us_per_op = cpu_us_per_op(cpu_before_gets - cpu_before_puts, &put);
+    let get_cpu_us_per_op = cpu_us_per_op(cpu_after_gets - cpu_before_gets, &get);
     let serializable_get = if args.serializable_reads {
         let workload = Workload::SerializableGet;
         Some(
@@ -213,6 +239,8 @@ async fn measure(
         put,
         get,
         serializable_get,
+        put_cpu_us_per_op,
+        get_cpu_us_per_op,
     }
 }
 
@@ -222,28 +250,33 @@ fn print_report(rounds: &[Round], args: &StoreBenchArgs) {
         args.ops, args.clients, args.value_size, args.rounds
     );
     println!(
-        "{:<6} {:<10} {:<6} {:>10} {:>9} {:>9} {:>7}",
-        "ROUND", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS"
+        "{:<6} {:<10} {:<6} {:>10} {:>9} {:>9} {:>7} {:>10}",
+        "ROUND", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS", "CPU us/op"
     );
     for round in rounds {
         for r in [&round.etcd, &round.skiff] {
+            // The serializable phase's CPU is not measured (it is an extra, rarely run).
             let rows = [
-                ("put", Some(&r.put)),
-                ("get", Some(&r.get)),
-                ("get-s", r.serializable_get.as_ref()),
+                ("put", Some(&r.put), format!("{:.0}", r.put_cpu_us_per_op)),
+                ("get", Some(&r.get), format!("{:.0}", r.get_cpu_us_per_op)),
+                ("get-s", r.serializable_get.as_ref(), "-".to_string()),
             ];
-            for (op, l) in rows.into_iter().filter_map(|(op, l)| l.map(|l| (op, l))) {
+            for (op, l, cpu) in rows
+                .into_iter()
+                .filter_map(|(op, l, cpu)| l.map(|l| (op, l, cpu)))
+            {
                 println!(
-                    "{:<6} {:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
-                    round.round, r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors
+                    "{:<6} {:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10}",
+                    round.round, r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors, cpu
                 );
             }
         }
         println!(
-            "{:<6} ratio skiff/etcd: put throughput {:.2}x, put p99 {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
+            "{:<6} ratio skiff/etcd: put throughput {:.2}x, put p99 {:.2}x, put CPU/op {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
             round.round,
             round.put_ratio(),
             round.put_p99_ratio(),
+            round.put_cpu_ratio(),
             round.get_ratio(),
             round.get_p99_ratio(),
         );
@@ -251,10 +284,11 @@ fn print_report(rounds: &[Round], args: &StoreBenchArgs) {
     if rounds.len() > 1 {
         let median_of = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
         println!(
-            "median of {} rounds: put throughput {:.2}x, put p99 {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
+            "median of {} rounds: put throughput {:.2}x, put p99 {:.2}x, put CPU/op {:.2}x; get throughput {:.2}x, get p99 {:.2}x",
             rounds.len(),
             median_of(Round::put_ratio),
             median_of(Round::put_p99_ratio),
+            median_of(Round::put_cpu_ratio),
             median_of(Round::get_ratio),
             median_of(Round::get_p99_ratio),
         );
