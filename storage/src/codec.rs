@@ -162,6 +162,7 @@ pub(crate) struct StoredKv {
     pub mod_revision: Revision,
     pub version: i64,
     pub lease: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -231,6 +232,40 @@ mod tests {
             mirror.value,
             mirror.lease,
         )
+    }
+
+    /// The byte fields are serialized as bytes (serde_bytes), not as sequences of u8: one copy
+    /// instead of a serde call per byte. bincode writes both the same way, so records and log
+    /// entries written before the change still decode; this pins that.
+    #[test]
+    fn byte_fields_encode_as_they_did_as_sequences() {
+        #[derive(Serialize)]
+        struct AsSequences {
+            key: Vec<u8>,
+            create_revision: Revision,
+            mod_revision: Revision,
+            version: i64,
+            value: Vec<u8>,
+            lease: i64,
+        }
+        let kv = key_value("/registry/pods/default/p", &[0, 1, 2, 255]);
+        let plain = AsSequences {
+            key: kv.key.clone(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value.clone(),
+            lease: kv.lease,
+        };
+        assert_eq!(encode("kv", &kv).unwrap(), encode("plain", &plain).unwrap());
+        let put = crate::model::Op::Put {
+            key: b"/k".to_vec(),
+            value: vec![7; 300],
+            lease: 0,
+            prev_kv: true,
+        };
+        let bytes = encode("op", &put).unwrap();
+        assert_eq!(decode::<crate::model::Op>("op", &bytes).unwrap(), put);
     }
 
     #[test]
