@@ -25,6 +25,19 @@ fn names(k: &Kubectl, namespace: &str) -> Vec<String> {
     names
 }
 
+/// The data of the Secret the test keeps in `shop`.
+fn secret_pw(k: &Kubectl) -> String {
+    k.ok(&[
+        "get",
+        "secret",
+        "pw",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.p}",
+    ])
+}
+
 #[test]
 fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
     let mut cluster = Cluster::start(35, 1, &[]);
@@ -120,7 +133,11 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
         .arg(&file)
         .output()
         .expect("skiff backup verify");
-    assert_ok(&out, "skiff backup verify --token");
+    let verified = assert_ok(&out, "skiff backup verify --token");
+    assert!(
+        verified.contains("at-rest keys: carried"),
+        "the backup carries the keys its Secrets are sealed with: {verified}"
+    );
 
     // Lose the namespace, then bring it back from the backup into the running cluster.
     k.ok(&["delete", "namespace", "shop"]);
@@ -157,18 +174,7 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
         ]),
         "blue"
     );
-    assert_eq!(
-        k.ok(&[
-            "get",
-            "secret",
-            "pw",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.data.p}"
-        ]),
-        "czNjcmV0"
-    );
+    assert_eq!(secret_pw(&k), "czNjcmV0");
     wait_for(
         Duration::from_secs(20),
         "the pods, recreated by the controllers",
@@ -225,6 +231,8 @@ fn a_deleted_namespace_comes_back_and_a_restored_cluster_serves_kubectl() {
         || k2.run(&["get", "namespace", "shop"]).status.success(),
     );
     assert_eq!(names(&k2, "shop"), before);
+    // A new CA, but the backup's at-rest keys: its sealed Secrets open.
+    assert_eq!(secret_pw(&k2), "czNjcmV0");
     assert_eq!(
         k2.ok(&[
             "get",

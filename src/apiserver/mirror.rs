@@ -65,7 +65,10 @@ impl Mirror<Value> {
 
 /// Any stored object as a JSON value (an undecodable one is logged and left out).
 fn decode_value(key: &str, bytes: &[u8]) -> Option<Value> {
-    serde_json::from_slice(bytes)
+    let plain = super::at_rest::from_storage(key.as_bytes(), bytes)
+        .map_err(|e| tracing::warn!(key, error = %e, "stored object does not open"))
+        .ok()?;
+    serde_json::from_slice(&plain)
         .map_err(|e| tracing::warn!(key, error = %e, "undecodable object"))
         .ok()
 }

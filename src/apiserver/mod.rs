@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod at_rest;
 pub mod audit;
 pub mod auth;
 pub mod authz;

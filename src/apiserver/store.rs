@@ -12,6 +12,7 @@ use skiff_storage::{
     TxnRequest,
 };
 
+use super::at_rest;
 use super::status::ApiError;
 use crate::registry::KindInfo;
 
@@ -67,10 +68,11 @@ pub struct GuardedPut {
 
 impl GuardedPut {
     pub fn new(key: String, expected: Revision, object: &Value) -> Result<Self, ApiError> {
+        let value = encode(&key, object)?;
         Ok(GuardedPut {
             key,
             expected,
-            value: encode(object)?,
+            value,
         })
     }
 }
@@ -130,9 +132,16 @@ pub fn namespace_key(namespace: &str) -> String {
     format!("/registry/namespaces/{namespace}")
 }
 
-/// Decodes a stored value and stamps its resourceVersion.
+/// Decodes a stored value (opening it if it is encrypted at rest) and stamps its
+/// resourceVersion.
 pub fn decode(kv: &KeyValue) -> Result<Stored, ApiError> {
-    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+    let plain = at_rest::from_storage(&kv.key, &kv.value).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored object {}: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    let mut object: Value = serde_json::from_slice(&plain).map_err(|e| {
         ApiError::Internal(format!(
             "stored object {} does not decode: {e}",
             String::from_utf8_lossy(&kv.key)
@@ -154,13 +163,15 @@ pub fn set_resource_version(object: &mut Value, revision: Revision) {
     }
 }
 
-/// The bytes stored for an object: its JSON without resourceVersion.
-fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
+/// The bytes stored for an object under `key`: its JSON without resourceVersion, sealed if
+/// the key is encrypted at rest.
+fn encode(key: &str, object: &Value) -> Result<Vec<u8>, ApiError> {
     let mut object = object.clone();
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&object).map_err(|e| ApiError::Internal(e.to_string()))
+    let json = serde_json::to_vec(&object).map_err(|e| ApiError::Internal(e.to_string()))?;
+    at_rest::to_storage(key, json).map_err(|e| ApiError::Internal(format!("{key}: {e}")))
 }
 
 fn key_exists(key: &str, exists: bool) -> Compare {
@@ -301,7 +312,7 @@ impl ObjectStore {
             failure.push(range_op(&ns_key));
         }
         compares.extend(claims.compares());
-        let mut success = vec![put(key, encode(object)?)];
+        let mut success = vec![put(key, encode(key, object)?)];
         success.extend(claims.ops(key));
         let response = self
             .node
@@ -357,7 +368,7 @@ impl ObjectStore {
     ) -> Result<UpdateOutcome, ApiError> {
         let mut compares = vec![Compare::mod_revision_equals(key, expected)];
         compares.extend(claims.compares());
-        let mut success = vec![put(key, encode(object)?)];
+        let mut success = vec![put(key, encode(key, object)?)];
         success.extend(claims.ops(key));
         let response = self
             .node
@@ -387,7 +398,7 @@ impl ObjectStore {
             .node
             .txn(TxnRequest {
                 compares: vec![Compare::mod_revision_equals(key, expected)],
-                success: vec![put(key, encode(object)?)],
+                success: vec![put(key, encode(key, object)?)],
                 failure: Vec::new(),
             })
             .await?;

@@ -3,7 +3,9 @@
 //! not give away the cluster's Secrets.
 //!
 //! A plain backup is the snapshot format itself. A wrapped one starts with `SKIFFENV1`, a flags
-//! byte (1 = zstd, 2 = encrypted) and, when encrypted, a 16-byte salt; the body is the
+//! byte (1 = zstd, 2 = encrypted, 4 = at-rest keys) and, when encrypted, a 16-byte salt; the
+//! body is the cluster's at-rest key file as `[u32 length][text]` when flag 4 is set (the
+//! Secrets in the snapshot are sealed with those keys, and a restore needs them), then the
 //! (compressed) snapshot, in encrypted frames `[u32 length][ciphertext + tag]` of up to 64 KiB,
 //! each sealed with its sequence number as nonce, ending with a sealed empty frame so that a
 //! truncated file is refused rather than read short. The snapshot's own SHA-256 trailer still
@@ -20,6 +22,9 @@ use sha2::{Digest, Sha256};
 const MAGIC: &[u8; 9] = b"SKIFFENV1";
 const ZSTD: u8 = 1;
 const ENCRYPTED: u8 = 2;
+const AT_REST_KEYS: u8 = 4;
+/// A key file is a few lines; anything longer is a corrupt length.
+const MAX_KEYS_BYTES: usize = 1 << 20;
 const FRAME: usize = 64 * 1024;
 const TAG: usize = 16;
 
@@ -29,6 +34,14 @@ pub struct Wrapping<'a> {
     pub compress: bool,
     /// The cluster token to encrypt with (None: not encrypted).
     pub token: Option<&'a str>,
+    /// The cluster's at-rest key file, carried ahead of the snapshot.
+    pub at_rest_keys: Option<&'a str>,
+}
+
+/// A backup opened for reading: the snapshot, and the at-rest keys it carries.
+pub struct Opened {
+    pub snapshot: Box<dyn Read>,
+    pub at_rest_keys: Option<String>,
 }
 
 fn key(token: &str, salt: &[u8]) -> io::Result<LessSafeKey> {
@@ -170,7 +183,7 @@ pub fn write_wrapped<T>(
     wrapping: Wrapping<'_>,
     write: impl FnOnce(&mut dyn Write) -> io::Result<T>,
 ) -> io::Result<T> {
-    if !wrapping.compress && wrapping.token.is_none() {
+    if !wrapping.compress && wrapping.token.is_none() && wrapping.at_rest_keys.is_none() {
         return write(out);
     }
     let mut flags = 0;
@@ -180,9 +193,28 @@ pub fn write_wrapped<T>(
     if wrapping.token.is_some() {
         flags |= ENCRYPTED;
     }
+    if wrapping.at_rest_keys.is_some() {
+        flags |= AT_REST_KEYS;
+    }
     out.write_all(MAGIC)?;
     out.write_all(&[flags])?;
+    // The body: the keys block, then the snapshot.
+    let keys = wrapping.at_rest_keys;
+    let write = move |body: &mut dyn Write| -> io::Result<T> {
+        if let Some(keys) = keys {
+            let len = u32::try_from(keys.len())
+                .ok()
+                .filter(|len| (*len as usize) <= MAX_KEYS_BYTES)
+                .ok_or_else(|| io::Error::other("the at-rest key file is too large"))?;
+            body.write_all(&len.to_be_bytes())?;
+            body.write_all(keys.as_bytes())?;
+        }
+        write(body)
+    };
     let Some(token) = wrapping.token else {
+        if !wrapping.compress {
+            return write(out);
+        }
         let mut encoder = zstd::Encoder::new(out, 3)?;
         let value = write(&mut encoder)?;
         encoder.finish()?;
@@ -212,7 +244,7 @@ pub fn write_wrapped<T>(
 }
 
 /// Opens a backup file for reading its snapshot, unwrapping compression and encryption.
-pub fn open(path: &Path, token: Option<&str>) -> io::Result<Box<dyn Read>> {
+pub fn open(path: &Path, token: Option<&str>) -> io::Result<Opened> {
     let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut head = [0u8; 10];
     let mut got = 0;
@@ -224,7 +256,10 @@ pub fn open(path: &Path, token: Option<&str>) -> io::Result<Box<dyn Read>> {
         got += n;
     }
     if got < head.len() || &head[..9] != MAGIC {
-        return Ok(Box::new(io::Cursor::new(head[..got].to_vec()).chain(file)));
+        return Ok(Opened {
+            snapshot: Box::new(io::Cursor::new(head[..got].to_vec()).chain(file)),
+            at_rest_keys: None,
+        });
     }
     let flags = head[9];
     let body: Box<dyn Read> = if flags & ENCRYPTED != 0 {
@@ -244,11 +279,35 @@ pub fn open(path: &Path, token: Option<&str>) -> io::Result<Box<dyn Read>> {
     } else {
         Box::new(file)
     };
-    if flags & ZSTD != 0 {
-        Ok(Box::new(zstd::Decoder::new(body)?))
+    let mut body: Box<dyn Read> = if flags & ZSTD != 0 {
+        Box::new(zstd::Decoder::new(body)?)
     } else {
-        Ok(body)
+        body
+    };
+    let at_rest_keys = if flags & AT_REST_KEYS != 0 {
+        Some(read_keys(&mut body)?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        snapshot: body,
+        at_rest_keys,
+    })
+}
+
+fn read_keys(body: &mut dyn Read) -> io::Result<String> {
+    let mut len = [0u8; 4];
+    body.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_KEYS_BYTES {
+        return Err(io::Error::other(
+            "the backup is corrupt (its at-rest keys block is too long)",
+        ));
     }
+    let mut text = vec![0u8; len];
+    body.read_exact(&mut text)?;
+    String::from_utf8(text)
+        .map_err(|_| io::Error::other("the backup is corrupt (its at-rest keys are not text)"))
 }
 
 #[cfg(test)]
@@ -256,14 +315,23 @@ mod tests {
     use super::*;
 
     fn round_trip(wrapping: Wrapping<'_>, token: Option<&str>, data: &[u8]) -> io::Result<Vec<u8>> {
+        round_trip_with_keys(wrapping, token, data).map(|(data, _)| data)
+    }
+
+    fn round_trip_with_keys(
+        wrapping: Wrapping<'_>,
+        token: Option<&str>,
+        data: &[u8],
+    ) -> io::Result<(Vec<u8>, Option<String>)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("b.snap");
         let mut file = File::create(&path)?;
         write_wrapped(&mut file, wrapping, |w| w.write_all(data))?;
         drop(file);
         let mut out = Vec::new();
-        open(&path, token)?.read_to_end(&mut out)?;
-        Ok(out)
+        let mut opened = open(&path, token)?;
+        opened.snapshot.read_to_end(&mut out)?;
+        Ok((out, opened.at_rest_keys))
     }
 
     #[test]
@@ -271,22 +339,30 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
+        let keys = "aesgcm skiff-1 AAAA\n";
         for (compress, token) in [
             (false, None),
             (true, None),
             (false, Some("t0k")),
             (true, Some("t0k")),
         ] {
-            let w = Wrapping { compress, token };
-            assert_eq!(
-                round_trip(w, token, &data).expect("round trip"),
-                data,
-                "{w:?}"
-            );
+            for at_rest_keys in [None, Some(keys)] {
+                let w = Wrapping {
+                    compress,
+                    token,
+                    at_rest_keys,
+                };
+                assert_eq!(
+                    round_trip_with_keys(w, token, &data).expect("round trip"),
+                    (data.clone(), at_rest_keys.map(str::to_string)),
+                    "{w:?}"
+                );
+            }
         }
         let sealed = Wrapping {
             compress: false,
             token: Some("right"),
+            at_rest_keys: Some(keys),
         };
         assert!(round_trip(sealed, Some("wrong"), &data).is_err());
         assert!(round_trip(sealed, None, &data).is_err());
@@ -300,6 +376,7 @@ mod tests {
         let w = Wrapping {
             compress: false,
             token: Some("t"),
+            at_rest_keys: None,
         };
         write_wrapped(&mut file, w, |w| w.write_all(&vec![7u8; 200_000])).expect("write");
         drop(file);
@@ -313,6 +390,7 @@ mod tests {
         assert!(
             open(&path, Some("t"))
                 .expect("open")
+                .snapshot
                 .read_to_end(&mut out)
                 .is_err()
         );

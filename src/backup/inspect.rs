@@ -12,8 +12,10 @@ use super::files;
 /// Reads the whole file, checking structure and hash, and prints what it holds.
 #[tracing::instrument(skip_all, fields(file = %path.display()))]
 pub fn verify(path: &Path, token: Option<&str>) -> anyhow::Result<()> {
-    let mut input = super::envelope::open(path, token)
+    let opened = super::envelope::open(path, token)
         .with_context(|| format!("opening {}", path.display()))?;
+    let carries_keys = opened.at_rest_keys.is_some();
+    let mut input = opened.snapshot;
     let mut by_prefix: BTreeMap<String, u64> = BTreeMap::new();
     let (header, stats) = scan_snapshot(&mut input, None, true, &mut |key| {
         *by_prefix.entry(resource_prefix(key)).or_default() += 1
@@ -25,6 +27,14 @@ pub fn verify(path: &Path, token: Option<&str>) -> anyhow::Result<()> {
     println!(
         "size:        {} bytes ({} keys, {} history events)",
         stats.bytes, stats.kv_count, stats.history_count
+    );
+    println!(
+        "at-rest keys: {}",
+        if carries_keys {
+            "carried (a restore reads its encrypted Secrets)"
+        } else {
+            "none (Secrets, if any, are stored as they are)"
+        }
     );
     println!("keys by resource:");
     for (prefix, count) in &by_prefix {

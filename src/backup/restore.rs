@@ -99,11 +99,15 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // The backup's at-rest keys (its Secrets are sealed with them) become the new cluster's.
+    let backup_keys = super::envelope::open(&req.from, req.token.as_deref())
+        .with_context(|| format!("opening {}", req.from.display()))?
+        .at_rest_keys;
     let NewCluster {
         identity,
         pki,
         token,
-    } = bootstrap::new_cluster(&addrs, keep_pki.as_ref())?;
+    } = bootstrap::new_cluster(&addrs, keep_pki.as_ref(), backup_keys.as_deref())?;
     std::fs::create_dir_all(&req.data)
         .with_context(|| format!("creating {}", req.data.display()))?;
 
@@ -138,7 +142,8 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<()> {
     let backup_token = req.token.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut input = super::envelope::open(&from, backup_token.as_deref())
-            .with_context(|| format!("opening {}", from.display()))?;
+            .with_context(|| format!("opening {}", from.display()))?
+            .snapshot;
         Store::restore_backup_checked(&db, &opts, &mut input, check_digest)
             .with_context(|| format!("{} cannot be restored", from.display()))
     })

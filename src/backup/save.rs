@@ -77,6 +77,16 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
         .map_err(|s| anyhow!("backup from {server}: {}", s.message()))?
         .into_inner();
 
+    // The first chunk carries the cluster's at-rest keys: they go into the file ahead of the
+    // snapshot (the Secrets in it are sealed with them).
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("backup stream from {server}: {}", s.message()))?
+        .ok_or_else(|| anyhow!("backup stream from {server} ended before any data"))?;
+    let at_rest_keys =
+        Some(first.secrets_encryption_keys.clone()).filter(|keys| !keys.trim().is_empty());
+
     // The receiving thread validates and writes; this task feeds it and shows progress.
     let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
     let out = req.out.clone();
@@ -90,6 +100,7 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
         let wrapping = super::envelope::Wrapping {
             compress,
             token: encrypt_with.as_deref(),
+            at_rest_keys: at_rest_keys.as_deref(),
         };
         write_atomically(&out, |w| -> Result<_, BackupError> {
             let scanned = super::envelope::write_wrapped(w, wrapping, |inner| {
@@ -102,22 +113,27 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
         })
     });
     let progress = Progress::transfer(&format!("backup from {server}"));
-    let mut received = 0u64;
+    let mut received = first.data.len() as u64;
+    progress.transfer_update(received, first.records);
     let mut stream_error = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(chunk)) => {
-                received += chunk.data.len() as u64;
-                progress.transfer_update(received, chunk.records);
-                if tx.send(chunk.data).await.is_err() {
-                    // The writer stopped (it found the data invalid); its error says why.
+    // A writer that already stopped found the first chunk invalid; its error says why.
+    if tx.send(first.data).await.is_ok() {
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => {
+                    received += chunk.data.len() as u64;
+                    progress.transfer_update(received, chunk.records);
+                    if tx.send(chunk.data).await.is_err() {
+                        // The writer stopped (it found the data invalid); its error says why.
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    stream_error =
+                        Some(anyhow!("backup stream from {server}: {}", status.message()));
                     break;
                 }
-            }
-            Ok(None) => break,
-            Err(status) => {
-                stream_error = Some(anyhow!("backup stream from {server}: {}", status.message()));
-                break;
             }
         }
     }

@@ -20,6 +20,7 @@ use skiff_storage::scan_snapshot_kvs;
 use crate::apiclient::ApiClient;
 use crate::json_path::JsonPath;
 use crate::pki::CertKey;
+use crate::pki::at_rest::{AtRestKeys, open_with};
 
 /// Credentials and address of the running cluster's API.
 pub struct Target {
@@ -151,16 +152,32 @@ fn plan(
     skip_hash_check: bool,
     namespace: &str,
 ) -> anyhow::Result<(Option<Value>, Vec<Planned>)> {
-    let mut input = super::envelope::open(file, token)
+    let opened = super::envelope::open(file, token)
         .with_context(|| format!("opening {}", file.display()))?;
+    let keys = opened
+        .at_rest_keys
+        .as_deref()
+        .map(AtRestKeys::parse)
+        .transpose()
+        .with_context(|| format!("the at-rest keys in {}", file.display()))?;
+    let mut input = opened.snapshot;
     let mut namespace_object = None;
     let mut found: Vec<(String, Value)> = Vec::new();
+    // A Secret that does not open must stop the restore, not go missing from it.
+    let mut sealed_error = None;
     scan_snapshot_kvs(&mut input, !skip_hash_check, &mut |kv| {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
         if !key.starts_with("/registry/") {
             return;
         }
-        let Ok(object) = serde_json::from_slice::<Value>(&kv.value) else {
+        let plain = match open_with(keys.as_ref(), &kv.key, &kv.value) {
+            Ok(plain) => plain,
+            Err(e) => {
+                sealed_error.get_or_insert_with(|| format!("{key}: {e}"));
+                return;
+            }
+        };
+        let Ok(object) = serde_json::from_slice::<Value>(&plain) else {
             return;
         };
         if key == format!("/registry/namespaces/{namespace}") {
@@ -170,6 +187,12 @@ fn plan(
         }
     })
     .with_context(|| format!("{} is not a valid skiff backup", file.display()))?;
+    if let Some(error) = sealed_error {
+        bail!(
+            "{} holds a Secret that cannot be read: {error}",
+            file.display()
+        );
+    }
     let selector_services: Vec<String> = found
         .iter()
         .filter(|(_, o)| {

@@ -19,8 +19,9 @@ const CHANNEL_CHUNKS: usize = 8;
 pub type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
 
 /// Starts streaming a point-in-time snapshot of `kv` (the cut is taken when the blocking thread
-/// opens its RocksDB snapshot, right away). The caller does the read barrier first.
-pub fn start(kv: KvView) -> BackupStream {
+/// opens its RocksDB snapshot, right away). The caller does the read barrier first. The first
+/// chunk carries `at_rest_keys` (the at-rest key file, empty if none).
+pub fn start(kv: KvView, at_rest_keys: String) -> BackupStream {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
@@ -31,6 +32,7 @@ pub fn start(kv: KvView) -> BackupStream {
             buf: Vec::with_capacity(CHUNK_BYTES),
             bytes: 0,
             records: &records,
+            at_rest_keys: Some(at_rest_keys),
         };
         let outcome = skiff_storage::write_snapshot(&kv, &mut writer, &mut |n, _| records.set(n))
             .and_then(|header| {
@@ -64,6 +66,8 @@ struct ChunkWriter<'a> {
     buf: Vec<u8>,
     bytes: u64,
     records: &'a Cell<u64>,
+    /// Sent with the first chunk, then None.
+    at_rest_keys: Option<String>,
 }
 
 impl ChunkWriter<'_> {
@@ -76,6 +80,7 @@ impl ChunkWriter<'_> {
             data: std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)),
             records: self.records.get(),
             bytes: self.bytes,
+            secrets_encryption_keys: self.at_rest_keys.take().unwrap_or_default(),
         };
         self.tx
             .blocking_send(Ok(chunk))

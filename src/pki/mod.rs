@@ -5,6 +5,7 @@
 //! so it fetches the CA over an unverified TLS connection and accepts it only if its SHA-256 equals
 //! the hash inside the token (the k3s scheme). Everything after that is verified TLS.
 
+pub mod at_rest;
 mod staged;
 mod token;
 
@@ -57,6 +58,9 @@ pub struct MemberPki {
     pub ca: CertKey,
     pub node: CertKey,
     pub admin: CertKey,
+    /// The text of the at-rest key file (see `at_rest`); None for a data dir made before
+    /// Secrets were encrypted, whose cluster then keeps storing them as they are.
+    pub secrets_encryption: Option<String>,
 }
 
 impl ClusterCa {
@@ -185,6 +189,11 @@ impl PkiPaths {
             ("admin.key", &pki.admin.key_pem, true),
         ]
         .into_iter()
+        .chain(
+            pki.secrets_encryption
+                .as_ref()
+                .map(|text| (at_rest::KEY_FILE, text, true)),
+        )
         .map(|(file, pem, secret)| FileSpec {
             path: self.dir.join(file),
             contents: pem.as_bytes().to_vec(),
@@ -210,6 +219,15 @@ impl PkiPaths {
             admin: CertKey {
                 cert_pem: read("admin.crt")?,
                 key_pem: read("admin.key")?,
+            },
+            secrets_encryption: match read(at_rest::KEY_FILE) {
+                Ok(text) => Some(text),
+                Err(PkiError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
             },
         })
     }

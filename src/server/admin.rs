@@ -73,6 +73,7 @@ impl Admin for AdminService {
         info!(revision = self.node.kv().revision(), "streaming a backup");
         Ok(Response::new(crate::backup::stream::start(
             self.node.kv().clone(),
+            self.pki.secrets_encryption.clone().unwrap_or_default(),
         )))
     }
 
@@ -141,6 +142,7 @@ impl Admin for AdminService {
                 .into_iter()
                 .map(|m| m.info.api_addr)
                 .collect(),
+            secrets_encryption_keys: self.pki.secrets_encryption.clone().unwrap_or_default(),
         }))
     }
 

@@ -18,6 +18,7 @@ use tracing::info;
 
 use super::Addresses;
 use crate::kubeconfig;
+use crate::pki::at_rest::AtRestKeys;
 use crate::pki::{
     CertKey, ClusterCa, FileSpec, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, StagedFiles,
     ca_fingerprint,
@@ -117,7 +118,13 @@ pub struct NewCluster {
 
 /// A new cluster id, node 1, a join token, and a PKI: a new CA, or `keep_pki`'s CA and admin
 /// credentials (restore keeps the old cluster's PKI when asked) with a new node certificate.
-pub fn new_cluster(addrs: &Addresses, keep_pki: Option<&MemberPki>) -> anyhow::Result<NewCluster> {
+/// The at-rest keys are a restored backup's (`backup_keys`, so its Secrets open) and the kept
+/// PKI's, or a new key.
+pub fn new_cluster(
+    addrs: &Addresses,
+    keep_pki: Option<&MemberPki>,
+    backup_keys: Option<&str>,
+) -> anyhow::Result<NewCluster> {
     let cluster_id = hex::encode(rand::rng().random::<[u8; 8]>());
     let (ca, admin) = match keep_pki {
         Some(old) => (ClusterCa::from_pem(old.ca.clone()), old.admin.clone()),
@@ -128,10 +135,12 @@ pub fn new_cluster(addrs: &Addresses, keep_pki: Option<&MemberPki>) -> anyhow::R
         }
     };
     let node = ca.issue_node(&addrs.name, &addrs.sans())?;
+    let kept_keys = keep_pki.and_then(|old| old.secrets_encryption.as_deref());
     let pki = MemberPki {
         ca: ca.ca.clone(),
         node,
         admin,
+        secrets_encryption: Some(at_rest_keys(backup_keys, kept_keys)?),
     };
     let token = JoinToken::new(ca.fingerprint());
     let identity = addrs.identity(1, cluster_id);
@@ -142,12 +151,29 @@ pub fn new_cluster(addrs: &Addresses, keep_pki: Option<&MemberPki>) -> anyhow::R
     })
 }
 
+/// The at-rest key file of a new cluster: the backup's keys first (they sealed its data), then
+/// the kept PKI's; a new key when there are neither.
+fn at_rest_keys(backup_keys: Option<&str>, kept_keys: Option<&str>) -> anyhow::Result<String> {
+    let parse = |text: &str, whose: &str| {
+        AtRestKeys::parse(text).with_context(|| format!("the at-rest keys of {whose}"))
+    };
+    let keys = match (backup_keys, kept_keys) {
+        (Some(backup), Some(kept)) => {
+            parse(backup, "the backup")?.merged_with(parse(kept, "the kept PKI")?)
+        }
+        (Some(backup), None) => parse(backup, "the backup")?,
+        (None, Some(kept)) => parse(kept, "the kept PKI")?,
+        (None, None) => AtRestKeys::generate()?,
+    };
+    Ok(keys.render())
+}
+
 fn create_cluster(data: &Path, addrs: &Addresses) -> anyhow::Result<Membership> {
     let NewCluster {
         identity,
         pki,
         token,
-    } = new_cluster(addrs, None)?;
+    } = new_cluster(addrs, None, None)?;
     persist(data, &identity, &pki, &token, addrs)?;
     info!(cluster = %identity.cluster_id, "created a new cluster");
     Ok(Membership {
@@ -254,7 +280,14 @@ async fn join_cluster(
             cert_pem: response.admin_cert_pem,
             key_pem: response.admin_key_pem,
         },
+        // Empty when the cluster was made before Secrets were encrypted: it stores them as
+        // they are, and so must this member.
+        secrets_encryption: Some(response.secrets_encryption_keys)
+            .filter(|text| !text.trim().is_empty()),
     };
+    if let Some(text) = &pki.secrets_encryption {
+        AtRestKeys::parse(text).context("the at-rest keys sent by the cluster")?;
+    }
     let identity = addrs.identity(response.node_id, response.cluster_id);
     persist(data, &identity, &pki, &token, addrs)?;
     info!(cluster = %identity.cluster_id, node_id = identity.node_id, "joined as learner");

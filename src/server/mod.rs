@@ -11,7 +11,7 @@ pub mod identity;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use axum::Router;
 use axum::routing::get;
 use skiff_proto::admin::PromoteRequest;
@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::ServerArgs;
 use crate::etcd::EtcdLimits;
+use crate::pki::at_rest::{self, AtRestKeys};
 use bootstrap::{Membership, Origin};
 use etcd_backend::RaftKvBackend;
 use identity::NodeIdentity;
@@ -151,6 +152,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         token,
         origin,
     } = membership;
+    match &pki.secrets_encryption {
+        Some(text) => {
+            let keys = AtRestKeys::parse(text).with_context(|| {
+                format!(
+                    "reading {}",
+                    args.data.join("pki").join(at_rest::KEY_FILE).display()
+                )
+            })?;
+            if crate::apiserver::at_rest::install(keys).is_err() {
+                bail!("the at-rest keys were already installed in this process");
+            }
+        }
+        None => warn!(
+            "no {} in the data dir (a cluster made before Secrets were encrypted): Secrets are stored unencrypted",
+            at_rest::KEY_FILE
+        ),
+    }
     if identity.raft_addr != addrs.raft_advertised || identity.api_addr != addrs.api_advertised {
         warn!(stored = %identity.raft_addr, given = %addrs.raft_advertised, "addresses differ from the ones this member joined with; peers still use the stored ones");
     }
