@@ -373,6 +373,10 @@ fn scheduled_snapshots_appear_and_are_pruned_to_the_retention() {
     let newest = dir.join(later.last().expect("a snapshot"));
     let verify = assert_ok(&skiff(&["backup", "verify", path_str(&newest)]), "verify");
     assert!(verify.contains("/registry/pods"), "{verify}");
+    assert!(
+        verify.contains("at-rest keys: carried"),
+        "a scheduled snapshot carries the Secrets' keys: {verify}"
+    );
 
     // Prune by hand (the server may add one more meanwhile).
     cluster_stop_and_prune(cluster, &dir);

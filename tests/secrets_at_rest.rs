@@ -1,7 +1,8 @@
 //! Secrets are encrypted at rest (design.md): what etcdctl reads from the store under
 //! /registry/secrets/ is kube-apiserver's `k8s:enc:aesgcm:v1:` form with nothing of the data in
 //! it, on every member (a joined one got the key with the CA), while kubectl reads the Secret
-//! as it was written from any member, also after a restart. Other kinds stay plain JSON.
+//! as it was written from any member, also after a restart. Other kinds stay plain JSON; the
+//! ServiceAccount token signing key is sealed too.
 
 mod common;
 
@@ -50,6 +51,16 @@ fn secrets_are_sealed_in_the_store_and_read_back_by_kubectl_on_every_member() {
         let config = stored_value(&cluster, member, "/registry/configmaps/default/plain");
         assert!(config.contains("\"color\":\"blue\""), "{config}");
     }
+
+    // So is the private key that signs ServiceAccount tokens (made at the first token).
+    wait_for(Duration::from_secs(20), "a ServiceAccount token", || {
+        k.run(&["create", "token", "default"]).status.success()
+    });
+    let signing_key = stored_value(&cluster, 0, "/registry/skiff/serviceaccount-signing-key");
+    assert!(
+        signing_key.starts_with("k8s:enc:aesgcm:v1:") && !signing_key.contains("PRIVATE KEY"),
+        "{signing_key}"
+    );
 
     // The key file: the same on both members, readable by root only.
     let key_file = |i: usize| cluster.nodes[i].data.join("pki/secrets-encryption.key");

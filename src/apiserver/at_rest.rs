@@ -11,8 +11,10 @@ use crate::pki::at_rest::{AtRestError, AtRestKeys, open_with};
 /// before Secrets were encrypted (its Secrets are stored as they are).
 static KEYS: OnceLock<AtRestKeys> = OnceLock::new();
 
-/// Key prefixes whose values are sealed: kube-apiserver's usual EncryptionConfiguration.
-const ENCRYPTED_PREFIXES: &[&str] = &["/registry/secrets/"];
+/// Key prefixes whose values are sealed: Secrets (kube-apiserver's usual
+/// EncryptionConfiguration) and the private key that signs ServiceAccount tokens, which is
+/// worth as much as every Secret.
+const ENCRYPTED_PREFIXES: &[&str] = &["/registry/secrets/", super::tokens::KEY_PATH];
 
 /// Installs this member's keys; a second call is refused (keys never change under a running
 /// API).

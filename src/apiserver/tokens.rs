@@ -20,7 +20,7 @@ use super::status::ApiError;
 use super::store::{CreateOutcome, ObjectStore};
 use crate::json_path::JsonPath;
 
-const KEY_PATH: &str = "/registry/skiff/serviceaccount-signing-key";
+pub(super) const KEY_PATH: &str = "/registry/skiff/serviceaccount-signing-key";
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Tokens last an hour unless asked otherwise; at most a day, at least ten minutes.
 const DEFAULT_TTL: i64 = 3600;

@@ -3,7 +3,7 @@
 //! creation time in their headers.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use skiff_storage::{SnapshotHeader, read_header};
@@ -100,9 +100,10 @@ pub fn list(dir: &Path) -> Result<Vec<SnapshotFile>, BackupError> {
             continue;
         }
         let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        let header = File::open(&path)
+        // Through the envelope: scheduled snapshots carry the at-rest keys ahead of the header.
+        let header = super::envelope::open(&path, None)
             .map_err(|e| e.to_string())
-            .and_then(|f| read_header(&mut BufReader::new(f)).map_err(|e| e.to_string()));
+            .and_then(|mut opened| read_header(&mut opened.snapshot).map_err(|e| e.to_string()));
         files.push(SnapshotFile { path, size, header });
     }
     files.sort_by(|a, b| (a.created_unix_ms(), &a.path).cmp(&(b.created_unix_ms(), &b.path)));

@@ -5,6 +5,7 @@
 //! which is when one is most wanted. Each file's header says the revision it holds. After each
 //! snapshot the directory is pruned to the retention.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,9 @@ pub struct SnapshotSchedule {
     pub dir: PathBuf,
     /// This member's name, part of each file name.
     pub member: String,
+    /// The at-rest key file, carried in each snapshot so that a restore into a new PKI reads
+    /// its Secrets (set when the member starts).
+    pub at_rest_keys: Option<String>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -62,11 +66,23 @@ async fn take(node: &RaftNode, config: &SnapshotSchedule) -> Result<(), BackupEr
         .join(files::scheduled_name(&config.member, now_unix_ms()));
     let dir = config.dir.clone();
     let retention = config.retention;
+    let at_rest_keys = config.at_rest_keys.clone();
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let _entered = span.enter();
-        let header = files::write_atomically(&path, |mut w| -> Result<_, BackupError> {
-            Ok(skiff_storage::write_snapshot(&kv, &mut w, &mut |_, _| {})?)
+        let wrapping = super::envelope::Wrapping {
+            at_rest_keys: at_rest_keys.as_deref(),
+            ..Default::default()
+        };
+        let header = files::write_atomically(&path, |w| -> Result<_, BackupError> {
+            let written = super::envelope::write_wrapped(w, wrapping, |mut inner| {
+                skiff_storage::write_snapshot(&kv, &mut inner, &mut |_, _| {})
+                    .map_err(io::Error::other)
+            });
+            written.map_err(|e| match e.downcast::<skiff_storage::StorageError>() {
+                Ok(storage) => BackupError::from(storage),
+                Err(e) => BackupError::io("writing", &path, e),
+            })
         })?;
         info!(file = %path.display(), revision = header.revision, "scheduled snapshot written");
         for removed in files::prune(&dir, retention)? {

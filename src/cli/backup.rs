@@ -125,6 +125,7 @@ impl SnapshotScheduleArgs {
                 .clone()
                 .unwrap_or_else(|| data.join("backups")),
             member: member.to_string(),
+            at_rest_keys: None,
         }))
     }
 }

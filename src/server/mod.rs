@@ -226,6 +226,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(mut schedule) = snapshot_schedule {
         schedule.member = identity.name.clone();
+        schedule.at_rest_keys = pki.secrets_encryption.clone();
         crate::backup::schedule::spawn(node.clone(), schedule)?;
     }
 
