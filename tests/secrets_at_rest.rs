@@ -97,6 +97,25 @@ fn secrets_are_sealed_in_the_store_and_read_back_by_kubectl_on_every_member() {
     assert_ne!(before, after);
     assert!(after.starts_with("k8s:enc:aesgcm:v1:") && !after.contains("admin"));
 
+    // A value sealed with a key no member holds (written around the API) is a clear error for
+    // that object, and the rest of the API goes on.
+    let out = cluster.etcdctl(
+        0,
+        &[
+            "put",
+            "/registry/secrets/default/foreign",
+            "k8s:enc:aesgcm:v1:elsewhere:0123456789abcdefghij",
+        ],
+    );
+    assert_ok(&out, "etcdctl put");
+    let refused = k.fails(&["get", "secret", "foreign"]);
+    assert!(refused.contains("elsewhere"), "{refused}");
+    assert_eq!(
+        k.ok(&["get", "configmap", "plain", "-o", "jsonpath={.data.color}"]),
+        "blue"
+    );
+    k.ok(&["delete", "configmap", "plain"]);
+
     // A restarted member still opens what it stored.
     cluster.kill(1);
     cluster.restart(1);
