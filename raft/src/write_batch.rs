@@ -222,6 +222,20 @@ mod tests {
         Command::Txn(TxnRequest::put(format!("/k/{n}"), "v"))
     }
 
+    /// A leader's answer to `command`: `one`'s result for it, or for each command of a batch
+    /// in order.
+    fn answer_each(
+        command: &Command,
+        mut one: impl FnMut(&Command) -> CommandResult,
+    ) -> CommandResult {
+        match command {
+            Command::Batch(commands) => {
+                CommandResult::Batch(commands.iter().map(&mut one).collect())
+            }
+            single => one(single),
+        }
+    }
+
     /// A fake leader: applies each command of a proposal in order, giving command i of the
     /// whole sequence revision i; counts proposals.
     fn fake_leader(
@@ -243,12 +257,7 @@ mod tests {
                         revision,
                     })
                 };
-                Ok(match &command {
-                    Command::Batch(commands) => {
-                        CommandResult::Batch(commands.iter().map(one).collect())
-                    }
-                    single => one(single),
-                })
+                Ok(answer_each(&command, one))
             })
         }
     }
@@ -360,14 +369,9 @@ mod tests {
                             most.fetch_max(now, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(2)).await;
                             outstanding.fetch_sub(1, Ordering::SeqCst);
-                            Ok(match command {
-                                Command::Batch(c) => CommandResult::Batch(
-                                    c.iter()
-                                        .map(|_| CommandResult::Txn(TxnResponse::default()))
-                                        .collect(),
-                                ),
-                                _ => CommandResult::Txn(TxnResponse::default()),
-                            })
+                            Ok(answer_each(&command, |_| {
+                                CommandResult::Txn(TxnResponse::default())
+                            }))
                         }
                     })
                     .await

@@ -24,4 +24,13 @@ impl BackupError {
             source,
         }
     }
+
+    /// An error out of a snapshot written through `envelope::write_wrapped`: the storage
+    /// error it carries (the snapshot itself failed), else writing `path` failed.
+    pub fn writing(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        match error.downcast::<StorageError>() {
+            Ok(storage) => BackupError::Storage(storage),
+            Err(error) => BackupError::io("writing", path, error),
+        }
+    }
 }

@@ -15,6 +15,7 @@ use super::error::BackupError;
 use super::files::write_atomically;
 use super::selective::Target;
 use crate::pki::PkiPaths;
+use crate::pki::at_rest::key_file_from_wire;
 use crate::progress::Progress;
 use crate::server::bootstrap::admin_client;
 use crate::server::identity::NodeIdentity;
@@ -79,13 +80,12 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
 
     // The first chunk carries the cluster's at-rest keys: they go into the file ahead of the
     // snapshot (the Secrets in it are sealed with them).
-    let first = stream
+    let mut first = stream
         .message()
         .await
         .map_err(|s| anyhow!("backup stream from {server}: {}", s.message()))?
         .ok_or_else(|| anyhow!("backup stream from {server} ended before any data"))?;
-    let at_rest_keys =
-        Some(first.secrets_encryption_keys.clone()).filter(|keys| !keys.trim().is_empty());
+    let at_rest_keys = key_file_from_wire(std::mem::take(&mut first.secrets_encryption_keys));
 
     // The receiving thread validates and writes; this task feeds it and shows progress.
     let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
@@ -106,10 +106,7 @@ pub async fn run(req: SaveRequest) -> anyhow::Result<()> {
             let scanned = super::envelope::write_wrapped(w, wrapping, |inner| {
                 scan_snapshot(&mut input, Some(inner), true, &mut |_| {}).map_err(io::Error::other)
             });
-            scanned.map_err(|e| match e.downcast::<skiff_storage::StorageError>() {
-                Ok(storage) => BackupError::from(storage),
-                Err(e) => BackupError::io("writing", &out, e),
-            })
+            scanned.map_err(|e| BackupError::writing(&out, e))
         })
     });
     let progress = Progress::transfer(&format!("backup from {server}"));

@@ -79,10 +79,7 @@ async fn take(node: &RaftNode, config: &SnapshotSchedule) -> Result<(), BackupEr
                 skiff_storage::write_snapshot(&kv, &mut inner, &mut |_, _| {})
                     .map_err(io::Error::other)
             });
-            written.map_err(|e| match e.downcast::<skiff_storage::StorageError>() {
-                Ok(storage) => BackupError::from(storage),
-                Err(e) => BackupError::io("writing", &path, e),
-            })
+            written.map_err(|e| BackupError::writing(&path, e))
         })?;
         info!(file = %path.display(), revision = header.revision, "scheduled snapshot written");
         for removed in files::prune(&dir, retention)? {

@@ -100,6 +100,16 @@ fn now_nanos() -> u128 {
 }
 
 /// RSS figures of the members, "a / b / c" (MB).
+/// The middle value (the mean of the two middle ones for an even count).
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 pub(super) fn megabytes(v: &[f64]) -> String {
     v.iter()
         .map(|m| format!("{m:.0}"))
@@ -525,6 +535,13 @@ fn print_report(r: &Report, args: &ApiBenchArgs) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 
     #[test]
     fn percentiles_of_a_known_series() {

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench::api::median;
 use crate::bench::load::{self, Workload};
 use crate::bench::peers::{self, BenchPki, EtcdCluster};
 use crate::cli::local_cluster::LocalCluster;
@@ -66,8 +67,7 @@ fn median_of(make: impl Fn(usize) -> Command, what: &str) -> anyhow::Result<f64>
     for i in 0..RESTORE_RUNS {
         times.push(timed(make(i), what)?);
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(median(times))
 }
 
 /// Runs `command`, failing with its stderr; returns the seconds it took.

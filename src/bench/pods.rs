@@ -223,13 +223,16 @@ async fn measure(
     let seconds = began.elapsed().as_secs_f64();
     watcher.abort();
     let agent_rss_loaded_mb: Vec<f64> = up.agent_pids().into_iter().map(rss_mb).collect();
-    let startup_ms_by_pod: Vec<(String, f64)> = (0..args.pods)
-        .filter_map(|i| {
-            let name = format!("bench-{i}");
-            let ms = latencies.lock().ok()?.get(&name).copied()?;
-            Some((name, ms))
-        })
-        .collect();
+    let startup_ms_by_pod: Vec<(String, f64)> = match latencies.lock() {
+        Ok(latencies) => (0..args.pods)
+            .filter_map(|i| {
+                let name = format!("bench-{i}");
+                let ms = latencies.get(&name).copied()?;
+                Some((name, ms))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let samples: Vec<f64> = startup_ms_by_pod.iter().map(|(_, ms)| *ms).collect();
     let missing = (args.pods as u64).saturating_sub(errors + samples.len() as u64);
     // Pods per node, for the RSS goal.

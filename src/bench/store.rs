@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::bench::api::cpu_seconds;
+use crate::bench::api::{cpu_seconds, median};
 use crate::bench::load::{self, LoadResult, Workload};
 use crate::bench::peers::{self, BenchPki, EtcdCluster};
 use crate::cli::local_cluster::LocalCluster;
@@ -292,27 +292,5 @@ fn print_report(rounds: &[Round], args: &StoreBenchArgs) {
             median_of(Round::get_ratio),
             median_of(Round::get_p99_ratio),
         );
-    }
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(Vec::new()), 0.0);
     }
 }

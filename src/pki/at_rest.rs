@@ -220,6 +220,12 @@ pub fn open_with<'a>(
     Ok(Cow::Owned(buffer))
 }
 
+/// A key file as the admin API carries it (join, backup stream), where an empty string means
+/// the cluster has none.
+pub fn key_file_from_wire(text: String) -> Option<String> {
+    Some(text).filter(|text| !text.trim().is_empty())
+}
+
 /// Whether a stored value is in kube-apiserver's encrypted form.
 pub fn is_encrypted(stored: &[u8]) -> bool {
     stored.starts_with(ENCRYPTED_MARK)

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::fields::{FieldError, NameRule, or_none, validate_meta};
 use super::{Column, FieldErrors, KindInfo, Strategy};
+use crate::json_path::JsonPath;
 
 pub struct PodStrategy;
 
@@ -50,12 +51,8 @@ fn default_container(c: &mut Container) {
 }
 
 /// The service account a pod runs as: `default` when the spec names none (as admission sets it).
-pub fn service_account_of(pod: &serde_json::Value) -> &str {
-    match pod
-        .get("spec")
-        .and_then(|spec| spec.get("serviceAccountName"))
-        .and_then(serde_json::Value::as_str)
-    {
+pub fn service_account_of(pod: &Value) -> &str {
+    match pod.at("/spec/serviceAccountName").and_then(Value::as_str) {
         None | Some("") => "default",
         Some(name) => name,
     }

@@ -18,7 +18,7 @@ use tracing::info;
 
 use super::Addresses;
 use crate::kubeconfig;
-use crate::pki::at_rest::AtRestKeys;
+use crate::pki::at_rest::{AtRestKeys, key_file_from_wire};
 use crate::pki::{
     CertKey, ClusterCa, FileSpec, JoinToken, MemberPki, PEER_DNS_NAME, PkiPaths, StagedFiles,
     ca_fingerprint,
@@ -282,8 +282,7 @@ async fn join_cluster(
         },
         // Empty when the cluster was made before Secrets were encrypted: it stores them as
         // they are, and so must this member.
-        secrets_encryption: Some(response.secrets_encryption_keys)
-            .filter(|text| !text.trim().is_empty()),
+        secrets_encryption: key_file_from_wire(response.secrets_encryption_keys),
     };
     if let Some(text) = &pki.secrets_encryption {
         AtRestKeys::parse(text).context("the at-rest keys sent by the cluster")?;
