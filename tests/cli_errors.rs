@@ -38,6 +38,13 @@ fn bad_flags_are_refused() {
     let (ok, text) = run(&["server", "--join", "https://127.0.0.1:6443"]);
     assert!(!ok);
     assert!(text.contains("--token"), "{text}");
+    // A runtime without workers could run nothing.
+    let (ok, text) = run(&["server", "--init", "--worker-threads", "0"]);
+    assert!(!ok);
+    assert!(
+        text.contains("--worker-threads") && text.contains("not in 1..=1024"),
+        "{text}"
+    );
     let (ok, text) = run(&[
         "server",
         "--join",

@@ -41,6 +41,11 @@ pub struct StoreBenchArgs {
     /// e.g. 1 targets the leader after start-up and shows the cost of follower forwarding.
     #[arg(long)]
     pub only_member: Option<usize>,
+    /// Threads of the load generator's runtime (1: a single-threaded runtime). It shares the
+    /// 2 cores with the members, so its own CPU per request (reported) is taken from both
+    /// systems alike.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
     /// Working directory (data dirs, logs, results.json).
     #[arg(long, default_value = "./skiff-bench")]
     pub dir: PathBuf,
@@ -57,6 +62,9 @@ struct SystemResult {
     /// a rate (steal and neighbours slow the run, they do not add work to it).
     put_cpu_us_per_op: f64,
     get_cpu_us_per_op: f64,
+    /// The load generator's own CPU per request in each phase (this process), in microseconds.
+    client_put_cpu_us_per_op: f64,
+    client_get_cpu_us_per_op: f64,
 }
 
 pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
@@ -195,6 +203,8 @@ async fn measure(
     args: &StoreBenchArgs,
     pids: &[Option<u32>],
 ) -> SystemResult {
+    let client = || cpu_seconds(Some(std::process::id()));
+    let client_before_puts = client();
     let cpu_before_puts = members_cpu_seconds(pids);
     let put = load::run(
         channels,
@@ -206,6 +216,7 @@ async fn measure(
     )
     .await;
     let cpu_before_gets = members_cpu_seconds(pids);
+    let client_before_gets = client();
     let get = load::run(
         channels,
         Workload::LinearizableGet,
@@ -216,6 +227,7 @@ async fn measure(
     )
     .await;
     let cpu_after_gets = members_cpu_seconds(pids);
+    let client_after_gets = client();
     let put_cpu_us_per_op = cpu_us_per_op(cpu_before_gets - cpu_before_puts, &put);
     let get_cpu_us_per_op = cpu_us_per_op(cpu_after_gets - cpu_before_gets, &get);
     let serializable_get = if args.serializable_reads {
@@ -234,6 +246,8 @@ async fn measure(
     } else {
         None
     };
+    let client_put_cpu_us_per_op = cpu_us_per_op(client_before_gets - client_before_puts, &put);
+    let client_get_cpu_us_per_op = cpu_us_per_op(client_after_gets - client_before_gets, &get);
     SystemResult {
         system: system.to_string(),
         put,
@@ -241,6 +255,8 @@ async fn measure(
         serializable_get,
         put_cpu_us_per_op,
         get_cpu_us_per_op,
+        client_put_cpu_us_per_op,
+        client_get_cpu_us_per_op,
     }
 }
 
@@ -250,24 +266,48 @@ fn print_report(rounds: &[Round], args: &StoreBenchArgs) {
         args.ops, args.clients, args.value_size, args.rounds
     );
     println!(
-        "{:<6} {:<10} {:<6} {:>10} {:>9} {:>9} {:>7} {:>10}",
-        "ROUND", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS", "CPU us/op"
+        "{:<6} {:<10} {:<6} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12}",
+        "ROUND", "SYSTEM", "OP", "OPS/S", "P50 ms", "P99 ms", "ERRORS", "CPU us/op", "CLIENT us/op"
     );
     for round in rounds {
         for r in [&round.etcd, &round.skiff] {
             // The serializable phase's CPU is not measured (it is an extra, rarely run).
+            let us = |v: f64| format!("{v:.0}");
             let rows = [
-                ("put", Some(&r.put), format!("{:.0}", r.put_cpu_us_per_op)),
-                ("get", Some(&r.get), format!("{:.0}", r.get_cpu_us_per_op)),
-                ("get-s", r.serializable_get.as_ref(), "-".to_string()),
+                (
+                    "put",
+                    Some(&r.put),
+                    us(r.put_cpu_us_per_op),
+                    us(r.client_put_cpu_us_per_op),
+                ),
+                (
+                    "get",
+                    Some(&r.get),
+                    us(r.get_cpu_us_per_op),
+                    us(r.client_get_cpu_us_per_op),
+                ),
+                (
+                    "get-s",
+                    r.serializable_get.as_ref(),
+                    "-".to_string(),
+                    "-".to_string(),
+                ),
             ];
-            for (op, l, cpu) in rows
+            for (op, l, cpu, client) in rows
                 .into_iter()
-                .filter_map(|(op, l, cpu)| l.map(|l| (op, l, cpu)))
+                .filter_map(|(op, l, cpu, client)| l.map(|l| (op, l, cpu, client)))
             {
                 println!(
-                    "{:<6} {:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10}",
-                    round.round, r.system, op, l.per_second, l.p50_ms, l.p99_ms, l.errors, cpu
+                    "{:<6} {:<10} {:<6} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10} {:>12}",
+                    round.round,
+                    r.system,
+                    op,
+                    l.per_second,
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.errors,
+                    cpu,
+                    client
                 );
             }
         }

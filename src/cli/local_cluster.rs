@@ -27,6 +27,8 @@ pub struct LocalCluster {
     /// Where this process reaches a member's admin API when the members' own addresses are
     /// not reachable from here (a relay into their network namespace).
     admin_addr: Option<String>,
+    /// Members this machine runs: each member's runtime gets its share of the cores.
+    size: usize,
 }
 
 impl LocalCluster {
@@ -99,6 +101,7 @@ impl LocalCluster {
             extra_args: extra_args.to_vec(),
             launchers,
             admin_addr,
+            size,
         };
         let outcome = cluster
             .start_members(&exe, size, extra_args, progress)
@@ -172,6 +175,11 @@ impl LocalCluster {
             .arg(self.member_ip(index))
             .arg("--name")
             .arg(format!("node{index}"));
+        if !extra_args.iter().any(|a| a.starts_with("--worker-threads")) {
+            command
+                .arg("--worker-threads")
+                .arg(worker_share(self.size).to_string());
+        }
         command.args(extra_args);
         command
     }
@@ -428,4 +436,11 @@ impl LocalCluster {
         }
         self.members.clear();
     }
+}
+
+/// Worker threads for each of `members` members sharing this machine: its cores split evenly,
+/// at least one. More workers than cores only add wake-ups and context switches.
+fn worker_share(members: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / members.max(1)).max(1)
 }

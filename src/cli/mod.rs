@@ -97,6 +97,33 @@ impl Command {
             _ => false,
         }
     }
+
+    /// The async runtime this command runs on. The store benchmark's load generator runs on
+    /// one thread by default: on a multi-threaded runtime a closed-loop client spends CPU
+    /// waking and parking workers, CPU the measured members then lack on a 2-core machine.
+    pub fn runtime_shape(&self) -> RuntimeShape {
+        match self {
+            Command::Bench(BenchCommand::Store(args)) if args.client_threads <= 1 => {
+                RuntimeShape::SingleThread
+            }
+            Command::Bench(BenchCommand::Store(args)) => RuntimeShape::Workers(args.client_threads),
+            Command::Server(args) => args.worker_threads.map_or(RuntimeShape::OnePerCore, |n| {
+                RuntimeShape::Workers(n.into())
+            }),
+            _ => RuntimeShape::OnePerCore,
+        }
+    }
+}
+
+/// How many threads run a command's async tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeShape {
+    /// Tokio's default: a worker per core.
+    OnePerCore,
+    /// A multi-threaded runtime with this many workers.
+    Workers(usize),
+    /// Everything on the main thread (blocking work still goes to the blocking pool).
+    SingleThread,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +182,12 @@ pub struct ServerArgs {
     /// Member name (default: node-<advertise>).
     #[arg(long)]
     pub name: Option<String>,
+    /// Worker threads of the member's async runtime (default: one per core). Members that
+    /// share a machine should split its cores: `skiff up` gives each its share. Two workers
+    /// per member with three members on two cores cost ~30% more CPU per write, spent
+    /// waking and parking workers (measured with `skiff bench store`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// API/agent/admin listen address (default ADVERTISE:6443).
     #[arg(long)]
     pub api_listen: Option<SocketAddr>,

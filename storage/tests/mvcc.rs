@@ -694,3 +694,139 @@ async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
         "same state and history"
     );
 }
+
+/// Openraft hands over many entries per apply call and they are written in one WriteBatch:
+/// commands must still read their predecessors' writes (point reads, ranges with limits, ranges
+/// that staged deletes hide, compares over ranges, historical reads) exactly as if each had
+/// been written on its own, and the state and history must come out the same.
+#[tokio::test]
+async fn a_run_of_entries_written_at_once_reads_like_entries_written_one_by_one() {
+    use openraft::EntryPayload;
+    use openraft::storage::RaftStateMachine;
+    use skiff_storage::{Command, Compare, Op};
+
+    let txn = |compares: Vec<Compare>, success: Vec<Op>, failure: Vec<Op>| {
+        Command::Txn(TxnRequest {
+            compares,
+            success,
+            failure,
+        })
+    };
+    let delete = |range: KeyRange| Op::Delete {
+        range,
+        prev_kv: true,
+    };
+    let limited = |range: KeyRange, limit: i64| {
+        Op::Range(RangeRequest {
+            range,
+            limit,
+            ..Default::default()
+        })
+    };
+    let prefix = || KeyRange::prefix("/r/");
+    let commands = vec![
+        Command::Txn(TxnRequest::put("/r/c", "1")),
+        Command::Txn(TxnRequest::put("/r/a", "2")),
+        Command::Txn(TxnRequest::put("/z", "outside")),
+        // A range over one staged and one to-be-staged key, with a limit.
+        txn(
+            vec![],
+            vec![limited(prefix(), 1), put_op("/r/b", "3")],
+            vec![],
+        ),
+        txn(vec![], vec![range_op(prefix(), 0)], vec![]),
+        // A staged delete hides a key from later ranges and compares.
+        txn(vec![], vec![delete(KeyRange::single("/r/a"))], vec![]),
+        txn(
+            vec![cmp("/r/a", CompareOp::Equal, CompareTarget::Version(0))],
+            vec![range_op(prefix(), 0), put_op("/r/d", "4")],
+            vec![],
+        ),
+        // A compare over a range that holds only if every staged key in it matches.
+        Command::Txn(TxnRequest {
+            compares: vec![Compare {
+                range: prefix(),
+                op: CompareOp::Greater,
+                target: CompareTarget::ModRevision(0),
+            }],
+            success: vec![delete(prefix())],
+            failure: vec![],
+        }),
+        txn(vec![], vec![range_op(prefix(), 0)], vec![]),
+        Command::Txn(TxnRequest::put("/r/a", "5")),
+        // Historical reads of revisions the run wrote (the run is written first).
+        txn(vec![], vec![range_op(prefix(), 4)], vec![]),
+        txn(vec![], vec![range_op(KeyRange::prefix("/"), 2)], vec![]),
+        Command::Compact { revision: 3 },
+        txn(vec![], vec![range_op(prefix(), 2)], vec![]),
+        txn(
+            vec![],
+            vec![range_op(prefix(), 3), put_op("/r/e", "6")],
+            vec![],
+        ),
+        txn(
+            vec![cmp("/r/e", CompareOp::Equal, CompareTarget::Version(2))],
+            vec![],
+            vec![range_op(KeyRange::prefix("/"), 0)],
+        ),
+    ];
+
+    let mut one_by_one = Harness::new();
+    let mut expected = Vec::new();
+    for command in &commands {
+        expected.push(one_by_one.apply(command.clone()).await);
+    }
+
+    // The same commands as entries of one apply call, some grouped into batch entries.
+    let mut at_once = Harness::new();
+    let mut entries = Vec::new();
+    #[derive(PartialEq)]
+    enum Kind {
+        Batch,
+        Command,
+        Blank,
+    }
+    let mut kinds = Vec::new();
+    for (i, chunk) in commands.chunks(3).enumerate() {
+        if i % 2 == 0 {
+            entries.push(at_once.next_entry(EntryPayload::Normal(Command::Batch(chunk.to_vec()))));
+            kinds.push(Kind::Batch);
+        } else {
+            for command in chunk {
+                entries.push(at_once.next_entry(EntryPayload::Normal(command.clone())));
+                kinds.push(Kind::Command);
+            }
+        }
+        entries.push(at_once.next_entry(EntryPayload::Blank));
+        kinds.push(Kind::Blank);
+    }
+    let last = entries.last().unwrap().log_id;
+    let results = at_once.store.state_machine.apply(entries).await.unwrap();
+    let mut got = Vec::new();
+    assert_eq!(results.len(), kinds.len());
+    for (result, kind) in results.into_iter().zip(&kinds) {
+        match (result, kind) {
+            (CommandResult::Batch(inner), Kind::Batch) => got.extend(inner),
+            (blank, Kind::Blank) => assert_eq!(blank, CommandResult::default()),
+            (result, Kind::Command) => got.push(result),
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "command {i}");
+    }
+    assert_eq!(at_once.store.kv.last_applied(), Some(last));
+    assert_eq!(
+        at_once.store.kv.state_hash().unwrap(),
+        one_by_one.store.kv.state_hash().unwrap()
+    );
+    let current = one_by_one.store.kv.revision();
+    for revision in 3..=current {
+        assert_eq!(
+            at_once.keys_at(KeyRange::prefix("/"), revision),
+            one_by_one.keys_at(KeyRange::prefix("/"), revision),
+            "state at revision {revision}"
+        );
+    }
+}

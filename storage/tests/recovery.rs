@@ -317,17 +317,24 @@ fn batch_key(n: u64) -> String {
     format!("/batch/{n:08}")
 }
 
-/// Entry `index` of the batch kill test: `PUTS_PER_BATCH` puts, so that the abort most likely
-/// lands between two commands of a batch.
+/// Entry `index` of the batch kill test: `PUTS_PER_BATCH` puts. The middle one also reads an
+/// older revision, which makes apply write the commands before it on their own (with a marker
+/// of how many are done), so that the abort can land between two writes of one entry.
 fn batch_of_puts(index: u64) -> skiff_storage::Command {
+    use skiff_storage::{KeyRange, Op, RangeRequest, TxnRequest};
     skiff_storage::Command::Batch(
         (1..=PUTS_PER_BATCH)
             .map(|j| {
                 let n = (index - 1) * PUTS_PER_BATCH + j;
-                skiff_storage::Command::Txn(skiff_storage::TxnRequest::put(
-                    batch_key(n),
-                    n.to_string(),
-                ))
+                let mut txn = TxnRequest::put(batch_key(n), n.to_string());
+                if j == PUTS_PER_BATCH / 2 {
+                    txn.success.push(Op::Range(RangeRequest {
+                        range: KeyRange::single(batch_key(n - 2)),
+                        revision: i64::try_from(n - 2).unwrap(),
+                        ..Default::default()
+                    }));
+                }
+                skiff_storage::Command::Txn(txn)
             })
             .collect(),
     )

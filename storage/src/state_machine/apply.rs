@@ -31,6 +31,9 @@ pub(crate) struct Applied {
     pub events: Option<(Revision, Vec<Event>)>,
     /// A new compacted revision, for the background compactor.
     pub compacted: Option<Revision>,
+    /// The kv records this command put in the batch (None = deleted), encoded as stored, so
+    /// that later commands of the same staged run read them.
+    pub kv_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Applied {
@@ -106,8 +109,8 @@ fn apply_compact(
     tracing::info!(revision, "compaction recorded");
     Ok(Applied {
         result: CommandResult::Compacted { revision },
-        events: None,
         compacted: Some(revision),
+        ..Applied::default()
     })
 }
 
@@ -168,11 +171,20 @@ fn apply_txn(
         });
     }
     let kv_cf = engine.cf(CF_KV)?;
-    for (key, value) in &overlay {
-        match value {
-            Some(stored) => batch.put_cf(kv_cf, key, codec::encode("kv record", stored)?),
-            None => batch.delete_cf(kv_cf, key),
-        }
+    let mut kv_writes = Vec::with_capacity(overlay.len());
+    for (key, value) in overlay {
+        let encoded = match value {
+            Some(stored) => {
+                let encoded = codec::encode("kv record", &stored)?;
+                batch.put_cf(kv_cf, &key, &encoded);
+                Some(encoded)
+            }
+            None => {
+                batch.delete_cf(kv_cf, &key);
+                None
+            }
+        };
+        kv_writes.push((key, encoded));
     }
     let history_cf = engine.cf(CF_HISTORY)?;
     for (sub, event) in events.iter().enumerate() {
@@ -194,7 +206,20 @@ fn apply_txn(
         result: CommandResult::Txn(response),
         events: Some((new_revision, events)),
         compacted: None,
+        kv_writes,
     })
+}
+
+/// Whether applying `cmd` on top of `current` may read the history column family (a range op
+/// at an older revision): staged writes are invisible there, so the run must be written first.
+pub(crate) fn reads_history(cmd: &Command, current: Revision) -> bool {
+    let Command::Txn(req) = cmd else {
+        return false;
+    };
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| matches!(op, Op::Range(r) if r.revision > 0 && r.revision < current))
 }
 
 /// etcd's rule: a key may be written once per transaction branch; a put inside a delete range of

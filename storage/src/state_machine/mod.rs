@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use apply::write_status;
 pub use read::KvView;
+use read::PendingKv;
 pub(crate) use read::{Reader, SharedStatus, SmStatus};
 pub(crate) use snapshot_files::SnapshotDir;
 
@@ -35,6 +36,43 @@ use crate::types::{
     Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use crate::watch::WatchHub;
+
+/// A run staged past this size is written before the next command, bounding the memory one
+/// apply call holds (openraft hands over many entries at once after a restart).
+const MAX_STAGED_BYTES: usize = 4 << 20;
+
+/// Commands applied but not yet written: openraft's entries of one apply call (and a batch
+/// entry's commands) go to RocksDB in one WriteBatch instead of one write each. Each command
+/// reads through `pending`, so it sees exactly what it would have seen had every predecessor
+/// been written on its own.
+struct StagedRun {
+    batch: WriteBatch,
+    pending: PendingKv,
+    /// The status as last written to sm_meta (and published).
+    written: SmStatus,
+    /// The status including the staged commands.
+    status: SmStatus,
+    /// Staged commands' events and compaction targets, published once written.
+    unpublished: Vec<apply::Applied>,
+}
+
+impl StagedRun {
+    fn new(written: SmStatus) -> Self {
+        StagedRun {
+            batch: WriteBatch::default(),
+            pending: PendingKv::new(),
+            status: written.clone(),
+            written,
+            unpublished: Vec::new(),
+        }
+    }
+
+    /// Whether commands are staged (status-only changes, such as a blank entry's last applied,
+    /// change nothing a command reads).
+    fn has_commands(&self) -> bool {
+        !self.unpublished.is_empty()
+    }
+}
 
 /// The state machine handed to openraft. Its only writer is openraft's apply loop (`&mut self`).
 pub struct StateMachineStore {
@@ -70,44 +108,38 @@ impl StateMachineStore {
         KvView::new(self.engine.clone(), self.status.clone())
     }
 
-    /// Applies one entry in one WriteBatch, then publishes its events; a batch entry goes
-    /// command by command (`apply_batch`).
-    fn apply_entry(&mut self, entry: &Entry) -> Result<CommandResult, StorageError> {
+    /// Applies one entry into `run`; a batch entry goes command by command (`apply_batch`).
+    fn apply_entry(
+        &self,
+        run: &mut StagedRun,
+        entry: &Entry,
+    ) -> Result<CommandResult, StorageError> {
         let log_id = entry.log_id;
         let _span =
             tracing::debug_span!("apply", index = log_id.index, term = log_id.leader_id.term)
                 .entered();
-        if let EntryPayload::Normal(Command::Batch(commands)) = &entry.payload {
-            return self.apply_batch(log_id, commands);
-        }
-        let old = self.status.get();
-        let mut status = old.clone();
-        let mut batch = WriteBatch::default();
-        let applied = {
-            let reader = Reader::new(&self.engine);
-            match &entry.payload {
-                EntryPayload::Blank => apply::Applied::default(),
-                EntryPayload::Normal(cmd) => {
-                    apply::apply_command(&self.engine, &reader, &mut status, cmd, &mut batch)?
-                }
-                EntryPayload::Membership(membership) => {
-                    status.membership = StoredMembership::new(Some(log_id), membership.clone());
-                    apply::Applied::default()
-                }
+        let result = match &entry.payload {
+            EntryPayload::Normal(Command::Batch(commands)) => {
+                return self.apply_batch(run, log_id, commands);
+            }
+            EntryPayload::Blank => CommandResult::default(),
+            EntryPayload::Normal(command) => self.apply_command(run, command, None)?,
+            EntryPayload::Membership(membership) => {
+                run.status.membership = StoredMembership::new(Some(log_id), membership.clone());
+                CommandResult::default()
             }
         };
-        status.last_applied = Some(log_id);
-        self.commit(batch, &old, status)?;
-        self.publish(&applied);
-        Ok(applied.result)
+        run.status.last_applied = Some(log_id);
+        Ok(result)
     }
 
-    /// Applies a batch entry one command at a time, each in its own WriteBatch, so every command
-    /// reads the state (current and historical) its predecessors left exactly as if it had its
-    /// own entry. The entry counts as applied with its last command; until then each write
-    /// records how many commands are done, and a restart in the middle resumes after them.
+    /// Applies a batch entry one command at a time, so every command reads the state (current
+    /// and historical) its predecessors left exactly as if it had its own entry. The entry
+    /// counts as applied with its last command; a run written in the middle of the entry records
+    /// how many commands are done, and a restart there resumes after them.
     fn apply_batch(
-        &mut self,
+        &self,
+        run: &mut StagedRun,
         log_id: LogId,
         commands: &[Command],
     ) -> Result<CommandResult, StorageError> {
@@ -115,8 +147,6 @@ impl StateMachineStore {
             Some((at, done)) if at == log_id => done as usize,
             _ => 0,
         };
-        let count = u32::try_from(commands.len())
-            .map_err(|_| StorageError::Corrupt(format!("batch entry {log_id} too large")))?;
         let mut results = Vec::with_capacity(commands.len());
         for (i, command) in commands.iter().enumerate() {
             if i < done_before {
@@ -126,30 +156,47 @@ impl StateMachineStore {
                 )));
                 continue;
             }
-            let old = self.status.get();
-            let mut status = old.clone();
-            let mut batch = WriteBatch::default();
-            let applied = {
-                let reader = Reader::new(&self.engine);
-                apply::apply_command(&self.engine, &reader, &mut status, command, &mut batch)?
-            };
-            let done = u32::try_from(i + 1).unwrap_or(count);
-            if done == count {
-                status.last_applied = Some(log_id);
-            } else {
-                apply::write_batch_progress(&self.engine, &mut batch, log_id, done)?;
-            }
-            self.commit(batch, &old, status)?;
-            self.publish(&applied);
-            results.push(applied.result);
+            let done = u32::try_from(i)
+                .map_err(|_| StorageError::Corrupt(format!("batch entry {log_id} too large")))?;
+            let inside = (i > 0).then_some((log_id, done));
+            results.push(self.apply_command(run, command, inside)?);
         }
-        if commands.is_empty() {
-            let old = self.status.get();
-            let mut status = old.clone();
-            status.last_applied = Some(log_id);
-            self.commit(WriteBatch::default(), &old, status)?;
-        }
+        run.status.last_applied = Some(log_id);
         Ok(CommandResult::Batch(results))
+    }
+
+    /// Applies one command into `run`, first writing the run out if the command reads history
+    /// (staged writes are invisible there) or the run is large. `inside` is the batch entry and
+    /// the count of its commands already applied, when this command is not its first.
+    fn apply_command(
+        &self,
+        run: &mut StagedRun,
+        command: &Command,
+        inside: Option<(LogId, u32)>,
+    ) -> Result<CommandResult, StorageError> {
+        if run.has_commands()
+            && (apply::reads_history(command, run.status.revision)
+                || run.batch.size_in_bytes() >= MAX_STAGED_BYTES)
+        {
+            if let Some((log_id, done)) = inside {
+                apply::write_batch_progress(&self.engine, &mut run.batch, log_id, done)?;
+            }
+            self.write_run(run)?;
+        }
+        let mut applied = {
+            let reader = Reader::with_pending(&self.engine, &run.pending);
+            apply::apply_command(
+                &self.engine,
+                &reader,
+                &mut run.status,
+                command,
+                &mut run.batch,
+            )?
+        };
+        run.pending.extend(applied.kv_writes.drain(..));
+        let result = std::mem::take(&mut applied.result);
+        run.unpublished.push(applied);
+        Ok(result)
     }
 
     /// Completes a batch entry that a crash interrupted, from the raft log in the same
@@ -184,20 +231,24 @@ impl StateMachineStore {
             }
         };
         tracing::warn!(%log_id, done, total = commands.len(), "finishing a batch entry a crash interrupted");
-        self.apply_batch(log_id, &commands).map(|_| ())
+        let mut run = StagedRun::new(self.status.get());
+        self.apply_batch(&mut run, log_id, &commands)?;
+        self.write_run(&mut run)
     }
 
-    /// Writes `batch` with the status change from `old` to `status` (one atomic WriteBatch,
-    /// no fsync: the log's fsyncs make it durable), then publishes the new status to readers.
-    fn commit(
-        &self,
-        mut batch: WriteBatch,
-        old: &SmStatus,
-        status: SmStatus,
-    ) -> Result<(), StorageError> {
-        apply::write_status(&self.engine, &mut batch, Some(old), &status)?;
+    /// Writes the run's batch with its status change (one atomic WriteBatch, no fsync: the
+    /// log's fsyncs make it durable), then publishes the new status to readers and the run's
+    /// events to watchers, in that order: nobody sees a revision before it can be read.
+    fn write_run(&self, run: &mut StagedRun) -> Result<(), StorageError> {
+        let mut batch = std::mem::take(&mut run.batch);
+        apply::write_status(&self.engine, &mut batch, Some(&run.written), &run.status)?;
         self.engine.write(batch, false)?;
-        self.status.set(status);
+        self.status.set(run.status.clone());
+        run.written = run.status.clone();
+        run.pending.clear();
+        for applied in run.unpublished.drain(..) {
+            self.publish(&applied);
+        }
         Ok(())
     }
 
@@ -228,12 +279,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut run = StagedRun::new(self.status.get());
         let mut results = Vec::new();
+        let mut last = None;
         for entry in entries {
             let result = self
-                .apply_entry(&entry)
+                .apply_entry(&mut run, &entry)
                 .map_err(|e| to_raft(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, &e))?;
             results.push(result);
+            last = Some(entry.log_id);
+        }
+        if let Some(last) = last {
+            self.write_run(&mut run)
+                .map_err(|e| to_raft(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
         }
         Ok(results)
     }

@@ -6,6 +6,7 @@
 //! while apply keeps writing.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rocksdb::{ReadOptions, Snapshot};
@@ -58,10 +59,18 @@ impl SharedStatus {
 /// Receives raw (key, value) pairs of a scan; returns false to stop.
 type RawVisitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StorageError> + 'v;
 
-/// A consistent point-in-time reader over the kv, history and sm_meta column families.
+/// Kv records applied but not yet written to RocksDB (None = deleted), encoded as stored: apply
+/// stages a run of commands in one WriteBatch, and each command must read its predecessors'
+/// writes.
+pub(crate) type PendingKv = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A consistent point-in-time reader over the kv, history and sm_meta column families,
+/// optionally with staged kv writes laid over the kv family (history and sm_meta are read as
+/// written: apply writes its staged run before a command that reads history).
 pub(crate) struct Reader<'a> {
     engine: &'a Engine,
     snap: Snapshot<'a>,
+    pending: Option<&'a PendingKv>,
 }
 
 impl<'a> Reader<'a> {
@@ -69,6 +78,15 @@ impl<'a> Reader<'a> {
         Reader {
             engine,
             snap: engine.db().snapshot(),
+            pending: None,
+        }
+    }
+
+    /// A reader that sees `pending` over the kv family as written.
+    pub(crate) fn with_pending(engine: &'a Engine, pending: &'a PendingKv) -> Self {
+        Reader {
+            pending: Some(pending),
+            ..Reader::new(engine)
         }
     }
 
@@ -131,9 +149,16 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn get_kv(&self, key: &[u8]) -> Result<Option<StoredKv>, StorageError> {
-        match self.get(CF_KV, key)? {
+        match self.get_kv_raw(key)? {
             Some(bytes) => codec::decode("kv record", &bytes).map(Some),
             None => Ok(None),
+        }
+    }
+
+    fn get_kv_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.pending.and_then(|pending| pending.get(key)) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.get(CF_KV, key),
         }
     }
 
@@ -145,19 +170,64 @@ impl<'a> Reader<'a> {
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
         if range.range_end.is_empty() {
-            if let Some(value) = self.get(CF_KV, &range.key)? {
+            if let Some(value) = self.get_kv_raw(&range.key)? {
                 visit(&range.key, &value)?;
             }
             return Ok(());
         }
         let mut opts = ReadOptions::default();
-        if range.range_end != [0] {
+        let unbounded = range.range_end == [0];
+        if !unbounded {
             if range.range_end.as_slice() <= range.key.as_slice() {
                 return Ok(());
             }
             opts.set_iterate_upper_bound(range.range_end.clone());
         }
-        self.scan_raw(CF_KV, &range.key, opts, &mut visit)
+        let Some(pending) = self.pending.filter(|p| !p.is_empty()) else {
+            return self.scan_raw(CF_KV, &range.key, opts, &mut visit);
+        };
+        let upper = if unbounded {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(range.range_end.clone())
+        };
+        let mut staged = pending
+            .range((Bound::Included(range.key.clone()), upper))
+            .peekable();
+        // Merge the two ordered streams; a staged record replaces (or, None, hides) the
+        // written one with the same key.
+        let mut stored_first = |key: &[u8], value: &[u8]| -> Result<bool, StorageError> {
+            while let Some((staged_key, staged_value)) =
+                staged.next_if(|(staged_key, _)| staged_key.as_slice() <= key)
+            {
+                let replaces = staged_key.as_slice() == key;
+                if let Some(staged_value) = staged_value
+                    && !visit(staged_key, staged_value)?
+                {
+                    return Ok(false);
+                }
+                if replaces {
+                    return Ok(true);
+                }
+            }
+            visit(key, value)
+        };
+        let mut finished = true;
+        self.scan_raw(CF_KV, &range.key, opts, &mut |key, value| {
+            let go_on = stored_first(key, value)?;
+            finished = go_on;
+            Ok(go_on)
+        })?;
+        if finished {
+            for (key, value) in staged {
+                if let Some(value) = value
+                    && !visit(key, value)?
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Visits raw history records with `from <= revision <= to`, in (revision, sub) order.
