@@ -184,8 +184,8 @@ pub struct ServerArgs {
     pub name: Option<String>,
     /// Worker threads of the member's async runtime (default: one per core). Members that
     /// share a machine should split its cores: `skiff up` gives each its share. Two workers
-    /// per member with three members on two cores cost ~30% more CPU per write, spent
-    /// waking and parking workers (measured with `skiff bench store`).
+    /// per member with three members on two cores cost ~40 us more member CPU per request
+    /// (122 against 86), spent waking and parking workers (perf stat over `skiff bench store`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
     /// API/agent/admin listen address (default ADVERTISE:6443).
