@@ -20,6 +20,11 @@ use super::super::{PortMapping, RuntimeError};
 
 /// A UDP client's flow is forgotten after this long without a reply.
 const UDP_IDLE: Duration = Duration::from_secs(60);
+/// How long a hostPort that reads as in use is tried again. The port is reserved for this
+/// sandbox, so the likeliest holder is a relay socket closed a moment ago whose copy still
+/// lives in a child this agent is forking (until its exec closes it): a pod restarted at once
+/// would otherwise fail its first start.
+const REBIND_PATIENCE: Duration = Duration::from_secs(1);
 
 /// (protocol, address, port) of a reserved hostPort.
 type Reservation = (String, IpAddr, u16);
@@ -82,15 +87,20 @@ impl HostPorts {
             let span = info_span!("host_port", %listen, %target, protocol = %protocol);
             let relay = match protocol.as_str() {
                 "TCP" => {
-                    let listener = TcpListener::bind(listen).await.map_err(|e| {
-                        start_error(format!("cannot bind hostPort {listen}/TCP: {e}"))
-                    })?;
+                    let listener =
+                        bind_patiently(|| TcpListener::bind(listen))
+                            .await
+                            .map_err(|e| {
+                                start_error(format!("cannot bind hostPort {listen}/TCP: {e}"))
+                            })?;
                     tokio::spawn(relay_tcp(listener, target).instrument(span))
                 }
                 "UDP" => {
-                    let socket = UdpSocket::bind(listen).await.map_err(|e| {
-                        start_error(format!("cannot bind hostPort {listen}/UDP: {e}"))
-                    })?;
+                    let socket = bind_patiently(|| UdpSocket::bind(listen))
+                        .await
+                        .map_err(|e| {
+                            start_error(format!("cannot bind hostPort {listen}/UDP: {e}"))
+                        })?;
                     tokio::spawn(relay_udp(Arc::new(socket), target).instrument(span))
                 }
                 other => {
@@ -127,6 +137,26 @@ impl HostPorts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, holder| holder != sandbox);
+    }
+}
+
+/// Binds, trying again while the address is in use for up to `REBIND_PATIENCE`.
+async fn bind_patiently<T, F, Bind>(bind: Bind) -> std::io::Result<T>
+where
+    Bind: Fn() -> F,
+    F: Future<Output = std::io::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + REBIND_PATIENCE;
+    loop {
+        match bind().await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            bound => return bound,
+        }
     }
 }
 

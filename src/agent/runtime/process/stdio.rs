@@ -317,15 +317,24 @@ async fn copy_output(
             log_records(&line, false, which, &mut records);
             line.clear();
         }
-        if !records.is_empty() && log.lock().await.write_all(&records).await.is_err() {
+        if !records.is_empty() && append(&log, &records).await.is_err() {
             return;
         }
     }
     if !line.is_empty() {
         let mut records = Vec::new();
         log_records(&line, false, which, &mut records);
-        let _ = log.lock().await.write_all(&records).await;
+        let _ = append(&log, &records).await;
     }
+}
+
+/// Appends records to the log and waits until they are written: a tokio `File` hands writes
+/// to a background thread, and without the flush the container could be reported exited (and
+/// its attached clients see the end) before its last lines are in the file `kubectl logs` reads.
+async fn append(log: &tokio::sync::Mutex<tokio::fs::File>, records: &[u8]) -> std::io::Result<()> {
+    let mut log = log.lock().await;
+    log.write_all(records).await?;
+    log.flush().await
 }
 
 /// `line` as CRI log records: partial (P) ones of at most `MAX_LOG_LINE` bytes, the last one
