@@ -53,8 +53,11 @@ impl RaftTuning {
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             // Entries per AppendEntries: bounded so a batch of 1.5 MiB values stays sane.
             max_payload_entries: 256,
-            snapshot_max_chunk_size: 1024 * 1024,
             install_snapshot_timeout: 10_000,
+            // A restarted leader must win an election again: the state machine's writes and the
+            // committed pointer become durable with the next log fsync, not before apply
+            // returns, which is the case openraft's docs warn leader restore against.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
     }

@@ -1,8 +1,9 @@
 //! Pre-voted elections that start as soon as the leader lease lets them succeed.
 //!
-//! Why: openraft 0.9 starts an election only after the leader lease (its election_timeout_max)
+//! Why: openraft starts an election only after the leader lease (its election_timeout_max)
 //! *plus* a random election timeout, checked on a tick every 1.5 heartbeats: 800-1150 ms of
-//! silence with our 300-500 ms timeouts. And it has no pre-vote: when the leader dies, the
+//! silence with our 300-500 ms timeouts (measured on 0.9; 0.10's timer is the same design, and
+//! its opt-in pre-vote does not shorten that wait). Without a pre-vote, when the leader dies, the
 //! follower with the shorter log (under write load one usually is) may time out first, take the
 //! next term, be refused for its log, and by holding that term refuse the up-to-date follower's
 //! vote too; the election then needs another round plus openraft's "smaller log" back-off. That
@@ -22,10 +23,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::{LogId, Vote};
+use openraft::async_runtime::WatchReceiver;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use skiff_storage::NodeId;
+use skiff_storage::{LogId, Vote};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -46,10 +48,10 @@ const MAX_NAP: Duration = Duration::from_millis(50);
 /// A member's election state as openraft's core sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct ElectionView {
-    pub vote: Vote<NodeId>,
+    pub vote: Vote,
     /// Since the vote was last refreshed (by the leader's heartbeats); None: never since start.
     pub silence: Option<Duration>,
-    pub last_log: Option<LogId<NodeId>>,
+    pub last_log: Option<LogId>,
     pub leader: bool,
     pub voter: bool,
     pub voters: usize,
@@ -60,7 +62,7 @@ pub(crate) struct PreVoteRequest {
     pub candidate: NodeId,
     /// The term the candidate would campaign in.
     pub term: u64,
-    pub last_log: Option<LogId<NodeId>>,
+    pub last_log: Option<LogId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +81,7 @@ pub(crate) fn pre_vote_decision(
     if view.leader {
         return Err("I am the leader".into());
     }
-    let my_term = view.vote.leader_id().get_term();
+    let my_term = view.vote.leader_id().term;
     if my_term >= request.term {
         return Err(format!("my term {my_term} >= {}", request.term));
     }
@@ -134,10 +136,9 @@ pub(crate) async fn election_view(node: &RaftNode) -> Option<ElectionView> {
     let (vote, silence) = node
         .raft()
         .with_raft_state(|state| {
-            let now = Instant::now();
             let silence = state
                 .vote_last_modified()
-                .map(|at| now.saturating_duration_since(at));
+                .map(|at| openraft::Instant::elapsed(&at));
             (*state.vote_ref(), silence)
         })
         .await
@@ -146,7 +147,7 @@ pub(crate) async fn election_view(node: &RaftNode) -> Option<ElectionView> {
     let membership = metrics.membership_config.membership();
     let voters = membership.voter_ids().count();
     let voter = membership.voter_ids().any(|v| v == id);
-    let last_log = node.raft().data_metrics().borrow().last_log;
+    let last_log = node.raft().data_metrics().borrow_watched().last_log;
     Some(ElectionView {
         vote,
         silence,
@@ -175,7 +176,7 @@ pub(crate) async fn run(node: RaftNode, elector: Elector) {
             tokio::time::sleep(nap.max(Duration::from_millis(5))).await;
             continue;
         }
-        let term = view.vote.leader_id().get_term() + 1;
+        let term = view.vote.leader_id().term + 1;
         let request = PreVoteRequest {
             candidate: node.id(),
             term,
@@ -193,7 +194,7 @@ pub(crate) async fn run(node: RaftNode, elector: Elector) {
                 silence_ms = waited.as_millis() as u64,
                 "leader silent past its lease; pre-vote won, campaigning"
             );
-            if node.raft().trigger().elect().await.is_err() {
+            if node.raft().trigger().elect(false).await.is_err() {
                 return;
             }
         } else {
@@ -218,7 +219,10 @@ mod tests {
             vote: Vote::new_committed(term, 1),
             silence: Some(Duration::from_millis(silence_ms)),
             last_log: Some(LogId::new(
-                openraft::CommittedLeaderId::new(log.0, 1),
+                skiff_storage::CommittedLeaderId {
+                    term: log.0,
+                    node_id: 1,
+                },
                 log.1,
             )),
             leader: false,
@@ -232,7 +236,10 @@ mod tests {
             candidate: 2,
             term,
             last_log: Some(LogId::new(
-                openraft::CommittedLeaderId::new(log.0, 1),
+                skiff_storage::CommittedLeaderId {
+                    term: log.0,
+                    node_id: 1,
+                },
                 log.1,
             )),
         }

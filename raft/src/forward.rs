@@ -40,4 +40,8 @@ pub(crate) enum ForwardError {
     MembershipBusy(String),
     #[error("{0}")]
     Fatal(String),
+    /// The write reached the log of a leader that then lost its leadership: a later leader may
+    /// still commit it, so it must not be retried.
+    #[error("{0}")]
+    Indeterminate(String),
 }

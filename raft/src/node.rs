@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, ServerState};
+use openraft::{ChangeMembers, Raft, ReadPolicy, ServerState};
 use skiff_storage::{
-    Command, CommandResult, KvView, NodeId, NodeInfo, RangeRequest, RangeResponse, Revision, Store,
-    TxnRequest, TxnResponse, TypeConfig, WatchHub,
+    Command, CommandResult, KvView, NodeId, NodeInfo, RangeRequest, RangeResponse, Revision,
+    SnapshotInbox, StateMachineStore, Store, TxnRequest, TxnResponse, TypeConfig, WatchHub,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -68,7 +69,8 @@ pub struct RaftNode {
 struct NodeInner {
     id: NodeId,
     info: NodeInfo,
-    raft: Raft<TypeConfig>,
+    raft: Raft<TypeConfig, StateMachineStore>,
+    snapshot_inbox: SnapshotInbox,
     kv: KvView,
     watch: WatchHub,
     channels: PeerChannels,
@@ -90,6 +92,7 @@ impl RaftNode {
             .map_err(|e| NodeError::Fatal(format!("invalid raft config: {e}")))?;
         let channels = PeerChannels::new(config.tls.client_config());
         let network = PeerNetworkFactory::new(channels.clone());
+        let snapshot_inbox = store.state_machine.snapshot_inbox();
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -104,6 +107,7 @@ impl RaftNode {
                 id: config.id,
                 info: config.info,
                 raft,
+                snapshot_inbox,
                 kv: store.kv,
                 watch: store.watch,
                 channels,
@@ -126,8 +130,12 @@ impl RaftNode {
     pub fn info(&self) -> &NodeInfo {
         &self.inner.info
     }
-    pub fn raft(&self) -> &Raft<TypeConfig> {
+    pub fn raft(&self) -> &Raft<TypeConfig, StateMachineStore> {
         &self.inner.raft
+    }
+    /// Where snapshots a leader sends are received (see service.rs).
+    pub(crate) fn snapshot_inbox(&self) -> &SnapshotInbox {
+        &self.inner.snapshot_inbox
     }
     pub fn kv(&self) -> &KvView {
         &self.inner.kv
@@ -138,24 +146,24 @@ impl RaftNode {
     pub fn tuning(&self) -> &RaftTuning {
         &self.inner.tuning
     }
-    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, NodeInfo> {
-        self.inner.raft.metrics().borrow().clone()
+    pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        self.inner.raft.metrics().borrow_watched().clone()
     }
 
     /// The current raft term, without cloning the whole metrics (called on every etcd response).
     pub fn current_term(&self) -> u64 {
-        self.inner.raft.metrics().borrow().current_term
+        self.inner.raft.metrics().borrow_watched().current_term
     }
 
     pub fn is_leader(&self) -> bool {
         let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
     }
 
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let id = m.current_leader?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, info))
@@ -163,7 +171,7 @@ impl RaftNode {
 
     pub fn members(&self) -> Vec<MemberView> {
         let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
@@ -352,6 +360,10 @@ impl RaftNode {
                     return Err(NodeError::Membership(message));
                 }
                 Err(ForwardError::Fatal(message)) => return Err(NodeError::Fatal(message)),
+                Err(ForwardError::Indeterminate(message)) => {
+                    warn!(%message, "write outcome unknown");
+                    return Err(NodeError::Timeout);
+                }
             }
         }
     }
@@ -479,9 +491,9 @@ impl RaftNode {
                 Ok(response) => Ok(LeaderReply::Write(response.data)),
                 Err(e) => Err(self.write_error(e)),
             },
-            LeaderRequest::ReadIndex => match raft.get_read_log_id().await {
+            LeaderRequest::ReadIndex => match raft.get_read_log_id(ReadPolicy::ReadIndex).await {
                 Ok((read_log_id, _applied)) => {
-                    Ok(LeaderReply::ReadIndex(read_log_id.map(|l| l.index)))
+                    Ok(LeaderReply::ReadIndex(Some(read_log_id.index())))
                 }
                 Err(RaftError::APIError(_)) => Err(ForwardError::NotLeader {
                     leader: self.leader(),
@@ -553,10 +565,7 @@ impl RaftNode {
 
     /// The commit index as the leader computes it: the highest index a quorum of voters has.
     /// `None` on followers (they only know what they applied).
-    pub fn leader_commit_index(
-        &self,
-        metrics: &openraft::RaftMetrics<NodeId, NodeInfo>,
-    ) -> Option<u64> {
+    pub fn leader_commit_index(&self, metrics: &openraft::RaftMetrics<TypeConfig>) -> Option<u64> {
         let replication = metrics.replication.as_ref()?;
         let membership = metrics.membership_config.membership();
         let mut matched: Vec<u64> = membership
@@ -583,12 +592,18 @@ impl RaftNode {
 
     fn write_error(
         &self,
-        error: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+        error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
     ) -> ForwardError {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node),
             },
+            RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_)) => {
+                ForwardError::Indeterminate(e.to_string())
+            }
+            RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+                ForwardError::Membership(e.to_string())
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 e @ openraft::error::ChangeMembershipError::InProgress(_),
             )) => ForwardError::MembershipBusy(e.to_string()),

@@ -1,16 +1,20 @@
 //! The server side of the peer RPC (port 2380): raft messages in, raft replies out, plus the
 //! leader side of write forwarding and read index.
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use skiff_proto::raft::RaftBytes;
 use skiff_proto::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
-use skiff_storage::{NodeId, TypeConfig};
-use tonic::{Request, Response, Status};
+use skiff_storage::{Snapshot, TypeConfig};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{decode, encode};
 use crate::elector::PreVoteRequest;
 use crate::forward::{ForwardError, LeaderReply, LeaderRequest};
-use crate::network::MAX_MESSAGE_BYTES;
+use crate::network::{MAX_MESSAGE_BYTES, SnapshotOffer};
 use crate::node::RaftNode;
 
 pub struct PeerService {
@@ -35,6 +39,32 @@ fn request<T: serde::de::DeserializeOwned>(req: Request<RaftBytes>) -> Result<T,
     decode(&req.into_inner().data).map_err(Status::invalid_argument)
 }
 
+/// Checks the whole received file (format, SHA-256 trailer) and that it is the snapshot offered.
+async fn verify_received(
+    mut file: std::fs::File,
+    offer: &SnapshotOffer,
+) -> Result<tokio::fs::File, Status> {
+    let expected = offer.meta.last_log_id;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Status::internal(format!("rewind received snapshot: {e}")))?;
+        let (header, _) = skiff_storage::verify_snapshot(&mut std::io::BufReader::new(&mut file))
+            .map_err(|e| Status::data_loss(format!("received snapshot: {e}")))?;
+        if header.last_applied != expected {
+            return Err(Status::invalid_argument(format!(
+                "received snapshot is at {:?}, the offer said {:?}",
+                header.last_applied, expected
+            )));
+        }
+        Ok(tokio::fs::File::from_std(file))
+    })
+    .await
+    .map_err(|e| Status::internal(format!("verify received snapshot: {e}")))?
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftBytes, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     #[tracing::instrument(level = "trace", skip_all)]
@@ -43,19 +73,99 @@ impl RaftPeer for PeerService {
         bytes(&self.node.raft().append_entries(rpc).await)
     }
 
+    type StreamAppendStream = ReplyStream;
+
+    /// One replication session from the leader: requests are handed to raft as they arrive
+    /// (openraft pipelines them into the log) and each reply goes back in order once its entries
+    /// are flushed. A request that does not decode ends the session with an error.
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let rpc: VoteRequest<NodeId> = request(req)?;
-        bytes(&self.node.raft().vote(rpc).await)
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftBytes>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
+        let mut bad_tx = Some(bad_tx);
+        let requests = req.into_inner().scan((), move |(), message| {
+            let decoded = match message {
+                Ok(message) => decode::<AppendEntriesRequest<TypeConfig>>(&message.data)
+                    .map_err(Status::invalid_argument),
+                Err(status) => Err(status),
+            };
+            let next = match decoded {
+                Ok(rpc) => Some(rpc),
+                Err(status) => {
+                    if let Some(tx) = bad_tx.take() {
+                        let _ = tx.send(status);
+                    }
+                    None
+                }
+            };
+            futures::future::ready(next)
+        });
+        let replies = self.node.raft().stream_append(requests).map(|result| {
+            let reply: Result<_, String> = result.map_err(|fatal| fatal.to_string());
+            encode(&reply)
+                .map(|data| RaftBytes { data })
+                .map_err(Status::internal)
+        });
+        // After the last reply, a request stream that ended on bad input says why.
+        let why = futures::stream::once(async move { bad_rx.await.ok() })
+            .filter_map(|status| futures::future::ready(status.map(Err)));
+        Ok(Response::new(Box::pin(replies.chain(why))))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let rpc: VoteRequest<TypeConfig> = request(req)?;
+        bytes(&self.node.raft().vote(rpc).await)
+    }
+
+    /// Receives a whole snapshot into a file in the snapshot directory, then has raft install
+    /// it (the state machine validates its checksum while copying it into place).
+    #[tracing::instrument(level = "info", skip_all)]
     async fn install_snapshot(
         &self,
-        req: Request<RaftBytes>,
+        req: Request<Streaming<RaftBytes>>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = request(req)?;
-        bytes(&self.node.raft().install_snapshot(rpc).await)
+        let mut messages = req.into_inner();
+        let offer: SnapshotOffer = match messages.message().await? {
+            Some(first) => decode(&first.data).map_err(Status::invalid_argument)?,
+            None => return Err(Status::invalid_argument("empty snapshot transfer")),
+        };
+        let (mut file, _received) = self
+            .node
+            .snapshot_inbox()
+            .create()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut received_bytes: u64 = 0;
+        while let Some(chunk) = messages.message().await? {
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("write received snapshot: {e}")))?;
+            received_bytes += chunk.data.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("write received snapshot: {e}")))?;
+        // Raft stops this member on a failed install, so a transfer cut short or corrupted on
+        // the way is refused here instead (the leader sends it again).
+        let file = verify_received(file.into_std().await, &offer).await?;
+        tracing::info!(
+            last_log_id = ?offer.meta.last_log_id,
+            received_bytes,
+            "snapshot received and verified; installing"
+        );
+        let snapshot = Snapshot {
+            meta: offer.meta,
+            snapshot: file,
+        };
+        let result: Result<_, String> = self
+            .node
+            .raft()
+            .install_full_snapshot(offer.vote, snapshot)
+            .await
+            .map_err(|fatal| fatal.to_string());
+        bytes(&result)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

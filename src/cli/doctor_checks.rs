@@ -43,7 +43,7 @@ pub const DISK_FREE_WARN_PERCENT: f64 = 10.0;
 pub const DISK_FREE_FAIL_PERCENT: f64 = 2.0;
 
 /// A leader whose quorum last answered longer ago than this (several election timeouts of
-/// 300-500 ms) is cut off: openraft 0.9 leaders keep their role without a quorum.
+/// 300-500 ms) is cut off: openraft leaders keep their role without a quorum by default.
 pub const QUORUM_ACK_STALE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

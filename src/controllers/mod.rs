@@ -51,6 +51,7 @@ pub mod templates;
 pub mod topology_spread;
 pub mod workloads;
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, LogId};
+use openraft::EntryPayload;
 use skiff_storage::watch::{WatchError, WatchRequest, Watcher};
 use skiff_storage::{
-    Command, CommandResult, Entry, KvError, KvView, LogStore, RangeRequest, RangeResponse,
-    Rejection, Revision, StateMachineStore, Store, StoreOptions, TxnRequest, TxnResponse, WatchHub,
+    Command, CommandResult, CommittedLeaderId, Entry, KvError, KvView, LogId, LogStore,
+    RangeRequest, RangeResponse, Rejection, Revision, StateMachineStore, Store, StoreOptions,
+    TxnRequest, TxnResponse, WatchHub,
 };
 use tokio::sync::Mutex;
 
@@ -72,13 +72,18 @@ impl StoreBackend {
         let mut applier = self.inner.state_machine.lock().await;
         applier.last_index += 1;
         let entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), applier.last_index),
+            log_id: LogId::new(
+                CommittedLeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                applier.last_index,
+            ),
             payload: EntryPayload::Normal(command),
         };
         let mut results = applier
             .state_machine
-            .apply([entry])
-            .await
+            .apply_entries([entry])
             .map_err(|e| BackendError::Internal(e.to_string()))?;
         results
             .pop()

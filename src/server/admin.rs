@@ -229,7 +229,10 @@ impl Admin for AdminService {
             unix_time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
-            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            millis_since_quorum_ack: metrics.last_quorum_acked.map(|acked| {
+                let since = openraft::Instant::elapsed(&acked.into_inner());
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            }),
         }))
     }
 }

@@ -1,13 +1,11 @@
-//! Error types of the storage crate, and their mapping onto openraft's `StorageError`.
+//! Error types of the storage crate, and their mapping onto the `std::io::Error` openraft's
+//! storage traits return.
 //!
 //! Two audiences: `StorageError` is for operators and raft (the disk, the files, corruption);
 //! `KvError` is for readers, whose requests can be refused for MVCC reasons (a compacted or a
 //! future revision) that say nothing about the health of the store.
 
-use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
-
 use crate::model::Revision;
-use crate::types::{NodeId, RaftStorageError};
 
 /// Open, I/O and corruption errors. Never produced by a well-formed request on a healthy disk.
 #[derive(Debug, thiserror::Error)]
@@ -74,30 +72,8 @@ impl From<StorageError> for KvError {
     }
 }
 
-/// Maps our error onto openraft's, which only distinguishes subject and verb. openraft shuts the
-/// node down on any storage error, which is what we want for a broken disk.
-pub(crate) fn to_raft(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    e: &StorageError,
-) -> RaftStorageError {
-    RaftStorageError::IO {
-        source: StorageIOError::new(subject, verb, AnyError::new(e)),
-    }
-}
-
-pub(crate) fn raft_read_logs(e: &StorageError) -> RaftStorageError {
-    to_raft(ErrorSubject::Logs, ErrorVerb::Read, e)
-}
-
-pub(crate) fn raft_write_logs(e: &StorageError) -> RaftStorageError {
-    to_raft(ErrorSubject::Logs, ErrorVerb::Write, e)
-}
-
-pub(crate) fn raft_read_sm(e: &StorageError) -> RaftStorageError {
-    to_raft(ErrorSubject::StateMachine, ErrorVerb::Read, e)
-}
-
-pub(crate) fn raft_snapshot(verb: ErrorVerb, e: &StorageError) -> RaftStorageError {
-    to_raft(ErrorSubject::Snapshot(None), verb, e)
+/// Maps our error onto what openraft's storage traits return, keeping what failed in the message.
+/// openraft shuts the node down on any storage error, which is what we want for a broken disk.
+pub(crate) fn raft_io(what: impl std::fmt::Display, e: &StorageError) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
 }

@@ -33,7 +33,9 @@ pub use snapshot::{
     SnapshotHeader, SnapshotStats, read_header, scan_snapshot, scan_snapshot_kvs, verify_snapshot,
     write_snapshot,
 };
-pub use state_machine::{KvView, SnapshotBuilder, StateMachineStore};
+pub use state_machine::{
+    KvView, ReceivedSnapshotFile, SnapshotBuilder, SnapshotInbox, StateMachineStore,
+};
 pub use store::{Store, StoreOptions};
 pub use types::*;
 pub use watch::{WatchError, WatchHub, WatchMessage, WatchRequest, Watcher};

@@ -16,15 +16,15 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogId};
+use openraft::OptionalSend;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use rocksdb::{ReadOptions, WriteBatch};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, log_key, raft_meta};
 use crate::engine::{CF_RAFT_LOG, CF_RAFT_META, Engine, WeakEngine};
-use crate::error::{StorageError, raft_read_logs, raft_write_logs, to_raft};
-use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+use crate::error::{StorageError, raft_io};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// At most this many queued writes go into one batch, so one fsync never waits on an unbounded
 /// amount of data.
@@ -48,7 +48,7 @@ type Reply = oneshot::Sender<Result<(), StorageError>>;
 enum WriteOp {
     Append {
         entries: Vec<(u64, LogId, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     },
     Truncate {
         since: u64,
@@ -213,18 +213,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, RaftStorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let (start, end) = range_to_bounds(&range);
         self.read_entries(start, end)
-            .map_err(|e| raft_read_logs(&e))
+            .map_err(|e| raft_io("read raft log", &e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        self.read_raft_meta(raft_meta::VOTE, "vote")
+            .map_err(|e| raft_io("read vote", &e))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        self.log_state().map_err(|e| raft_read_logs(&e))
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
+        self.log_state()
+            .map_err(|e| raft_io("read raft log state", &e))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -232,34 +238,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let vote = *vote;
         self.submit(|reply| WriteOp::SaveVote { vote, reply })
             .await
-            .map_err(|e| to_raft(openraft::ErrorSubject::Vote, openraft::ErrorVerb::Write, &e))
+            .map_err(|e| raft_io("write vote", &e))
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
-        self.read_raft_meta(raft_meta::VOTE, "vote")
-            .map_err(|e| to_raft(openraft::ErrorSubject::Vote, openraft::ErrorVerb::Read, &e))
-    }
-
-    /// Queued, not awaited. openraft calls this on every commit advance and waits for it before
-    /// handing the entries to the state machine, with its whole core loop stalled meanwhile;
-    /// awaiting the writer would put that loop behind the fsync in progress (and measured as
-    /// such: half the CPU idle while writes queued). Nothing depends on it being durable — a lost
-    /// committed pointer only means re-applying from an older point — and the writer's queue
-    /// keeps it in order with the appends and purges around it.
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+    /// Queued, not awaited. Nothing depends on it being durable — a lost committed pointer only
+    /// means re-applying from an older point — and the writer's queue keeps it in order with the
+    /// appends and purges around it, so awaiting the fsync in progress would only add latency.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         let (reply, _ignored) = oneshot::channel();
         self.send(WriteOp::SaveCommitted { committed, reply })
-            .map_err(|e| raft_write_logs(&e))
+            .map_err(|e| raft_io("write committed log id", &e))
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         let committed: Option<Option<LogId>> = self
             .read_raft_meta(raft_meta::COMMITTED, "committed log id")
-            .map_err(|e| raft_read_logs(&e))?;
+            .map_err(|e| raft_io("read committed log id", &e))?;
         Ok(committed.flatten())
     }
 
@@ -267,8 +265,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), RaftStorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -276,8 +274,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut encoded = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let bytes = codec::encode("log entry", entry).map_err(|e| raft_write_logs(&e))?;
-            encoded.push((entry.log_id.index, *entry.get_log_id(), bytes));
+            let bytes =
+                codec::encode("log entry", entry).map_err(|e| raft_io("write raft log", &e))?;
+            encoded.push((entry.log_id.index, entry.log_id, bytes));
         }
         {
             let mut pending = self.pending();
@@ -290,15 +289,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             entries: encoded,
             callback,
         })
-        .map_err(|e| raft_write_logs(&e))
+        .map_err(|e| raft_io("write raft log", &e))
     }
 
+    /// Removes every entry after `last_log_id` (all of them when it is `None`).
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let since = log_id.index;
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let since = last_log_id.map_or(0, |l| l.index.saturating_add(1));
         self.submit(|reply| WriteOp::Truncate { since, reply })
             .await
-            .map_err(|e| raft_write_logs(&e))?;
+            .map_err(|e| raft_io("truncate raft log", &e))?;
         // Everything appended before the truncate was flushed (and left `pending`) before it;
         // this only guards against an entry whose flush failed.
         self.pending().retain(|index, _| *index < since);
@@ -306,13 +306,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         self.submit(|reply| WriteOp::Purge {
             upto: log_id,
             reply,
         })
         .await
-        .map_err(|e| raft_write_logs(&e))?;
+        .map_err(|e| raft_io("purge raft log", &e))?;
         self.pending().retain(|index, _| *index > log_id.index);
         Ok(())
     }
@@ -405,7 +405,7 @@ fn complete_group(
                         }
                     }
                 }
-                callback.log_io_completed(match result {
+                callback.io_completed(match result {
                     Ok(()) => Ok(()),
                     Err(e) => Err(std::io::Error::other(e.to_string())),
                 });

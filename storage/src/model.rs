@@ -24,6 +24,24 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+/// A one-line summary for raft's logs: the kind and size, never the keys or values (which may
+/// be Secrets).
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Txn(txn) => write!(
+                f,
+                "txn({} compares, {}+{} ops)",
+                txn.compares.len(),
+                txn.success.len(),
+                txn.failure.len()
+            ),
+            Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::Batch(commands) => write!(f, "batch({} commands)", commands.len()),
+        }
+    }
+}
+
 /// The result of applying one `Command`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {

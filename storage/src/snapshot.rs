@@ -54,7 +54,7 @@ pub struct SnapshotHeader {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub created_unix_ms: u64,
-    /// Unique per snapshot; becomes openraft's `SnapshotMeta::snapshot_id`.
+    /// Unique per snapshot; names its file and shows in logs.
     pub snapshot_id: String,
     /// Version of the software that wrote the snapshot (empty in format version 1).
     pub skiff_version: String,
@@ -108,7 +108,6 @@ impl SnapshotHeader {
         SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
-            snapshot_id: self.snapshot_id.clone(),
         }
     }
 }

@@ -27,19 +27,23 @@ impl std::fmt::Display for NodeInfo {
 }
 
 openraft::declare_raft_types!(
-    /// skiff's raft types: the payload is a store `Command`; snapshots are files on disk, streamed.
+    /// skiff's raft types: the payload is a store `Command`; snapshots are files on disk,
+    /// streamed (the state machine's `SnapshotData` is a `tokio::fs::File`).
     pub TypeConfig:
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
         Node = NodeInfo,
-        SnapshotData = tokio::fs::File,
 );
 
-pub type LogId = openraft::LogId<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
-pub type RaftStorageError = openraft::StorageError<NodeId>;
+pub type LeaderId = openraft::vote::leader_id_adv::LeaderId<u64, NodeId>;
+pub type CommittedLeaderId = <LeaderId as openraft::vote::RaftLeaderId>::Committed;
+pub type LogId = openraft::LogId<CommittedLeaderId>;
+pub type Payload = openraft::EntryPayload<Command, NodeId, NodeInfo>;
+pub type Entry = openraft::Entry<CommittedLeaderId, Payload>;
+pub type Vote = openraft::Vote<LeaderId>;
+pub type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId, NodeInfo>;
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<CommittedLeaderId, NodeId, NodeInfo>;
+/// A snapshot as openraft hands it around: its meta and the open file.
+pub type Snapshot = openraft::Snapshot<CommittedLeaderId, NodeId, NodeInfo, tokio::fs::File>;

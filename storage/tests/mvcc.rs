@@ -554,7 +554,6 @@ async fn members_applying_the_same_log_converge_on_the_same_hash() {
 #[tokio::test]
 async fn a_batch_of_entries_applies_in_order_each_seeing_the_previous() {
     use openraft::EntryPayload;
-    use openraft::storage::RaftStateMachine;
     use skiff_storage::Command;
 
     let mut h = Harness::new();
@@ -574,7 +573,7 @@ async fn a_batch_of_entries_applies_in_order_each_seeing_the_previous() {
         )))),
     ];
     let last = entries.last().unwrap().log_id;
-    let results = h.store.state_machine.apply(entries).await.unwrap();
+    let results = h.store.state_machine.apply_entries(entries).unwrap();
     assert_eq!(results.len(), 4);
     let txn = |r: &CommandResult| match r {
         CommandResult::Txn(t) => (t.succeeded, t.revision),
@@ -597,7 +596,6 @@ async fn a_batch_of_entries_applies_in_order_each_seeing_the_previous() {
 #[tokio::test]
 async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
     use openraft::EntryPayload;
-    use openraft::storage::RaftStateMachine;
     use skiff_storage::{Command, Op};
 
     let create_only = |value: &str| {
@@ -660,8 +658,7 @@ async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
     let mut results = batched
         .store
         .state_machine
-        .apply(vec![entry])
-        .await
+        .apply_entries(vec![entry])
         .unwrap();
     let Some(CommandResult::Batch(results)) = results.pop() else {
         panic!("a batch entry returns a batch result");
@@ -702,7 +699,6 @@ async fn a_batch_entry_applies_exactly_like_one_entry_per_command() {
 #[tokio::test]
 async fn a_run_of_entries_written_at_once_reads_like_entries_written_one_by_one() {
     use openraft::EntryPayload;
-    use openraft::storage::RaftStateMachine;
     use skiff_storage::{Command, Compare, Op};
 
     let txn = |compares: Vec<Compare>, success: Vec<Op>, failure: Vec<Op>| {
@@ -801,7 +797,7 @@ async fn a_run_of_entries_written_at_once_reads_like_entries_written_one_by_one(
         kinds.push(Kind::Blank);
     }
     let last = entries.last().unwrap().log_id;
-    let results = at_once.store.state_machine.apply(entries).await.unwrap();
+    let results = at_once.store.state_machine.apply_entries(entries).unwrap();
     let mut got = Vec::new();
     assert_eq!(results.len(), kinds.len());
     for (result, kind) in results.into_iter().zip(&kinds) {

@@ -4,9 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Harness;
-use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::testing::log_id;
+use common::{Harness, log_id};
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
 use openraft::{EntryPayload, Membership, Vote};
 use skiff_storage::{
     Entry, KeyRange, StorageError, Store, StoreOptions, WatchMessage, WatchRequest,
@@ -25,9 +24,9 @@ async fn reopen_recovers_state_machine_log_vote_and_watch_position() {
         cluster_id: "c1".into(),
         ..Default::default()
     });
-    let membership = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], None);
+    let membership = Membership::new_with_defaults(vec![[1u64, 2, 3].into_iter().collect()], []);
     let entry = h.next_entry(EntryPayload::Membership(membership));
-    h.store.state_machine.apply(vec![entry]).await.unwrap();
+    h.store.state_machine.apply_entries(vec![entry]).unwrap();
     for i in 0..10 {
         h.put(&format!("/k/{i}"), &format!("v{i}")).await;
     }
@@ -161,7 +160,7 @@ async fn truncate_removes_the_tail_durably() {
     let h = Harness::new();
     let mut log = h.store.log.clone();
     log.blocking_append((0..=10).map(blank)).await.unwrap();
-    log.truncate(log_id(1, 1, 6)).await.unwrap();
+    log.truncate_after(Some(log_id(1, 1, 5))).await.unwrap();
     log.blocking_append(vec![Entry {
         log_id: log_id(2, 1, 6),
         payload: EntryPayload::Blank,
@@ -228,7 +227,7 @@ fn append_and_apply_until_aborted(
                 payload: EntryPayload::Normal(payload(index)),
             };
             log.blocking_append(vec![entry.clone()]).await.unwrap();
-            store.state_machine.apply(vec![entry]).await.unwrap();
+            store.state_machine.apply_entries(vec![entry]).unwrap();
         }
     });
     unreachable!("the loop only ends by abort")
@@ -305,7 +304,7 @@ fn a_killed_process_recovers_a_consistent_prefix() {
                 skiff_storage::TxnRequest::put("/after", "x"),
             )),
         };
-        sm.apply(vec![next]).await.unwrap();
+        sm.apply_entries(vec![next]).unwrap();
         assert_eq!(store.kv.revision(), revision + 1);
     });
 }
@@ -376,7 +375,7 @@ fn a_process_killed_inside_batches_resumes_each_command_exactly_once() {
             .await
             .unwrap();
         let mut sm = store.state_machine;
-        sm.apply(entries).await.unwrap();
+        sm.apply_entries(entries).unwrap();
 
         let total = last_log * PUTS_PER_BATCH;
         assert_eq!(

@@ -23,9 +23,9 @@ fn opts(cluster_id: &str) -> StoreOptions {
 
 async fn populated(cluster_id: &str) -> Harness {
     let mut h = Harness::with_opts(opts(cluster_id));
-    let membership = Membership::new(vec![[1u64].into_iter().collect()], None);
+    let membership = Membership::new_with_defaults(vec![[1u64].into_iter().collect()], []);
     let entry = h.next_entry(EntryPayload::Membership(membership));
-    h.store.state_machine.apply(vec![entry]).await.unwrap();
+    h.store.state_machine.apply_entries(vec![entry]).unwrap();
     for i in 0..20 {
         h.put(&format!("/registry/pods/ns/p{}", i % 7), &format!("v{i}"))
             .await;
@@ -187,11 +187,11 @@ async fn raft_snapshot_is_taken_at_builder_creation_and_installs_on_a_follower()
         panic!()
     };
 
-    let mut receiving = follower
+    let (mut receiving, _received) = follower
         .store
         .state_machine
-        .begin_receiving_snapshot()
-        .await
+        .snapshot_inbox()
+        .create()
         .unwrap();
     receiving.write_all(&bytes).await.unwrap();
     receiving.flush().await.unwrap();
@@ -259,11 +259,11 @@ async fn live_watchers_replay_the_gap_a_snapshot_install_jumps_over() {
             ..Default::default()
         })
         .unwrap();
-    let mut receiving = follower
+    let (mut receiving, _received) = follower
         .store
         .state_machine
-        .begin_receiving_snapshot()
-        .await
+        .snapshot_inbox()
+        .create()
         .unwrap();
     receiving.write_all(&bytes).await.unwrap();
     follower
@@ -306,11 +306,11 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     let mut follower = Harness::with_opts(opts("cluster-a"));
     follower.put("/mine", "1").await;
     let before = follower.store.kv.state_hash().unwrap();
-    let mut receiving = follower
+    let (mut receiving, _received) = follower
         .store
         .state_machine
-        .begin_receiving_snapshot()
-        .await
+        .snapshot_inbox()
+        .create()
         .unwrap();
     receiving.write_all(&bytes).await.unwrap();
     assert!(
@@ -343,11 +343,11 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     let good_bytes = read_all(&mut good.snapshot).await;
-    let mut receiving = stranger
+    let (mut receiving, _received) = stranger
         .store
         .state_machine
-        .begin_receiving_snapshot()
-        .await
+        .snapshot_inbox()
+        .create()
         .unwrap();
     receiving.write_all(&good_bytes).await.unwrap();
     assert!(
@@ -377,8 +377,15 @@ async fn only_the_newest_two_snapshots_are_kept() {
             .unwrap();
         metas.push(snap.meta);
     }
-    let ids: std::collections::HashSet<_> = metas.iter().map(|m| m.snapshot_id.clone()).collect();
-    assert_eq!(ids.len(), 4, "snapshot ids are unique");
+    let points: std::collections::BTreeSet<_> = metas
+        .iter()
+        .map(|m| m.last_log_id.map(|l| l.index))
+        .collect();
+    assert_eq!(
+        points.len(),
+        4,
+        "each snapshot is of its own point in the log"
+    );
     let files: Vec<_> = std::fs::read_dir(h.store_dir().join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().path())

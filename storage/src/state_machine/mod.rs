@@ -17,8 +17,9 @@ mod snapshot_files;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
@@ -30,11 +31,9 @@ pub(crate) use snapshot_files::SnapshotDir;
 
 use crate::compact::Compactor;
 use crate::engine::Engine;
-use crate::error::{StorageError, raft_read_sm, raft_snapshot, to_raft};
+use crate::error::{StorageError, raft_io};
 use crate::model::{Command, CommandResult, Rejection};
-use crate::types::{
-    Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 
 /// A run staged past this size is written before the next command, bounding the memory one
@@ -81,8 +80,6 @@ pub struct StateMachineStore {
     hub: WatchHub,
     snapshots: Arc<SnapshotDir>,
     compactor: Compactor,
-    /// Temporary files handed out by `begin_receiving_snapshot`, removed after an install.
-    receiving: Vec<PathBuf>,
 }
 
 impl StateMachineStore {
@@ -99,7 +96,30 @@ impl StateMachineStore {
             hub,
             snapshots: Arc::new(snapshots),
             compactor,
-            receiving: Vec::new(),
+        }
+    }
+
+    /// Applies committed entries outside raft, exactly as raft's `apply` does, and returns each
+    /// entry's result: for tools and tests that drive a state machine without a cluster.
+    pub fn apply_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<CommandResult>, StorageError> {
+        let mut run = StagedRun::new(self.status.get());
+        let mut results = Vec::new();
+        for entry in entries {
+            results.push(self.apply_entry(&mut run, &entry)?);
+        }
+        if !results.is_empty() {
+            self.write_run(&mut run)?;
+        }
+        Ok(results)
+    }
+
+    /// Where the raft transport writes a snapshot it receives from the leader.
+    pub fn snapshot_inbox(&self) -> SnapshotInbox {
+        SnapshotInbox {
+            dir: self.snapshots.clone(),
         }
     }
 
@@ -265,60 +285,55 @@ impl StateMachineStore {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         let status = self.status.get();
         Ok((status.last_applied, status.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    /// Stages every entry of the stream into one run, writes the run, and only then answers the
+    /// clients: a client told "applied" can read what it wrote.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
         let mut run = StagedRun::new(self.status.get());
-        let mut results = Vec::new();
+        let mut answers = Vec::new();
         let mut last = None;
-        for entry in entries {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
             let result = self
                 .apply_entry(&mut run, &entry)
-                .map_err(|e| to_raft(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, &e))?;
-            results.push(result);
+                .map_err(|e| raft_io(format_args!("apply {}", entry.log_id), &e))?;
+            if let Some(responder) = responder {
+                answers.push((responder, result));
+            }
             last = Some(entry.log_id);
         }
         if let Some(last) = last {
             self.write_run(&mut run)
-                .map_err(|e| to_raft(ErrorSubject::Apply(last), ErrorVerb::Write, &e))?;
+                .map_err(|e| raft_io(format_args!("apply up to {last}"), &e))?;
         }
-        Ok(results)
+        for (responder, result) in answers {
+            responder.send(result);
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder::start(self.engine.clone(), self.snapshots.clone()).await
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
-        // A new transfer supersedes any unfinished one; its file is garbage now.
-        for path in self.receiving.drain(..) {
-            self.snapshots.remove_quietly(&path);
-        }
-        let (path, file) = self
-            .snapshots
-            .new_part("receive")
-            .map_err(|e| raft_snapshot(ErrorVerb::Write, &e))?;
-        self.receiving.push(path);
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
-    #[tracing::instrument(level = "info", skip_all, fields(snapshot_id = %meta.snapshot_id))]
+    #[tracing::instrument(level = "info", skip_all, fields(last_log_id = ?meta.last_log_id))]
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), RaftStorageError> {
+        snapshot: tokio::fs::File,
+    ) -> Result<(), std::io::Error> {
         let file = snapshot.into_std().await;
         let engine = self.engine.clone();
         let dir = self.snapshots.clone();
@@ -338,29 +353,60 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .and_then(|r| r)
         .map_err(|e| {
             tracing::error!(error = %e, "snapshot install failed");
-            raft_snapshot(ErrorVerb::Write, &e)
+            raft_io("install snapshot", &e)
         })?;
-        for path in self.receiving.drain(..) {
-            self.snapshots.remove_quietly(&path);
-        }
         let (revision, compacted) = (status.revision, status.compacted);
         self.status.set(status);
         self.hub.on_snapshot_installed(revision, compacted);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let newest = self
             .snapshots
             .newest()
-            .map_err(|e| raft_snapshot(ErrorVerb::Read, &e))?;
+            .map_err(|e| raft_io("find the newest snapshot", &e))?;
         let Some(path) = newest else { return Ok(None) };
         let (meta, file) =
-            snapshot_files::open_snapshot(&path).map_err(|e| raft_snapshot(ErrorVerb::Read, &e))?;
+            snapshot_files::open_snapshot(&path).map_err(|e| raft_io("open snapshot", &e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         }))
+    }
+}
+
+/// Receives snapshots streamed by a leader into temporary files in the snapshot directory. The
+/// file becomes openraft's snapshot data once complete; `install_snapshot` validates it while
+/// copying it into place, so the received file is garbage afterwards either way.
+#[derive(Clone)]
+pub struct SnapshotInbox {
+    dir: Arc<SnapshotDir>,
+}
+
+impl SnapshotInbox {
+    /// A new empty file to receive into, and the guard that removes it when dropped.
+    pub fn create(&self) -> Result<(tokio::fs::File, ReceivedSnapshotFile), StorageError> {
+        let (path, file) = self.dir.new_part("receive")?;
+        Ok((
+            tokio::fs::File::from_std(file),
+            ReceivedSnapshotFile {
+                dir: self.dir.clone(),
+                path,
+            },
+        ))
+    }
+}
+
+/// Removes a received snapshot file when the transfer is over, installed or not.
+pub struct ReceivedSnapshotFile {
+    dir: Arc<SnapshotDir>,
+    path: PathBuf,
+}
+
+impl Drop for ReceivedSnapshotFile {
+    fn drop(&mut self) {
+        self.dir.remove_quietly(&self.path);
     }
 }
 
@@ -421,18 +467,18 @@ impl SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = tokio::fs::File;
+
     #[tracing::instrument(level = "info", skip_all)]
-    async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
-        let stopped = |what: &'static str| {
-            raft_snapshot(ErrorVerb::Write, &StorageError::WorkerStopped(what))
-        };
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let stopped =
+            |what: &'static str| raft_io("build snapshot", &StorageError::WorkerStopped(what));
         let requests = match &self.requests {
             Ok(requests) => requests,
             Err(message) => {
-                return Err(raft_read_sm(&StorageError::Io {
-                    context: "snapshot builder".into(),
-                    source: std::io::Error::other(message.clone()),
-                }));
+                return Err(std::io::Error::other(format!(
+                    "build snapshot: snapshot builder: {message}"
+                )));
             }
         };
         let (tx, rx) = oneshot::channel();
@@ -442,11 +488,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|_| stopped("snapshot thread"))?
             .map_err(|e| {
                 tracing::error!(error = %e, "snapshot build failed");
-                raft_snapshot(ErrorVerb::Write, &e)
+                raft_io("build snapshot", &e)
             })?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         })
     }
 }

@@ -233,10 +233,10 @@ pub(crate) fn install(
             },
         )?;
         // 3. It must be the snapshot raft says it is, of our cluster.
-        if header.last_applied != meta.last_log_id || header.snapshot_id != meta.snapshot_id {
+        if header.last_applied != meta.last_log_id {
             return Err(StorageError::InvalidSnapshot(format!(
-                "file is snapshot {} at {:?}, raft announced {} at {:?}",
-                header.snapshot_id, header.last_applied, meta.snapshot_id, meta.last_log_id
+                "file is snapshot {} at {:?}, raft announced one at {:?}",
+                header.snapshot_id, header.last_applied, meta.last_log_id
             )));
         }
         if !our_cluster_id.is_empty()

@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, testing::log_id};
+use openraft::EntryPayload;
 use skiff_storage::{
     Command, CommandResult, Compare, CompareOp, CompareTarget, Entry, KeyRange, KeyValue, Op,
     RangeRequest, Revision, Store, StoreOptions, TxnRequest, TxnResponse,
 };
 use tempfile::TempDir;
+
+/// The id of the entry at `index` written by leader `node_id` in `term`.
+pub fn log_id(term: u64, node_id: u64, index: u64) -> skiff_storage::LogId {
+    skiff_storage::LogId::new(skiff_storage::CommittedLeaderId { term, node_id }, index)
+}
 
 pub struct Harness {
     pub dir: TempDir,
@@ -54,7 +58,7 @@ impl Harness {
         }
     }
 
-    pub fn next_entry(&mut self, payload: EntryPayload<skiff_storage::TypeConfig>) -> Entry {
+    pub fn next_entry(&mut self, payload: skiff_storage::Payload) -> Entry {
         self.next_index += 1;
         Entry {
             log_id: log_id(1, 1, self.next_index),
@@ -64,7 +68,7 @@ impl Harness {
 
     pub async fn apply(&mut self, cmd: Command) -> CommandResult {
         let entry = self.next_entry(EntryPayload::Normal(cmd));
-        let mut results = self.store.state_machine.apply(vec![entry]).await.unwrap();
+        let mut results = self.store.state_machine.apply_entries(vec![entry]).unwrap();
         assert_eq!(results.len(), 1);
         results.pop().unwrap()
     }
