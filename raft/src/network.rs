@@ -490,3 +490,43 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_stream_is_never_stalled_and_a_silent_busy_one_is() {
+        let progress = StreamProgress::default();
+        let wait = Duration::from_millis(20);
+        // "Not stalled yet" is checked against a wait no scheduling delay can reach.
+        let long = Duration::from_secs(60);
+        assert!(!progress.stalled(Duration::ZERO), "nothing sent");
+
+        progress.on_send();
+        assert!(!progress.stalled(long), "just sent");
+        std::thread::sleep(wait * 2);
+        assert!(
+            progress.stalled(wait),
+            "a request and no reply for longer than the wait"
+        );
+
+        progress.on_reply();
+        assert!(
+            !progress.stalled(Duration::ZERO),
+            "every request answered: idle"
+        );
+        std::thread::sleep(wait * 2);
+        assert!(
+            !progress.stalled(wait),
+            "idle for long is still not stalled"
+        );
+
+        // A reply resets the clock even while other requests are outstanding.
+        progress.on_send();
+        progress.on_send();
+        std::thread::sleep(wait * 2);
+        progress.on_reply();
+        assert!(!progress.stalled(long), "a reply just came");
+    }
+}

@@ -188,3 +188,83 @@ impl RaftPeer for PeerService {
         bytes(&self.node.answer_pre_vote(&ask).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use openraft::EntryPayload;
+    use skiff_storage::{
+        Command, CommittedLeaderId, Entry, LogId, SnapshotMeta, Store, StoreOptions, TxnRequest,
+        Vote,
+    };
+
+    use super::*;
+
+    /// A store with a few keys and a snapshot file of it, as a leader would send it.
+    fn store_snapshot(dir: &std::path::Path) -> (Vec<u8>, Option<LogId>) {
+        let mut store = Store::open(&dir.join("store"), StoreOptions::default()).unwrap();
+        let entries = (1..=5).map(|index| Entry {
+            log_id: LogId::new(
+                CommittedLeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
+            payload: EntryPayload::Normal(Command::Txn(TxnRequest::put(format!("/k{index}"), "v"))),
+        });
+        store.state_machine.apply_entries(entries).unwrap();
+        let mut bytes = Vec::new();
+        let header = skiff_storage::write_snapshot(&store.kv, &mut bytes, &mut |_, _| {}).unwrap();
+        (bytes, header.last_applied)
+    }
+
+    fn received(dir: &std::path::Path, bytes: &[u8]) -> std::fs::File {
+        let path = dir.join("received");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        std::fs::File::open(&path).unwrap()
+    }
+
+    fn offer(last_log_id: Option<LogId>) -> SnapshotOffer {
+        SnapshotOffer {
+            vote: Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_complete_snapshot_passes_and_a_cut_or_mislabelled_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, last_applied) = store_snapshot(dir.path());
+        assert_eq!(last_applied.map(|l| l.index), Some(5));
+
+        let whole = received(dir.path(), &bytes);
+        assert!(verify_received(whole, &offer(last_applied)).await.is_ok());
+
+        let cut = received(dir.path(), &bytes[..bytes.len() - 40]);
+        let refused = verify_received(cut, &offer(last_applied))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
+
+        let whole = received(dir.path(), &bytes);
+        let other = LogId::new(
+            CommittedLeaderId {
+                term: 2,
+                node_id: 1,
+            },
+            9,
+        );
+        let refused = verify_received(whole, &offer(Some(other)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+}
