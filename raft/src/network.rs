@@ -142,6 +142,7 @@ impl PeerNetworkFactory {
             addr: node.raft_addr.clone(),
             channels: self.channels.clone(),
             lane,
+            unary_until: None,
         }
     }
 }
@@ -164,7 +165,14 @@ pub struct PeerNetwork {
     channels: PeerChannels,
     /// Replication clients stream; the heartbeat client sends one unary call per heartbeat.
     lane: Lane,
+    /// Until then this peer is replicated with unary calls: it answered `StreamAppend` with
+    /// "unimplemented", i.e. it runs an older skiff (a rolling upgrade in progress).
+    unary_until: Option<Instant>,
 }
+
+/// How long a peer without `StreamAppend` is replicated with unary calls before it is tried
+/// again (it may have been upgraded meanwhile).
+const UNARY_FALLBACK: Duration = Duration::from_secs(30);
 
 type PeerRpcError = RPCError<TypeConfig>;
 
@@ -241,12 +249,12 @@ impl PeerNetwork {
         reply_wait: Duration,
     ) -> Result<
         BoxStream<'static, Result<StreamAppendResult<TypeConfig>, PeerRpcError>>,
-        PeerRpcError,
+        StreamOpenError,
     >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        let mut client = self.client()?;
+        let mut client = self.client().map_err(StreamOpenError::Other)?;
         let progress = Arc::new(StreamProgress::default());
         let sent = progress.clone();
         let requests = input.filter_map(move |request| {
@@ -269,8 +277,15 @@ impl PeerNetwork {
         let target = self.target;
         let response = tokio::time::timeout(reply_wait, client.stream_append(requests))
             .await
-            .map_err(|_| unreachable(format!("{addr}: opening the replication stream timed out")))?
-            .map_err(|status| unreachable(format!("{addr}: {}", status.message())))?;
+            .map_err(|_| {
+                StreamOpenError::Other(unreachable(format!(
+                    "{addr}: opening the replication stream timed out"
+                )))
+            })?
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => StreamOpenError::Unimplemented,
+                _ => StreamOpenError::Other(unreachable(format!("{addr}: {}", status.message()))),
+            })?;
         let replies = response.into_inner();
         let state = (replies, progress, addr, false);
         let out = futures::stream::unfold(
@@ -381,6 +396,13 @@ impl PeerNetwork {
     }
 }
 
+/// Why a replication stream did not open.
+enum StreamOpenError {
+    /// The peer runs a skiff without `StreamAppend`.
+    Unimplemented,
+    Other(PeerRpcError),
+}
+
 /// When a replication stream last made progress, and how many requests await a reply.
 #[derive(Default)]
 struct StreamProgress {
@@ -456,14 +478,31 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        if self.lane == Lane::Forwarding {
-            // Heartbeats: one request per stream, so a unary call says the same with less.
+        // Heartbeats: one request per stream, so a unary call says the same with less.
+        let unary = self.lane == Lane::Forwarding
+            || self.unary_until.is_some_and(|until| Instant::now() < until);
+        if unary {
             return stream_append_sequential(self, input, option);
         }
         let reply_wait = option.hard_ttl().max(MIN_STREAM_REPLY_WAIT);
         Box::pin(async move {
-            let replies = self.open_append_stream(input, reply_wait).await?;
-            Ok(replies as BoxStream<'s, _>)
+            match self.open_append_stream(input, reply_wait).await {
+                Ok(replies) => Ok(replies as BoxStream<'s, _>),
+                Err(StreamOpenError::Other(e)) => Err(e),
+                Err(StreamOpenError::Unimplemented) => {
+                    tracing::info!(
+                        peer = self.target,
+                        addr = %self.addr,
+                        "peer has no StreamAppend (an older skiff): replicating one request at a time"
+                    );
+                    self.unary_until = Some(Instant::now() + UNARY_FALLBACK);
+                    // openraft starts the session again, and it goes unary.
+                    Err(network_error(format!(
+                        "{}: StreamAppend unimplemented; falling back to unary calls",
+                        self.addr
+                    )))
+                }
+            }
         })
     }
 
