@@ -255,7 +255,7 @@ impl PeerNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         let mut client = self.client().map_err(StreamOpenError::Other)?;
-        let progress = Arc::new(StreamProgress::default());
+        let progress = Arc::new(StreamProgress::new());
         let sent = progress.clone();
         let requests = input.filter_map(move |request| {
             let sent = sent.clone();
@@ -353,16 +353,15 @@ impl PeerNetwork {
             .map_err(|e| streaming(network_error(format!("rewind snapshot: {e}"))))?;
         let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
         let read_error_slot = read_error.clone();
-        let chunks = futures::stream::unfold(Some(file), move |file| {
+        let chunks = futures::stream::unfold(file, move |mut file| {
             let read_error_slot = read_error_slot.clone();
             async move {
-                let mut file = file?;
                 let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
                 match file.read(&mut chunk).await {
                     Ok(0) => None,
                     Ok(n) => {
                         chunk.truncate(n);
-                        Some((RaftBytes { data: chunk }, Some(file)))
+                        Some((RaftBytes { data: chunk }, file))
                     }
                     Err(e) => {
                         // Ends the upload early; the receiver then fails the checksum.
@@ -404,18 +403,24 @@ enum StreamOpenError {
 }
 
 /// When a replication stream last made progress, and how many requests await a reply.
-#[derive(Default)]
 struct StreamProgress {
     outstanding: AtomicU64,
     /// Milliseconds since `epoch` of the last reply, or of the first send after an idle spell.
     last_progress_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
+    epoch: Instant,
 }
 
 impl StreamProgress {
+    fn new() -> Self {
+        StreamProgress {
+            outstanding: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(Instant::now);
-        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn on_send(&self) {
@@ -536,7 +541,7 @@ mod tests {
 
     #[test]
     fn an_idle_stream_is_never_stalled_and_a_silent_busy_one_is() {
-        let progress = StreamProgress::default();
+        let progress = StreamProgress::new();
         let wait = Duration::from_millis(20);
         // "Not stalled yet" is checked against a wait no scheduling delay can reach.
         let long = Duration::from_secs(60);
