@@ -162,10 +162,15 @@ fn arch() -> &'static str {
 }
 
 /// Registers the Node (retrying until a member answers); returns the stored Node.
+///
+/// A new Node starts NotReady ("container runtime is starting"), as kubelet's does: the
+/// runtime is started only after registration (it needs the pod CIDR the control plane
+/// assigns), and the scheduler must not bind pods to a node that cannot run them yet.
+/// [`heartbeat`], started once the runtime answers, posts Ready.
 pub async fn register(control: &ControlPlane, spec: &NodeSpec) -> Value {
     let mut delay = Duration::from_millis(500);
     loop {
-        match control.register_node(&spec.object(true)).await {
+        match control.register_node(&spec.object(false)).await {
             Ok(node) => {
                 let cidr = node
                     .at("/spec/podCIDR")
@@ -201,5 +206,61 @@ pub async fn heartbeat(control: Arc<ControlPlane>, spec: Arc<NodeSpec>) {
             }
         }
         tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> NodeSpec {
+        NodeSpec {
+            name: "n1".into(),
+            address: "10.0.0.1".into(),
+            kubelet_port: 10250,
+            labels: vec![("zone".into(), "a".into())],
+            runtime: "containerd",
+            host: HostInfo {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                max_pods: 110,
+                machine_id: "m".into(),
+                kernel: "6.1".into(),
+                os_image: "Debian".into(),
+            },
+        }
+    }
+
+    fn ready(node: &Value) -> (String, String) {
+        let conditions = node.at("/status/conditions").and_then(Value::as_array);
+        let ready = conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        (
+            ready["status"].as_str().unwrap_or("").into(),
+            ready["reason"].as_str().unwrap_or("").into(),
+        )
+    }
+
+    #[test]
+    fn registration_is_not_ready_until_the_runtime_answers() {
+        let registered = spec().object(false);
+        assert_eq!(
+            ready(&registered),
+            ("False".to_string(), "KubeletNotReady".to_string())
+        );
+        assert_eq!(registered["metadata"]["labels"]["zone"], "a");
+        assert_eq!(
+            registered["metadata"]["labels"]["kubernetes.io/hostname"],
+            "n1"
+        );
+        let heartbeat = json!({"status": spec().status(true)});
+        assert_eq!(
+            ready(&heartbeat),
+            ("True".to_string(), "KubeletReady".to_string())
+        );
     }
 }
