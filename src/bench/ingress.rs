@@ -10,6 +10,10 @@
 //! side is reported. With nginx at hand (`--nginx PATH`, or on PATH: the proxy the seed's
 //! ingress-nginx runs) the same backend is also measured behind nginx with upstream keep-alive,
 //! the peer the ratio is read against. Needs root and wrk.
+//!
+//! Each run also reports the CPU each party spent per request (wrk, the backend, the proxy),
+//! read from /proc and from wrk's rusage: on cores that wrk, backend and proxy share, that is
+//! what decides the ratio, and the backend's own figure bounds what any proxy's hop can cost.
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -27,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use serde_json::json;
 
-use super::api::rss_mb;
+use super::api::{cpu_seconds, rss_mb};
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
 use crate::progress::Progress;
@@ -67,6 +71,26 @@ struct Run {
     p99_ms: f64,
     /// Socket errors and non-2xx answers.
     errors: u64,
+    /// Requests completed in the run.
+    requests: u64,
+    /// CPU microseconds per request, by party.
+    cpu: CpuPerRequest,
+}
+
+/// CPU (user + system) per request in one run: wrk (the client), the backend pod, and the
+/// proxy in between (none for the direct runs).
+#[derive(Serialize, Debug, Clone, Default)]
+struct CpuPerRequest {
+    wrk_us: f64,
+    backend_us: f64,
+    proxy_us: Option<f64>,
+}
+
+/// The processes a run's CPU is read from.
+struct Parties<'a> {
+    backend: Option<u32>,
+    /// The proxy's processes (the agent; nginx's master and workers); None when direct.
+    proxy: Option<&'a [u32]>,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -142,9 +166,14 @@ pub async fn run(args: IngressBenchArgs) -> anyhow::Result<()> {
         ("through nginx (peer)", report.nginx_median.as_ref()),
     ];
     for (what, run) in rows.iter().filter_map(|(w, r)| Some((w, (*r)?))) {
+        let proxy = run
+            .cpu
+            .proxy_us
+            .map(|us| format!(", proxy {us:.1}"))
+            .unwrap_or_default();
         println!(
-            "  {what:<20} {:>10.0} req/s   p99 {:>7.2} ms   ({} errors)",
-            run.requests_per_second, run.p99_ms, run.errors
+            "  {what:<20} {:>10.0} req/s   p99 {:>7.2} ms   ({} errors)   CPU us/request: wrk {:.1}, backend {:.1}{proxy}",
+            run.requests_per_second, run.p99_ms, run.errors, run.cpu.wrk_us, run.cpu.backend_us
         );
     }
     println!(
@@ -265,6 +294,23 @@ async fn measure(
         Some(exe) => Some(start_nginx(args, &exe).await?),
         None => None,
     };
+    let backend = pids_where(|cmdline, _| cmdline.contains("--serve-backend"))
+        .first()
+        .copied();
+    let agent: Vec<u32> = agent_pid.into_iter().collect();
+    let nginx_pids: Vec<u32> = nginx.as_ref().map(Nginx::pids).unwrap_or_default();
+    let direct = Parties {
+        backend,
+        proxy: None,
+    };
+    let through_ingress = Parties {
+        backend,
+        proxy: Some(&agent),
+    };
+    let through_nginx = Parties {
+        backend,
+        proxy: Some(&nginx_pids),
+    };
     for round in 1..=args.rounds {
         progress.step(&format!(
             "round {round}/{}: straight to the pod",
@@ -272,19 +318,31 @@ async fn measure(
         ));
         report
             .direct
-            .push(wrk(args, &format!("http://{BACKEND}/"), None).await?);
+            .push(wrk(args, &format!("http://{BACKEND}/"), None, &direct).await?);
         progress.step(&format!(
             "round {round}/{}: through the ingress",
             args.rounds
         ));
-        report
-            .ingress
-            .push(wrk(args, &format!("http://{ingress}/"), Some(HOST)).await?);
+        report.ingress.push(
+            wrk(
+                args,
+                &format!("http://{ingress}/"),
+                Some(HOST),
+                &through_ingress,
+            )
+            .await?,
+        );
         if nginx.is_some() {
             progress.step(&format!("round {round}/{}: through nginx", args.rounds));
-            report
-                .nginx
-                .push(wrk(args, &format!("http://{NGINX}/"), Some(HOST)).await?);
+            report.nginx.push(
+                wrk(
+                    args,
+                    &format!("http://{NGINX}/"),
+                    Some(HOST),
+                    &through_nginx,
+                )
+                .await?,
+            );
         }
     }
     drop(nginx);
@@ -324,6 +382,16 @@ impl Drop for Nginx {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let _ = self.0.wait();
+    }
+}
+
+impl Nginx {
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.0.id();
+        let mut pids = pids_where(|_, parent| parent == master);
+        pids.push(master);
+        pids
     }
 }
 
@@ -391,7 +459,63 @@ fn median(runs: &[Run]) -> Run {
     sorted.get(sorted.len() / 2).cloned().unwrap_or_default()
 }
 
-async fn wrk(args: &IngressBenchArgs, url: &str, host: Option<&str>) -> anyhow::Result<Run> {
+/// Processes (other than this one) whose command line and parent pid satisfy `wanted`.
+fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                .unwrap_or(0);
+            wanted(&cmdline, parent)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// CPU seconds of the children this process has reaped (wrk, once it has exited).
+fn reaped_children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn processes_cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(Some(*pid))).sum()
+}
+
+async fn wrk(
+    args: &IngressBenchArgs,
+    url: &str,
+    host: Option<&str>,
+    parties: &Parties<'_>,
+) -> anyhow::Result<Run> {
+    let cpu_now = || {
+        (
+            reaped_children_cpu_seconds(),
+            cpu_seconds(parties.backend),
+            parties.proxy.map(processes_cpu_seconds),
+        )
+    };
+    let before = cpu_now();
     let mut command = tokio::process::Command::new("wrk");
     command
         .args([
@@ -405,11 +529,19 @@ async fn wrk(args: &IngressBenchArgs, url: &str, host: Option<&str>) -> anyhow::
         command.args(["-H", &format!("Host: {host}")]);
     }
     let out = command.arg(url).output().await.context("running wrk")?;
+    let after = cpu_now();
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk {url}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_wrk(&text).with_context(|| format!("reading wrk's report:\n{text}"))
+    let mut run = parse_wrk(&text).with_context(|| format!("reading wrk's report:\n{text}"))?;
+    let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1) as f64;
+    run.cpu = CpuPerRequest {
+        wrk_us: per_request(after.0 - before.0),
+        backend_us: per_request(after.1 - before.1),
+        proxy_us: after.2.zip(before.2).map(|(a, b)| per_request(a - b)),
+    };
+    Ok(run)
 }
 
 /// Requests/s, the 99th percentile and the errors from wrk's `--latency` report.
@@ -427,6 +559,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<Run> {
                 run.p99_ms = milliseconds(latency)?;
                 seen.1 = true;
             }
+            [n, "requests", "in", ..] => run.requests = n.parse()?,
             ["Non-2xx", "or", "3xx", "responses:", n] => run.errors += n.parse::<u64>()?,
             ["Socket", "errors:", rest @ ..] => {
                 // connect 0, read 0, write 0, timeout 0
@@ -544,7 +677,23 @@ Transfer/sec:     12.00MB
         assert_eq!(run.requests_per_second, 100000.5);
         assert!((run.p99_ms - 1.23).abs() < 1e-9);
         assert_eq!(run.errors, 7);
+        assert_eq!(run.requests, 1_000_000);
         assert!((milliseconds("512.00us").expect("us") - 0.512).abs() < 1e-9);
         assert!(parse_wrk("nothing here").is_err());
+    }
+
+    #[test]
+    fn finds_processes_by_command_line_and_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30.123")
+            .spawn()
+            .expect("sleep");
+        let own = std::process::id();
+        let by_line = pids_where(|cmdline, _| cmdline == "sleep 30.123 ");
+        let by_parent = pids_where(|_, parent| parent == own);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(by_line, vec![child.id()]);
+        assert!(by_parent.contains(&child.id()), "{by_parent:?}");
     }
 }
