@@ -476,7 +476,8 @@ fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
             let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|stat| {
-                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    // After the command name (which may hold spaces): state, then ppid.
+                    let rest = stat.rsplit_once(')')?.1;
                     rest.split_whitespace().nth(1)?.parse::<u32>().ok()
                 })
                 .unwrap_or(0);
@@ -489,8 +490,9 @@ fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
 
 /// CPU seconds of the children this process has reaped (wrk, once it has exited).
 fn reaped_children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct it is given, which outlives the call.
     if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
         return 0.0;
     }
