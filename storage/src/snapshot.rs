@@ -252,23 +252,22 @@ pub(crate) fn write_from_reader(
         Ok(true)
     })?;
 
+    // From the compacted revision itself: the live store keeps its events (compaction drops
+    // only what lies below it) and a watch may start there, as in etcd. A snapshot without them
+    // would make such a watch skip that revision on a member that installed it.
     let mut history_count = 0u64;
-    reader.scan_history_raw(
-        status.compacted.saturating_add(1),
-        Revision::MAX - 1,
-        |key, value| {
-            w.put(&[TAG_HISTORY])?;
-            w.put(key)?;
-            w.put_len(value.len(), MAX_VALUE_LEN)?;
-            w.put(value)?;
-            history_count += 1;
-            records += 1;
-            if records.is_multiple_of(PROGRESS_EVERY) {
-                progress(records, w.bytes);
-            }
-            Ok(true)
-        },
-    )?;
+    reader.scan_history_raw(status.compacted, Revision::MAX - 1, |key, value| {
+        w.put(&[TAG_HISTORY])?;
+        w.put(key)?;
+        w.put_len(value.len(), MAX_VALUE_LEN)?;
+        w.put(value)?;
+        history_count += 1;
+        records += 1;
+        if records.is_multiple_of(PROGRESS_EVERY) {
+            progress(records, w.bytes);
+        }
+        Ok(true)
+    })?;
 
     w.put(&[TAG_END])?;
     w.put(&kv_count.to_be_bytes())?;
@@ -368,7 +367,8 @@ pub(crate) fn read_snapshot_checked(
                 }
                 let (revision, _) =
                     codec::decode_history_key(key).map_err(|e| invalid(e.to_string()))?;
-                if revision <= header.compacted_revision || revision > header.revision {
+                // Snapshots of earlier builds start after the compacted revision; both are valid.
+                if revision < header.compacted_revision || revision > header.revision {
                     return Err(invalid(format!(
                         "history revision {revision} outside the snapshot window"
                     )));

@@ -81,9 +81,10 @@ pub(crate) fn write_batch_progress(
     Ok(())
 }
 
-/// Step 1 of compaction (the logical one): record the target and drop the history at or below
-/// it in the same batch; reads and watches refuse those revisions from this commit on. Step 2,
-/// reclaiming the space, is the background compactor's job and needs no bookkeeping to resume.
+/// Step 1 of compaction (the logical one): record the target and drop the history below it in
+/// the same batch (the target's own events stay: a watch may start at the compacted revision);
+/// reads and watches refuse the revisions below it from this commit on. Step 2, reclaiming the
+/// space, is the background compactor's job and needs no bookkeeping to resume.
 fn apply_compact(
     engine: &Engine,
     status: &mut SmStatus,
