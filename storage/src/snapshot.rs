@@ -233,22 +233,22 @@ pub(crate) fn write_from_reader(
     w.put_len(header_bytes.len(), MAX_HEADER_LEN)?;
     w.put(&header_bytes)?;
 
+    // Counts a record written, reporting progress every PROGRESS_EVERY records.
+    let mut counted = |records: &mut u64, bytes: u64| {
+        *records += 1;
+        if records.is_multiple_of(PROGRESS_EVERY) {
+            progress(*records, bytes);
+        }
+    };
     let mut kv_count = 0u64;
     let all = KeyRange {
         key: Vec::new(),
         range_end: vec![0],
     };
     reader.scan_kv_raw(&all, |key, value| {
-        w.put(&[TAG_KV])?;
-        w.put_len(key.len(), MAX_KEY_LEN)?;
-        w.put(key)?;
-        w.put_len(value.len(), MAX_VALUE_LEN)?;
-        w.put(value)?;
+        w.put_record(TAG_KV, key, value)?;
         kv_count += 1;
-        records += 1;
-        if records.is_multiple_of(PROGRESS_EVERY) {
-            progress(records, w.bytes);
-        }
+        counted(&mut records, w.bytes);
         Ok(true)
     })?;
 
@@ -257,15 +257,9 @@ pub(crate) fn write_from_reader(
     // would make such a watch skip that revision on a member that installed it.
     let mut history_count = 0u64;
     reader.scan_history_raw(status.compacted, Revision::MAX - 1, |key, value| {
-        w.put(&[TAG_HISTORY])?;
-        w.put(key)?;
-        w.put_len(value.len(), MAX_VALUE_LEN)?;
-        w.put(value)?;
+        w.put_record(TAG_HISTORY, key, value)?;
         history_count += 1;
-        records += 1;
-        if records.is_multiple_of(PROGRESS_EVERY) {
-            progress(records, w.bytes);
-        }
+        counted(&mut records, w.bytes);
         Ok(true)
     })?;
 
@@ -476,6 +470,18 @@ impl<W: Write> HashingWriter<'_, W> {
         self.hasher.update(bytes);
         self.bytes += bytes.len() as u64;
         Ok(())
+    }
+
+    /// A kv or history record: its tag, the key (length-prefixed for kv records; history keys
+    /// have a fixed length), then the value with its length.
+    fn put_record(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.put(&[tag])?;
+        if tag == TAG_KV {
+            self.put_len(key.len(), MAX_KEY_LEN)?;
+        }
+        self.put(key)?;
+        self.put_len(value.len(), MAX_VALUE_LEN)?;
+        self.put(value)
     }
 
     fn put_len(&mut self, len: usize, max: u32) -> Result<(), StorageError> {
