@@ -8,8 +8,8 @@ use common::Harness;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, Membership};
 use skiff_storage::{
-    KeyRange, RangeRequest, StorageError, Store, StoreOptions, WatchError, WatchMessage,
-    WatchRequest, verify_snapshot, write_snapshot,
+    KeyRange, RangeRequest, SnapshotMeta, StorageError, Store, StoreOptions, WatchError,
+    WatchMessage, WatchRequest, verify_snapshot, write_snapshot,
 };
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,6 +153,28 @@ async fn read_all(file: &mut tokio::fs::File) -> Vec<u8> {
     bytes
 }
 
+/// Receives `bytes` into `member`'s snapshot inbox, as the raft service does, and installs them;
+/// the install's result is what the caller checks.
+async fn receive_and_install(
+    member: &mut Harness,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let (mut receiving, _received) = member
+        .store
+        .state_machine
+        .snapshot_inbox()
+        .create()
+        .expect("a file in the snapshot inbox");
+    receiving.write_all(bytes).await.expect("received bytes");
+    receiving.flush().await.expect("received bytes");
+    member
+        .store
+        .state_machine
+        .install_snapshot(meta, receiving)
+        .await
+}
+
 #[tokio::test]
 async fn raft_snapshot_is_taken_at_builder_creation_and_installs_on_a_follower() {
     let mut leader = populated("cluster-a").await;
@@ -190,18 +212,7 @@ async fn raft_snapshot_is_taken_at_builder_creation_and_installs_on_a_follower()
         panic!()
     };
 
-    let (mut receiving, _received) = follower
-        .store
-        .state_machine
-        .snapshot_inbox()
-        .create()
-        .unwrap();
-    receiving.write_all(&bytes).await.unwrap();
-    receiving.flush().await.unwrap();
-    follower
-        .store
-        .state_machine
-        .install_snapshot(&snap.meta, receiving)
+    receive_and_install(&mut follower, &snap.meta, &bytes)
         .await
         .unwrap();
 
@@ -278,18 +289,7 @@ async fn a_watch_from_the_compacted_revision_sees_its_events_after_a_snapshot_in
         .unwrap();
     let bytes = read_all(&mut snap.snapshot).await;
     let mut follower = Harness::with_opts(opts("cluster-a"));
-    let (mut receiving, _received) = follower
-        .store
-        .state_machine
-        .snapshot_inbox()
-        .create()
-        .unwrap();
-    receiving.write_all(&bytes).await.unwrap();
-    receiving.flush().await.unwrap();
-    follower
-        .store
-        .state_machine
-        .install_snapshot(&snap.meta, receiving)
+    receive_and_install(&mut follower, &snap.meta, &bytes)
         .await
         .unwrap();
     assert_eq!(follower.store.kv.compacted_revision(), 5);
@@ -325,17 +325,7 @@ async fn live_watchers_replay_the_gap_a_snapshot_install_jumps_over() {
             ..Default::default()
         })
         .unwrap();
-    let (mut receiving, _received) = follower
-        .store
-        .state_machine
-        .snapshot_inbox()
-        .create()
-        .unwrap();
-    receiving.write_all(&bytes).await.unwrap();
-    follower
-        .store
-        .state_machine
-        .install_snapshot(&snap.meta, receiving)
+    receive_and_install(&mut follower, &snap.meta, &bytes)
         .await
         .unwrap();
     let mut revisions = Vec::new();
@@ -372,18 +362,8 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     let mut follower = Harness::with_opts(opts("cluster-a"));
     follower.put("/mine", "1").await;
     let before = follower.store.kv.state_hash().unwrap();
-    let (mut receiving, _received) = follower
-        .store
-        .state_machine
-        .snapshot_inbox()
-        .create()
-        .unwrap();
-    receiving.write_all(&bytes).await.unwrap();
     assert!(
-        follower
-            .store
-            .state_machine
-            .install_snapshot(&snap.meta, receiving)
+        receive_and_install(&mut follower, &snap.meta, &bytes)
             .await
             .is_err()
     );
@@ -409,18 +389,8 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     let good_bytes = read_all(&mut good.snapshot).await;
-    let (mut receiving, _received) = stranger
-        .store
-        .state_machine
-        .snapshot_inbox()
-        .create()
-        .unwrap();
-    receiving.write_all(&good_bytes).await.unwrap();
     assert!(
-        stranger
-            .store
-            .state_machine
-            .install_snapshot(&good.meta, receiving)
+        receive_and_install(&mut stranger, &good.meta, &good_bytes)
             .await
             .is_err()
     );
