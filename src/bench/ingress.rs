@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use serde_json::json;
 
-use super::api::{cpu_seconds, rss_mb};
+use super::api::{cpu_seconds, rss_mb, stat_fields, total_cpu_seconds};
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
 use crate::progress::Progress;
@@ -90,7 +90,7 @@ struct CpuPerRequest {
 struct Parties<'a> {
     backend: Option<u32>,
     /// The proxy's processes (the agent; nginx's master and workers); None when direct.
-    proxy: Option<&'a [u32]>,
+    proxy: Option<&'a [Option<u32>]>,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -297,8 +297,8 @@ async fn measure(
     let backend = pids_where(|cmdline, _| cmdline.contains("--serve-backend"))
         .first()
         .copied();
-    let agent: Vec<u32> = agent_pid.into_iter().collect();
-    let nginx_pids: Vec<u32> = nginx.as_ref().map(Nginx::pids).unwrap_or_default();
+    let agent = [agent_pid];
+    let nginx_pids: Vec<Option<u32>> = nginx.as_ref().map(Nginx::pids).unwrap_or_default();
     let direct = Parties {
         backend,
         proxy: None,
@@ -387,11 +387,11 @@ impl Drop for Nginx {
 
 impl Nginx {
     /// The master and its workers.
-    fn pids(&self) -> Vec<u32> {
+    fn pids(&self) -> Vec<Option<u32>> {
         let master = self.0.id();
         let mut pids = pids_where(|_, parent| parent == master);
         pids.push(master);
-        pids
+        pids.into_iter().map(Some).collect()
     }
 }
 
@@ -473,13 +473,8 @@ fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
                 .unwrap_or_default();
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // After the command name (which may hold spaces): state, then ppid.
-                    let rest = stat.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
+            let parent = stat_fields(*pid)
+                .and_then(|fields| fields.get(1)?.parse::<u32>().ok())
                 .unwrap_or(0);
             wanted(&cmdline, parent)
         })
@@ -500,10 +495,6 @@ fn reaped_children_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-fn processes_cpu_seconds(pids: &[u32]) -> f64 {
-    pids.iter().map(|pid| cpu_seconds(Some(*pid))).sum()
-}
-
 async fn wrk(
     args: &IngressBenchArgs,
     url: &str,
@@ -514,7 +505,7 @@ async fn wrk(
         (
             reaped_children_cpu_seconds(),
             cpu_seconds(parties.backend),
-            parties.proxy.map(processes_cpu_seconds),
+            parties.proxy.map(total_cpu_seconds),
         )
     };
     let before = cpu_now();

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::bench::api::{cpu_seconds, median};
+use crate::bench::api::{cpu_seconds, median, total_cpu_seconds};
 use crate::bench::load::{self, LoadResult, Workload};
 use crate::bench::peers::{self, BenchPki, EtcdCluster};
 use crate::cli::local_cluster::LocalCluster;
@@ -187,11 +187,6 @@ fn only_member(
     }
 }
 
-/// CPU seconds the members `pids` have used so far.
-fn members_cpu_seconds(pids: &[Option<u32>]) -> f64 {
-    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
-}
-
 /// Microseconds of member CPU per request of a phase that used `cpu_seconds`.
 fn cpu_us_per_op(cpu_seconds: f64, load: &LoadResult) -> f64 {
     cpu_seconds * 1e6 / (load.ops.max(1) as f64)
@@ -205,7 +200,7 @@ async fn measure(
 ) -> SystemResult {
     let client = || cpu_seconds(Some(std::process::id()));
     let client_before_puts = client();
-    let cpu_before_puts = members_cpu_seconds(pids);
+    let cpu_before_puts = total_cpu_seconds(pids);
     let put = load::run(
         channels,
         Workload::Put,
@@ -215,7 +210,7 @@ async fn measure(
         args.keys,
     )
     .await;
-    let cpu_before_gets = members_cpu_seconds(pids);
+    let cpu_before_gets = total_cpu_seconds(pids);
     let client_before_gets = client();
     let get = load::run(
         channels,
@@ -226,7 +221,7 @@ async fn measure(
         args.keys,
     )
     .await;
-    let cpu_after_gets = members_cpu_seconds(pids);
+    let cpu_after_gets = total_cpu_seconds(pids);
     let client_after_gets = client();
     let put_cpu_us_per_op = cpu_us_per_op(cpu_before_gets - cpu_before_puts, &put);
     let get_cpu_us_per_op = cpu_us_per_op(cpu_after_gets - cpu_before_gets, &get);
