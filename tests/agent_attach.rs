@@ -19,26 +19,17 @@ const NODE_IP: &str = "127.0.90.11";
 #[test]
 fn process_runtime_attach_and_host_ports() {
     let cluster = Cluster::start(90, 1, &["--cluster-dns-listen", "off"]);
-    let agents = agents::start(&cluster, 1, &[]);
+    let _agents = agents::start(&cluster, 1, &[]);
     let k = kubectl(&cluster, None);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(Duration::from_secs(60), "the node Ready", || {
-            String::from_utf8_lossy(&k.run(&["get", "nodes", "--no-headers"]).stdout)
-                .contains(" Ready ")
-        });
-        wait_for(Duration::from_secs(30), "default namespace", || {
-            k.run(&["get", "namespace", "default"]).status.success()
-        });
-        attach(&k);
-        host_ports(&k);
-    }));
-    if let Err(panic) = result {
-        cluster.dump_logs();
-        for agent in &agents {
-            agent.dump_log();
-        }
-        std::panic::resume_unwind(panic);
-    }
+    wait_for(Duration::from_secs(60), "the node Ready", || {
+        String::from_utf8_lossy(&k.run(&["get", "nodes", "--no-headers"]).stdout)
+            .contains(" Ready ")
+    });
+    wait_for(Duration::from_secs(30), "default namespace", || {
+        k.run(&["get", "namespace", "default"]).status.success()
+    });
+    attach(&k);
+    host_ports(&k);
 }
 
 fn phase(k: &Kubectl, pod: &str) -> String {

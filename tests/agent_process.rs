@@ -26,16 +26,7 @@ fn process_runtime_runs_the_seed_flows() {
     let cluster = Cluster::start(60, 3, &["--cluster-dns-listen", "off"]);
     let mut agents = agents::start(&cluster, 2, &[]);
     let k = kubectl(&cluster, None);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        flows(&cluster, &mut agents, &k);
-    }));
-    if let Err(panic) = result {
-        cluster.dump_logs();
-        for agent in &agents {
-            agent.dump_log();
-        }
-        std::panic::resume_unwind(panic);
-    }
+    flows(&cluster, &mut agents, &k);
 }
 
 fn flows(cluster: &Cluster, agents: &mut [agents::Agent], k: &common::kubectl::Kubectl) {

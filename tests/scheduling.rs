@@ -408,23 +408,17 @@ fn workloads_are_scheduled_and_run_on_fake_nodes() {
     let _one_cluster = SUBNET.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start(57, 1, &[]);
     let k = kubectl(&cluster, None);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(Duration::from_secs(30), "default namespace", || {
-            k.run(&["get", "namespace", "default"]).status.success()
-        });
-        k.apply(CRONJOB);
-        let cron_created = Instant::now();
-        scheduling(&k);
-        volumes(&k);
-        job(&k);
-        statefulset(&k);
-        daemonset(&k);
-        cronjob(&k, cron_created);
-    }));
-    if let Err(panic) = result {
-        cluster.dump_logs();
-        std::panic::resume_unwind(panic);
-    }
+    wait_for(Duration::from_secs(30), "default namespace", || {
+        k.run(&["get", "namespace", "default"]).status.success()
+    });
+    k.apply(CRONJOB);
+    let cron_created = Instant::now();
+    scheduling(&k);
+    volumes(&k);
+    job(&k);
+    statefulset(&k);
+    daemonset(&k);
+    cronjob(&k, cron_created);
 }
 
 /// Both tests use the same loopback subnet: one cluster at a time.

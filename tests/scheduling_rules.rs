@@ -347,20 +347,14 @@ fn drain_waits_for_the_budget(k: &Kubectl) {
 fn affinity_spread_and_disruption_budgets_on_fake_nodes() {
     let cluster = Cluster::start(71, 1, &[]);
     let k = kubectl(&cluster, None);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(Duration::from_secs(30), "default namespace", || {
-            k.run(&["get", "namespace", "default"]).status.success()
-        });
-        for (node, zone) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
-            add_node(&k, node, "8", json!({ZONE: zone}), json!([]));
-        }
-        anti_affinity(&k);
-        affinity(&k);
-        topology_spread(&k);
-        disruption_budget(&k);
-    }));
-    if let Err(panic) = result {
-        cluster.dump_logs();
-        std::panic::resume_unwind(panic);
+    wait_for(Duration::from_secs(30), "default namespace", || {
+        k.run(&["get", "namespace", "default"]).status.success()
+    });
+    for (node, zone) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
+        add_node(&k, node, "8", json!({ZONE: zone}), json!([]));
     }
+    anti_affinity(&k);
+    affinity(&k);
+    topology_spread(&k);
+    disruption_budget(&k);
 }

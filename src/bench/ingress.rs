@@ -682,7 +682,16 @@ Transfer/sec:     12.00MB
             .spawn()
             .expect("sleep");
         let own = std::process::id();
-        let by_line = pids_where(|cmdline, _| cmdline == "sleep 30.123 ");
+        // spawn returns once exec has begun, but the kernel publishes the new
+        // command line a moment later (after close-on-exec wakes us), so poll.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut by_line = Vec::new();
+        while by_line.is_empty() && Instant::now() < deadline {
+            by_line = pids_where(|cmdline, _| cmdline == "sleep 30.123 ");
+            if by_line.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let by_parent = pids_where(|_, parent| parent == own);
         let _ = child.kill();
         let _ = child.wait();

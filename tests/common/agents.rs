@@ -87,6 +87,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // A failed test shows what each agent was doing, as Cluster does for its members.
+        if std::thread::panicking() {
+            self.dump_log();
+        }
         self.kill();
     }
 }

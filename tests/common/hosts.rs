@@ -236,7 +236,8 @@ impl ContainerdCluster {
         fixture
     }
 
-    /// Runs `flows`; on a panic prints the members', agents' and containerds' logs first.
+    /// Runs `flows`; on a panic prints the containerds' logs (members and agents print their
+    /// own when dropped during the unwind).
     pub fn run_flows(&self, flows: impl FnOnce(&ContainerdCluster)) {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flows(self)));
         if let Err(panic) = result {
@@ -255,9 +256,7 @@ impl ContainerdCluster {
     }
 
     pub fn dump_logs(&self) {
-        self.cluster.dump_logs();
         for agent in &self.agents {
-            agent.dump_log();
             if let Ok(log) = std::fs::read_to_string(agent.data.join("containerd/containerd.log")) {
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 eprintln!(
