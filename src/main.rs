@@ -16,6 +16,7 @@ mod json_path;
 mod kubeconfig;
 mod nodeapi;
 mod pki;
+mod procfs;
 mod progress;
 mod proxy;
 mod registry;
@@ -60,6 +61,17 @@ fn init_logging(format: cli::LogFormat) {
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     init_logging(args.log_format);
+    if let cli::Command::AgentReaper = args.command {
+        // Blocking reads until the agent is gone; no async runtime, no threads.
+        let killed = agent::run_reaper(std::io::stdin().lock());
+        if killed > 0 {
+            tracing::info!(
+                killed,
+                "the agent is gone; stopped its remaining containers"
+            );
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     if args.command.only_prints() {
         // SAFETY: no other thread exists yet; restoring a signal's default disposition has no
         // other effect on this process.
@@ -115,6 +127,8 @@ fn main() -> std::process::ExitCode {
                 cli::print_completion(&args);
                 Ok(())
             }
+            // Ran above, before any runtime.
+            cli::Command::AgentReaper => Ok(()),
         }
     });
     match outcome {

@@ -354,7 +354,16 @@ spec:
             ]) == "2/2"
         },
     );
+    let running = agents[0].container_processes();
     agents[0].kill();
+    // Its containers die with it, and what they started too (`sh -c '...; sleep'`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut left = running.clone();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = agents[0].container_processes();
+    }
+    assert!(left.is_empty(), "of {running:?}, {left:?} outlived agent1");
     wait_for(Duration::from_secs(60), "agent1 NotReady", || {
         let out = k.ok(&["get", "node", "agent1", "--no-headers"]);
         out.contains("NotReady")

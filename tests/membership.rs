@@ -203,6 +203,40 @@ fn skiff_up_starts_members_and_agents_and_stops_on_sigint(runtime: &str, says: &
         .output()
         .expect("ip");
     assert!(!String::from_utf8_lossy(&namespaces.stdout).contains("skiff-up-"));
+    // And so is the pod: no process of it (its containers set HOSTNAME to the pod's name) is
+    // left running under init.
+    let pod_processes = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|var| var == b"HOSTNAME=hello")
+            })
+            .filter(|entry| {
+                // Zombies have left everything behind but their exit status.
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut left = pod_processes();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        left = pod_processes();
+    }
+    assert!(
+        left.is_empty(),
+        "the pod's processes {left:?} outlived skiff up"
+    );
     // --down removes what it made.
     let down = Command::new(SKIFF)
         .args(["up", "--down", "--data"])

@@ -21,7 +21,7 @@ pub mod volumes;
 pub(crate) mod watch;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -32,6 +32,8 @@ use crate::json_path::JsonPath;
 use control_plane::{ControlPlane, Credentials};
 use pods::{EventRecorder, NodeContext, PodManager, PodRegistry, ServiceCache};
 use runtime::Runtime;
+use runtime::process::reaper::Reaper;
+pub use runtime::process::reaper::run as run_reaper;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
@@ -203,6 +205,8 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::open(
             &args.data.join("runtime"),
             node_ip,
+            // This very binary, even if a newer one has replaced it on disk since.
+            Reaper::spawn(Path::new("/proc/self/exe")),
         )?),
         RuntimeKind::Containerd => containerd_runtime(&args, &name, pod_cidr.clone()).await?,
     };

@@ -125,7 +125,7 @@ pub(super) fn cpu_seconds(pid: Option<u32>) -> f64 {
     };
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    stat_fields(pid)
+    crate::procfs::stat_fields(pid)
         .and_then(|fields| {
             let utime: f64 = fields.get(11)?.parse().ok()?;
             let stime: f64 = fields.get(12)?.parse().ok()?;
@@ -137,14 +137,6 @@ pub(super) fn cpu_seconds(pid: Option<u32>) -> f64 {
 /// CPU seconds the processes `pids` have used so far, together.
 pub(super) fn total_cpu_seconds(pids: &[Option<u32>]) -> f64 {
     pids.iter().map(|pid| cpu_seconds(*pid)).sum()
-}
-
-/// The fields of /proc/PID/stat after the command name (which may hold spaces, closed by ')'):
-/// state first, then ppid, ... utime at 11, stime at 12.
-pub(super) fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 pub(super) fn rss_mb(pid: Option<u32>) -> f64 {

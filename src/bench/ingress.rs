@@ -31,9 +31,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use serde_json::json;
 
-use super::api::{cpu_seconds, rss_mb, stat_fields, total_cpu_seconds};
+use super::api::{cpu_seconds, rss_mb, total_cpu_seconds};
 use crate::apiclient::ApiClient;
 use crate::cli::local_cluster::LocalCluster;
+use crate::procfs::pids_where;
 use crate::progress::Progress;
 
 #[derive(Args, Debug, Clone)]
@@ -459,30 +460,6 @@ fn median(runs: &[Run]) -> Run {
     sorted.get(sorted.len() / 2).cloned().unwrap_or_default()
 }
 
-/// Processes (other than this one) whose command line and parent pid satisfy `wanted`.
-fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
-    let own = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-                .unwrap_or_default();
-            let parent = stat_fields(*pid)
-                .and_then(|fields| fields.get(1)?.parse::<u32>().ok())
-                .unwrap_or(0);
-            wanted(&cmdline, parent)
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 /// CPU seconds of the children this process has reaped (wrk, once it has exited).
 fn reaped_children_cpu_seconds() -> f64 {
     // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
@@ -673,29 +650,5 @@ Transfer/sec:     12.00MB
         assert_eq!(run.requests, 1_000_000);
         assert!((milliseconds("512.00us").expect("us") - 0.512).abs() < 1e-9);
         assert!(parse_wrk("nothing here").is_err());
-    }
-
-    #[test]
-    fn finds_processes_by_command_line_and_parent() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30.123")
-            .spawn()
-            .expect("sleep");
-        let own = std::process::id();
-        // spawn returns once exec has begun, but the kernel publishes the new
-        // command line a moment later (after close-on-exec wakes us), so poll.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut by_line = Vec::new();
-        while by_line.is_empty() && Instant::now() < deadline {
-            by_line = pids_where(|cmdline, _| cmdline == "sleep 30.123 ");
-            if by_line.is_empty() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let by_parent = pids_where(|_, parent| parent == own);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(by_line, vec![child.id()]);
-        assert!(by_parent.contains(&child.id()), "{by_parent:?}");
     }
 }

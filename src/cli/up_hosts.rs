@@ -19,6 +19,8 @@ use anyhow::{Context, bail};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::procfs;
+
 /// The namespaces' names start with this (one `skiff up` per machine in this mode).
 const PREFIX: &str = "skiff-up";
 /// The test hosts' subnet; it exists only inside the namespaces.
@@ -197,15 +199,13 @@ impl UpHosts {
     }
 }
 
-/// Kills containerd and its shims (they carry the data dir on their command lines), releases
-/// mounts under the data dir and deletes the namespaces. Also what `skiff up --down` calls.
+/// Kills the containers, containerd and its shims (these carry the data dir on their command
+/// lines), removes the containers' cgroups, releases mounts under the data dir and deletes the
+/// namespaces. Also what `skiff up --down` calls.
 pub fn teardown(data: &Path) {
     let dir = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
     let dir = dir.to_string_lossy().into_owned();
-    let _ = Command::new("pkill")
-        .args(["-9", "-f", &format!("{dir}/agent")])
-        .status();
-    std::thread::sleep(Duration::from_millis(300));
+    stop_node_processes(&format!("{dir}/agent"));
     if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
         let mut targets: Vec<&str> = mounts
             .lines()
@@ -218,6 +218,42 @@ pub fn teardown(data: &Path) {
         }
     }
     remove_namespaces();
+}
+
+/// Stops every process of the agents whose data dirs start with `marker`: the agents,
+/// containerd and the shims name it on their command lines, and the containers are the shims'
+/// (or the process runtime's agent's) children. Killing a shim alone would leave its
+/// containers running under init, so they go first; each is its pid namespace's init, which
+/// takes the rest of the container with it. Their cgroups go last: with the shims gone, runc
+/// never removes them, and every teardown would leave one per container behind.
+fn stop_node_processes(marker: &str) {
+    let node_processes = procfs::pids_where(|cmdline, _| cmdline.contains(marker));
+    let containers = procfs::pids_where(|_, parent| node_processes.contains(&parent));
+    let cgroups: Vec<PathBuf> = containers
+        .iter()
+        .flat_map(|pid| procfs::cgroup_dirs(*pid))
+        .collect();
+    for pid in containers.iter().chain(&node_processes) {
+        // SAFETY: kill(2) on pids just read from /proc; no memory involved.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    // They exit a moment after SIGKILL (a zombie has left its cgroups); then the cgroups go.
+    let exited = |pid: &u32| {
+        procfs::stat_fields(*pid).is_none_or(|fields| fields.first().is_some_and(|s| s == "Z"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut killed: Vec<u32> = containers.into_iter().chain(node_processes).collect();
+    let mut left = cgroups;
+    while !(killed.is_empty() && left.is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        killed.retain(|pid| !exited(pid));
+        left.retain(|dir| dir.is_dir() && std::fs::remove_dir(dir).is_err());
+    }
+    if !(killed.is_empty() && left.is_empty()) {
+        warn!(processes = ?killed, cgroups = left.len(), "not everything of the agents is gone");
+    }
 }
 
 fn remove_namespaces() {

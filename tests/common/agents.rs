@@ -74,6 +74,28 @@ impl Agent {
         // The process runtime's containers die with their agent (parent-death signal).
     }
 
+    /// Processes working in one of this agent's process-runtime pod directories: its
+    /// containers and anything they started.
+    pub fn container_processes(&self) -> Vec<String> {
+        let pods = self.data.join("runtime").join("pods");
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&pods))
+            })
+            .map(|entry| {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                format!(
+                    "{} {}",
+                    entry.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                )
+            })
+            .collect()
+    }
+
     pub fn dump_log(&self) {
         if let Ok(log) = std::fs::read_to_string(self.log_path()) {
             let tail: Vec<&str> = log.lines().rev().take(60).collect();

@@ -118,10 +118,7 @@ impl Hosts {
 impl Drop for Hosts {
     fn drop(&mut self) {
         let dir = self.dir.to_string_lossy().into_owned();
-        // containerd and its shims carry the node's state dir on their command lines.
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", &format!("{dir}/agent")])
-            .status();
+        kill_agents_processes(&format!("{dir}/agent"));
         std::thread::sleep(Duration::from_millis(500));
         if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
             let mut targets: Vec<&str> = mounts
@@ -136,6 +133,76 @@ impl Drop for Hosts {
         }
         for name in self.names.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// SIGKILLs containerd and its shims (they carry the agents' state dir, `marker`, on their
+/// command lines) and, first, their children: the containers, which would otherwise outlive
+/// the test under init. Then removes the containers' (empty) cgroups, which runc no longer will.
+fn kill_agents_processes(marker: &str) {
+    let table: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let parent = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            Some((
+                pid,
+                parent,
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+            ))
+        })
+        .collect();
+    let agents: Vec<i32> = table
+        .iter()
+        .filter(|(_, _, cmdline)| cmdline.contains(marker))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let containers: Vec<i32> = table
+        .iter()
+        .filter(|(_, parent, _)| agents.contains(parent))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    for pid in &containers {
+        let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        for line in listing.lines() {
+            let mut fields = line.splitn(3, ':').skip(1);
+            let (Some(controllers), Some(path)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            // v1: one hierarchy per controller set; v2: "unified" on a hybrid host, else the root.
+            let hierarchy = match controllers.trim_start_matches("name=") {
+                "" if Path::new("/sys/fs/cgroup/unified").is_dir() => "/unified",
+                "" => "",
+                named => &format!("/{named}"),
+            };
+            if path.len() > 1 {
+                cgroups.push(PathBuf::from(format!("/sys/fs/cgroup{hierarchy}{path}")));
+            }
+        }
+    }
+    for pid in containers.iter().chain(&agents) {
+        // SAFETY: kill(2) on a pid read from /proc; no memory involved.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        cgroups.retain(|dir| dir.is_dir() && std::fs::remove_dir(dir).is_err());
+        if cgroups.is_empty() {
+            break;
         }
     }
 }

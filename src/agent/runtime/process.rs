@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod host_ports;
+pub mod reaper;
 mod stdio;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use super::{
     Sandbox, SandboxSpec, Usage,
 };
 use host_ports::HostPorts;
+use reaper::Reaper;
 use stdio::{ContainerIo, Wiring};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub struct ProcessRuntime {
     sandboxes: Mutex<HashMap<String, SandboxRecord>>,
     containers: Mutex<HashMap<String, Arc<Supervised>>>,
     host_ports: HostPorts,
+    /// Kills what is left of the containers once this agent is gone.
+    reaper: Arc<Reaper>,
 }
 
 fn runtime_error(context: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -91,8 +95,9 @@ fn new_id() -> String {
 
 impl ProcessRuntime {
     /// Opens the runtime's state under `state_dir`, killing processes a previous agent left
-    /// behind (nobody supervises their output any more). Pods are reached at `node_ip`.
-    pub fn open(state_dir: &Path, node_ip: IpAddr) -> Result<Self, RuntimeError> {
+    /// behind (nobody supervises their output any more). Pods are reached at `node_ip`;
+    /// `reaper` stops the containers' process groups when the agent exits.
+    pub fn open(state_dir: &Path, node_ip: IpAddr, reaper: Reaper) -> Result<Self, RuntimeError> {
         let isolate = unsafe { libc::geteuid() } == 0;
         for sub in ["sandboxes", "containers"] {
             std::fs::create_dir_all(state_dir.join(sub))
@@ -105,7 +110,7 @@ impl ProcessRuntime {
         for record in read_records::<ContainerRecord>(&state_dir.join("containers")) {
             if let (Some(pid), None) = (record.pid, record.exit_code)
                 && record.pid_start.is_some()
-                && process_start(pid) == record.pid_start
+                && crate::procfs::start_time(pid) == record.pid_start
             {
                 info!(container = %record.name, pid, "stopping a container left by a previous agent");
                 kill_group(pid, libc::SIGKILL);
@@ -122,6 +127,7 @@ impl ProcessRuntime {
             sandboxes: Mutex::new(sandboxes),
             containers: Mutex::new(HashMap::new()),
             host_ports: HostPorts::new(node_ip),
+            reaper: Arc::new(reaper),
         })
     }
 
@@ -239,17 +245,6 @@ fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect()
-}
-
-/// When process `pid` started (clock ticks since boot), if it exists.
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
 }
 
 fn kill_group(pid: u32, signal: i32) {
@@ -382,13 +377,17 @@ impl Runtime for ProcessRuntime {
             ),
         })?;
         let pid = child.id();
+        let pid_start = pid.and_then(crate::procfs::start_time);
+        if let (Some(pid), Some(start)) = (pid, pid_start) {
+            self.reaper.started(pid, start);
+        }
         let id = new_id();
         let mut record = ContainerRecord {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
             name: spec.name.clone(),
             pid,
-            pid_start: pid.and_then(process_start),
+            pid_start,
             env: spec.env.clone(),
             working_dir: spec.working_dir.clone(),
             started_at: Some(SystemTime::now()),
@@ -401,6 +400,7 @@ impl Runtime for ProcessRuntime {
         let state_file = self.state_dir.join("containers").join(format!("{id}.json"));
         let mut finished = record.clone();
         let output = io.clone();
+        let reaper = self.reaper.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status
@@ -411,6 +411,13 @@ impl Runtime for ProcessRuntime {
                     137
                 }
             };
+            // A container ends with its main process, as on Kubernetes: what it started in
+            // the background goes too (the group outlives its reaped leader only while it has
+            // members, so its id cannot have been reused).
+            if let Some(pid) = pid {
+                kill_group(pid, libc::SIGKILL);
+                reaper.exited(pid);
+            }
             for copy in copies {
                 let _ = copy.await;
             }

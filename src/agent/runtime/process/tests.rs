@@ -15,7 +15,8 @@ const NODE_IP: &str = "127.0.91.1";
 /// A runtime with state under `dir` running `spec` in one sandbox; the container's id.
 async fn run(dir: &Path, spec: &ContainerSpec) -> (ProcessRuntime, Sandbox, String) {
     let node_ip: IpAddr = NODE_IP.parse().expect("ip");
-    let runtime = ProcessRuntime::open(&dir.join("state"), node_ip).expect("runtime");
+    let runtime =
+        ProcessRuntime::open(&dir.join("state"), node_ip, super::Reaper::none()).expect("runtime");
     let sandbox = runtime
         .run_sandbox(&sandbox_spec(dir))
         .await
