@@ -61,17 +61,6 @@ fn init_logging(format: cli::LogFormat) {
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     init_logging(args.log_format);
-    if let cli::Command::AgentReaper = args.command {
-        // Blocking reads until the agent is gone; no async runtime, no threads.
-        let killed = agent::run_reaper(std::io::stdin().lock());
-        if killed > 0 {
-            tracing::info!(
-                killed,
-                "the agent is gone; stopped its remaining containers"
-            );
-        }
-        return std::process::ExitCode::SUCCESS;
-    }
     if args.command.only_prints() {
         // SAFETY: no other thread exists yet; restoring a signal's default disposition has no
         // other effect on this process.
@@ -83,6 +72,13 @@ fn main() -> std::process::ExitCode {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
+    // Forked while this process still has one thread (see agent::Reaper).
+    let reaper = match &args.command {
+        cli::Command::Agent(agent) if agent.runtime == agent::RuntimeKind::Process => {
+            agent::Reaper::fork_before_threads()
+        }
+        _ => agent::Reaper::none(),
+    };
     let mut builder = match args.command.runtime_shape() {
         cli::RuntimeShape::SingleThread => tokio::runtime::Builder::new_current_thread(),
         cli::RuntimeShape::Workers(threads) => {
@@ -122,13 +118,11 @@ fn main() -> std::process::ExitCode {
             cli::Command::Restore(args) => cli::backup::run_restore(args).await,
             cli::Command::Chaos(command) => cli::chaos::run(command).await,
             cli::Command::Kubeconfig(args) => cli::kubeconfig::run(args),
-            cli::Command::Agent(args) => agent::run(*args).await,
+            cli::Command::Agent(args) => agent::run(*args, reaper).await,
             cli::Command::Completion(args) => {
                 cli::print_completion(&args);
                 Ok(())
             }
-            // Ran above, before any runtime.
-            cli::Command::AgentReaper => Ok(()),
         }
     });
     match outcome {

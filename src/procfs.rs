@@ -44,6 +44,20 @@ pub fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
     pids
 }
 
+/// Memory only process `pid` holds (kB): its private pages, clean and dirty, leaving out
+/// those it shares with another process (a forked child's pages not yet written, a binary's
+/// text). 0 if it is gone.
+pub fn private_kb(pid: u32) -> u64 {
+    let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return 0;
+    };
+    rollup
+        .lines()
+        .filter(|line| line.starts_with("Private_Clean:") || line.starts_with("Private_Dirty:"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The cgroup directories process `pid` sits in, one per mounted hierarchy (cgroup v1
 /// controllers at /sys/fs/cgroup/<controllers>, v2 at /sys/fs/cgroup/unified on a hybrid host
 /// or /sys/fs/cgroup itself); the root cgroups are left out.
@@ -105,6 +119,13 @@ mod tests {
         assert!(by_parent.contains(&child.id()), "{by_parent:?}");
         assert!(started.is_some());
         assert_eq!(start_time(child.id()), None, "reaped");
+    }
+
+    #[test]
+    fn private_memory_is_some_of_ours_and_none_of_a_missing_process() {
+        let ours = private_kb(std::process::id());
+        assert!(ours > 0);
+        assert_eq!(private_kb(0), 0);
     }
 
     #[test]

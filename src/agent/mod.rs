@@ -21,7 +21,7 @@ pub mod volumes;
 pub(crate) mod watch;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -32,8 +32,7 @@ use crate::json_path::JsonPath;
 use control_plane::{ControlPlane, Credentials};
 use pods::{EventRecorder, NodeContext, PodManager, PodRegistry, ServiceCache};
 use runtime::Runtime;
-use runtime::process::reaper::Reaper;
-pub use runtime::process::reaper::run as run_reaper;
+pub use runtime::process::reaper::Reaper;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
@@ -139,7 +138,10 @@ async fn containerd_runtime(
     ))
 }
 
-pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
+/// Runs the agent until a shutdown signal. `reaper` stops what is left of the process
+/// runtime's containers once this process is gone (forked in `main` while it had one thread;
+/// `Reaper::none()` for containerd, whose containers outlive an agent restart by design).
+pub async fn run(mut args: AgentArgs, reaper: Reaper) -> anyhow::Result<()> {
     // containerd and its shims run with other working directories: a relative --data (skiff
     // up's default ./skiff-up) would name the wrong state dir to them.
     args.data = std::path::absolute(&args.data)
@@ -205,8 +207,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         RuntimeKind::Process => Arc::new(runtime::process::ProcessRuntime::open(
             &args.data.join("runtime"),
             node_ip,
-            // This very binary, even if a newer one has replaced it on disk since.
-            Reaper::spawn(Path::new("/proc/self/exe")),
+            reaper,
         )?),
         RuntimeKind::Containerd => containerd_runtime(&args, &name, pod_cidr.clone()).await?,
     };

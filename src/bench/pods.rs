@@ -123,16 +123,19 @@ pub async fn run(args: PodsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An agent's resident memory with its helper's: the process runtime's `agent-reaper` is
-/// part of the agent's overhead, counted in full (its pages of the skiff binary are shared
-/// with the agent's, so this overstates it a little).
+/// An agent's resident memory plus what its container reaper adds. The reaper is the agent's
+/// child with the same command line (forked, see agent::Reaper); it shares the agent's pages
+/// until it writes to them, so its own cost is its private memory, not its RSS.
 fn agent_rss_mb(agent: Option<u32>) -> f64 {
-    let helpers = agent.map_or_else(Vec::new, |agent| {
-        crate::procfs::pids_where(|cmdline, parent| {
-            parent == agent && cmdline.contains("agent-reaper")
-        })
-    });
-    rss_mb(agent) + helpers.into_iter().map(|pid| rss_mb(Some(pid))).sum::<f64>()
+    let Some(agent) = agent else {
+        return 0.0;
+    };
+    let own_cmdline = std::fs::read(format!("/proc/{agent}/cmdline")).unwrap_or_default();
+    let own_cmdline = String::from_utf8_lossy(&own_cmdline).replace('\0', " ");
+    let reapers =
+        crate::procfs::pids_where(|cmdline, parent| parent == agent && cmdline == own_cmdline);
+    let private_kb: u64 = reapers.into_iter().map(crate::procfs::private_kb).sum();
+    rss_mb(Some(agent)) + private_kb as f64 / 1024.0
 }
 
 async fn measure(

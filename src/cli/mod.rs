@@ -80,10 +80,6 @@ pub enum Command {
     Agent(Box<crate::agent::AgentArgs>),
     /// Print a shell completion script: `source <(skiff completion bash)`.
     Completion(CompletionArgs),
-    /// Started by an agent with the process runtime: kills the containers it reports on stdin
-    /// once that closes (the agent has exited).
-    #[command(hide = true)]
-    AgentReaper,
 }
 
 impl Command {

@@ -2,21 +2,19 @@
 //! agent exits, but not what that process started: `sh -c 'serve & sleep 3600'` would leave
 //! `serve` and `sleep` running under init, nobody's pods, after every agent crash or test.
 //!
-//! The reaper is a small process of its own (`skiff agent-reaper`, in its own process group so a
-//! terminal's Ctrl-C reaches it only through the agent) that the agent tells about each
-//! container's process group over a pipe on the reaper's stdin. When that pipe closes, the
-//! agent has exited, however it died, SIGKILL included. The reaper then kills every group that
-//! is still alive, and exits.
+//! The reaper is a small process of its own, forked from the agent before the agent starts any
+//! thread (so it shares the agent's pages instead of loading skiff again) and put in its own
+//! process group (a terminal's Ctrl-C reaches it only through the agent). The agent tells it
+//! about each container's process group over a pipe. When that pipe closes, the agent has
+//! exited, however it died, SIGKILL included. The reaper then kills every group that is still
+//! alive, and exits.
 //!
 //! Protocol, one line per event: `+ <pid> <start time>` when a container starts (its pid is its
 //! process group), `- <pid>` when it has exited. The start time (/proc/PID/stat field 22) is
 //! checked before a kill, so a reused pid is never signalled.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::io::{BufRead, BufReader, PipeWriter, Write};
 use std::sync::Mutex;
 
 use tracing::{debug, warn};
@@ -25,38 +23,49 @@ use crate::procfs;
 
 /// The agent's end: the pipe to its reaper, or nothing if the reaper could not start or died.
 pub struct Reaper {
-    pipe: Mutex<Option<ChildStdin>>,
+    pipe: Mutex<Option<PipeWriter>>,
 }
 
 impl Reaper {
-    /// Starts `program agent-reaper` (`program` is skiff itself). Without it, containers still
-    /// die with the agent, only their children may not: that is worth a warning, not a failure.
-    pub fn spawn(program: &Path) -> Reaper {
-        let started = Command::new(program)
-            .arg("agent-reaper")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn();
-        let pipe = match started {
-            Ok(mut child) => {
-                let pipe = child.stdin.take();
-                // It outlives us by design; nobody waits for it but init.
-                std::mem::forget(child);
-                pipe
-            }
+    /// Forks the reaper. Call it before any other thread exists: the child runs on in a copy
+    /// of this process, where only the forking thread survives. Without a reaper, containers
+    /// still die with the agent, only their children may not: worth a warning, not a failure.
+    pub fn fork_before_threads() -> Reaper {
+        let (events, pipe) = match std::io::pipe() {
+            Ok(ends) => ends,
             Err(e) => {
                 warn!(error = %e, "no container reaper: a container's children may outlive the agent");
-                None
+                return Reaper::none();
             }
         };
-        Reaper {
-            pipe: Mutex::new(pipe),
+        // SAFETY: the caller guarantees this process is single-threaded, so the child may run
+        // ordinary Rust code; it never returns from this function (`_exit`).
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(pipe);
+                // SAFETY: setpgid on ourselves; no memory involved.
+                unsafe { libc::setpgid(0, 0) };
+                let killed = run(BufReader::new(events));
+                if killed > 0 {
+                    eprintln!(
+                        "container reaper: the agent is gone; stopped {killed} of its containers"
+                    );
+                }
+                // SAFETY: ends the child without running the agent's exit handlers.
+                unsafe { libc::_exit(0) }
+            }
+            -1 => {
+                let e = std::io::Error::last_os_error();
+                warn!(error = %e, "no container reaper: a container's children may outlive the agent");
+                Reaper::none()
+            }
+            _ => Reaper {
+                pipe: Mutex::new(Some(pipe)),
+            },
         }
     }
 
-    /// A reaper that does nothing (unit tests of the runtime).
-    #[cfg(test)]
+    /// A reaper that does nothing (it could not start, or unit tests of the runtime).
     pub fn none() -> Reaper {
         Reaper {
             pipe: Mutex::new(None),
@@ -85,7 +94,7 @@ impl Reaper {
     }
 }
 
-/// The reaper process: follows `events` (its stdin) until the agent closes it, then kills the
+/// The reaper process: follows `events` (its pipe) until the agent closes it, then kills the
 /// process groups of the containers still running. Returns how many it killed.
 pub fn run(events: impl BufRead) -> usize {
     let mut live: HashMap<u32, u64> = HashMap::new();
@@ -124,6 +133,8 @@ pub fn run(events: impl BufRead) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
     /// `sh` in its own group with a child of its own: what the process runtime starts.
