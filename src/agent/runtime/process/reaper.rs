@@ -119,11 +119,16 @@ pub fn run(events: impl BufRead) -> usize {
     }
     let mut killed = 0;
     for (pid, start) in live {
-        if pid > 1 && procfs::start_time(pid) == Some(start) {
-            // SAFETY: kill(2) on a process group whose leader's identity was just checked.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
+        // The leader may already be gone: PR_SET_PDEATHSIG killed it with the agent, and init
+        // may have reaped it. Its group keeps the id while any member lives (the kernel does
+        // not hand out a pid still in use as a group id), so the group is still ours to kill.
+        // Only a live process started at another time means the pid was reused.
+        let reused = procfs::start_time(pid).is_some_and(|now| now != start);
+        if pid <= 1 || reused {
+            continue;
+        }
+        // SAFETY: kill(2) on a process group checked above to be a container's.
+        if unsafe { libc::kill(-(pid as i32), libc::SIGKILL) } == 0 {
             killed += 1;
         }
     }
@@ -198,6 +203,27 @@ mod tests {
             libc::kill(-(exited_pid as i32), libc::SIGKILL);
         }
         let _ = exited.wait();
+    }
+
+    #[test]
+    fn a_group_whose_leader_died_with_the_agent_is_still_killed() {
+        let (mut leader, pid) = container();
+        let start = procfs::start_time(pid).expect("start time");
+        // Wait for the leader's own child, then kill and reap the leader alone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while procfs::pids_where(|_, parent| parent == pid).is_empty() {
+            assert!(Instant::now() < deadline, "sh started no child");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = leader.kill();
+        let _ = leader.wait();
+        assert!(group_running(pid), "the leader's child lives on");
+        assert_eq!(run(format!("+ {pid} {start}\n").as_bytes()), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while group_running(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!group_running(pid), "what was left of the group is gone");
     }
 
     #[test]
