@@ -153,6 +153,20 @@ async fn read_all(file: &mut tokio::fs::File) -> Vec<u8> {
     bytes
 }
 
+/// A snapshot of `member` built now: its meta and the bytes a follower would receive.
+async fn snapshot_now(member: &mut Harness) -> (SnapshotMeta, Vec<u8>) {
+    let mut snap = member
+        .store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let bytes = read_all(&mut snap.snapshot).await;
+    (snap.meta, bytes)
+}
+
 /// Receives `bytes` into `member`'s snapshot inbox, as the raft service does, and installs them;
 /// the install's result is what the caller checks.
 async fn receive_and_install(
@@ -279,17 +293,9 @@ async fn a_watch_from_the_compacted_revision_sees_its_events_after_a_snapshot_in
     assert_eq!(on_leader.first().map(|(revision, _)| *revision), Some(5));
     assert_eq!(on_leader.len(), 17);
 
-    let mut snap = leader
-        .store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let bytes = read_all(&mut snap.snapshot).await;
+    let (meta, bytes) = snapshot_now(&mut leader).await;
     let mut follower = Harness::with_opts(opts("cluster-a"));
-    receive_and_install(&mut follower, &snap.meta, &bytes)
+    receive_and_install(&mut follower, &meta, &bytes)
         .await
         .unwrap();
     assert_eq!(follower.store.kv.compacted_revision(), 5);
@@ -302,15 +308,7 @@ async fn live_watchers_replay_the_gap_a_snapshot_install_jumps_over() {
     for i in 1..=10 {
         leader.put(&format!("/k/{i}"), "v").await;
     }
-    let mut snap = leader
-        .store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let bytes = read_all(&mut snap.snapshot).await;
+    let (meta, bytes) = snapshot_now(&mut leader).await;
 
     // The follower applied the first 4 revisions identically, then fell behind.
     let mut follower = Harness::with_opts(opts("c"));
@@ -325,7 +323,7 @@ async fn live_watchers_replay_the_gap_a_snapshot_install_jumps_over() {
             ..Default::default()
         })
         .unwrap();
-    receive_and_install(&mut follower, &snap.meta, &bytes)
+    receive_and_install(&mut follower, &meta, &bytes)
         .await
         .unwrap();
     let mut revisions = Vec::new();
@@ -347,15 +345,7 @@ async fn live_watchers_replay_the_gap_a_snapshot_install_jumps_over() {
 #[tokio::test]
 async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     let mut leader = populated("cluster-a").await;
-    let mut snap = leader
-        .store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut bytes = read_all(&mut snap.snapshot).await;
+    let (meta, mut bytes) = snapshot_now(&mut leader).await;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
 
@@ -363,7 +353,7 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     follower.put("/mine", "1").await;
     let before = follower.store.kv.state_hash().unwrap();
     assert!(
-        receive_and_install(&mut follower, &snap.meta, &bytes)
+        receive_and_install(&mut follower, &meta, &bytes)
             .await
             .is_err()
     );
@@ -380,17 +370,9 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
 
     // A snapshot of another cluster is refused too.
     let mut stranger = Harness::with_opts(opts("cluster-b"));
-    let mut good = leader
-        .store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let good_bytes = read_all(&mut good.snapshot).await;
+    let (good_meta, good_bytes) = snapshot_now(&mut leader).await;
     assert!(
-        receive_and_install(&mut stranger, &good.meta, &good_bytes)
+        receive_and_install(&mut stranger, &good_meta, &good_bytes)
             .await
             .is_err()
     );
@@ -403,15 +385,8 @@ async fn only_the_newest_two_snapshots_are_kept() {
     let mut metas = Vec::new();
     for i in 0..4 {
         h.put("/r", &i.to_string()).await;
-        let snap = h
-            .store
-            .state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        metas.push(snap.meta);
+        let (meta, _) = snapshot_now(&mut h).await;
+        metas.push(meta);
     }
     let points: std::collections::BTreeSet<_> = metas
         .iter()
