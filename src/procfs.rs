@@ -19,8 +19,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-/// Processes (other than this one) whose command line (arguments joined by spaces, each
-/// followed by one) and parent pid satisfy `wanted`, in pid order.
+/// Process `pid`'s command line: its arguments, each followed by a space ("" if it is gone).
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Processes (other than this one) whose command line ([`cmdline`]) and parent pid satisfy
+/// `wanted`, in pid order.
 pub fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
     let own = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -31,13 +38,10 @@ pub fn pids_where(wanted: impl Fn(&str, u32) -> bool) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != own)
         .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-                .unwrap_or_default();
             let parent = stat_fields(*pid)
                 .and_then(|fields| fields.get(1)?.parse::<u32>().ok())
                 .unwrap_or(0);
-            wanted(&cmdline, parent)
+            wanted(&cmdline(*pid), parent)
         })
         .collect();
     pids.sort_unstable();

@@ -130,8 +130,7 @@ fn agent_rss_mb(agent: Option<u32>) -> f64 {
     let Some(agent) = agent else {
         return 0.0;
     };
-    let own_cmdline = std::fs::read(format!("/proc/{agent}/cmdline")).unwrap_or_default();
-    let own_cmdline = String::from_utf8_lossy(&own_cmdline).replace('\0', " ");
+    let own_cmdline = crate::procfs::cmdline(agent);
     let reapers =
         crate::procfs::pids_where(|cmdline, parent| parent == agent && cmdline == own_cmdline);
     let private_kb: u64 = reapers.into_iter().map(crate::procfs::private_kb).sum();

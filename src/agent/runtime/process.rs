@@ -247,13 +247,10 @@ fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
         .collect()
 }
 
-fn kill_group(pid: u32, signal: i32) {
-    if pid > 1 {
-        // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
-        unsafe {
-            libc::kill(-(pid as i32), signal);
-        }
-    }
+/// Signals process group `pid` (never init's or the caller's own); whether it was delivered.
+fn kill_group(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
+    pid > 1 && unsafe { libc::kill(-(pid as i32), signal) } == 0
 }
 
 #[async_trait::async_trait]

@@ -124,11 +124,7 @@ pub fn run(events: impl BufRead) -> usize {
         // not hand out a pid still in use as a group id), so the group is still ours to kill.
         // Only a live process started at another time means the pid was reused.
         let reused = procfs::start_time(pid).is_some_and(|now| now != start);
-        if pid <= 1 || reused {
-            continue;
-        }
-        // SAFETY: kill(2) on a process group checked above to be a container's.
-        if unsafe { libc::kill(-(pid as i32), libc::SIGKILL) } == 0 {
+        if !reused && super::kill_group(pid, libc::SIGKILL) {
             killed += 1;
         }
     }
